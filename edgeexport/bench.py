@@ -1,0 +1,68 @@
+"""Latency measurement through the runner interface: warm-up, then N runs or a time budget.
+
+Every backend is timed by the same loop around ``runner.infer`` with the same thread
+count, so ratios between backends measured in one run are comparable. Timed tests are
+not part of the suite; speed claims come from ``make bench``.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    runs: int
+    warmup: int
+    threads: int | None
+    median_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    std_ms: float
+    min_ms: float
+    max_ms: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_samples(cls, samples_ms: list[float], warmup: int, threads: int | None) -> "LatencyStats":
+        if not samples_ms:
+            raise ValueError("no latency samples")
+        a = np.asarray(samples_ms, dtype=np.float64)
+        return cls(
+            runs=len(a), warmup=warmup, threads=threads,
+            median_ms=float(np.median(a)),
+            p90_ms=float(np.percentile(a, 90)),
+            p99_ms=float(np.percentile(a, 99)),
+            mean_ms=float(a.mean()),
+            std_ms=float(statistics.stdev(a)) if len(a) > 1 else 0.0,
+            min_ms=float(a.min()), max_ms=float(a.max()),
+        )
+
+
+def measure(fn, warmup: int = 5, runs: int = 50, budget_s: float | None = None, min_runs: int = 5,
+            threads: int | None = None) -> LatencyStats:
+    """Time ``fn()``: ``warmup`` untimed calls, then ``runs`` timed calls, stopping early once
+    ``budget_s`` seconds of timed calls have passed (but never before ``min_runs``)."""
+    for _ in range(warmup):
+        fn()
+    samples: list[float] = []
+    start = time.perf_counter()
+    for i in range(max(runs, 1)):
+        t0 = time.perf_counter_ns()
+        fn()
+        samples.append((time.perf_counter_ns() - t0) / 1e6)
+        if budget_s is not None and i + 1 >= min_runs and time.perf_counter() - start >= budget_s:
+            break
+    return LatencyStats.from_samples(samples, warmup, threads)
+
+
+def benchmark(runner, feed: dict[str, np.ndarray], warmup: int = 5, runs: int = 50,
+              budget_s: float | None = None) -> LatencyStats:
+    """Median-centred latency of an active runner on one fixed input."""
+    return measure(lambda: runner.infer(feed), warmup=warmup, runs=runs, budget_s=budget_s, threads=runner.threads)

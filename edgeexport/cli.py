@@ -1,0 +1,253 @@
+"""The ``edgeexport`` command line: a thin typer layer over the library.
+
+Each export command builds a :class:`~edgeexport.recipe.Recipe` from its flags and runs
+the same pipeline as ``edgeexport run RECIPE``. Exit codes: 0 parity holds, 1 parity (or
+a build) failed with the report still written, 2 bad input (one line on stderr).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from edgeexport.errors import EdgeExportError, UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None, help="Export PyTorch vision models to edge runtimes and prove "
+                                              "parity and speed against eager PyTorch.")
+
+
+class Dynamic(str, Enum):
+    none = "none"
+    batch = "batch"
+    hw = "hw"
+    all = "all"
+
+
+class Exporter(str, Enum):
+    dynamo = "dynamo"
+    torchscript = "torchscript"
+
+
+def _err(msg: str) -> None:
+    print(f"edgeexport: error: {msg}", file=sys.stderr)
+
+
+def handle_errors(fn):
+    """Bad input -> one line on stderr and exit 2; other deliberate failures -> exit 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            _err(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            raise typer.Exit(2) from None
+        except EdgeExportError as exc:
+            _err(str(exc).splitlines()[0])
+            raise typer.Exit(1) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except KeyboardInterrupt:
+            _err("interrupted")
+            raise typer.Exit(130) from None
+        except Exception as exc:
+            if os.environ.get("EDGEEXPORT_DEBUG"):
+                raise
+            _err(f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''} "
+                 "(set EDGEEXPORT_DEBUG=1 for the traceback)")
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _console(quiet: bool = False, stderr: bool = True):
+    from rich.console import Console
+
+    probe = Console(stderr=stderr)
+    return Console(stderr=stderr, quiet=quiet, width=None if probe.is_terminal else 200)
+
+
+def _execute(recipe, quiet: bool, as_json: bool) -> None:
+    """Run a recipe, print the table (or JSON), exit with the verdict."""
+    import contextlib
+
+    from edgeexport import pipeline
+    from edgeexport import report as R
+
+    err = _console(quiet)
+
+    def status(msg: str):
+        # A transient spinner on a terminal; nothing in pipes and logs, where stderr is for errors.
+        return err.status(msg) if err.is_terminal else contextlib.nullcontext()
+
+    rep = pipeline.run(recipe, log=err.print, status=status)
+    if as_json:
+        print(json.dumps(rep, indent=2, default=str))
+    elif not quiet:
+        R.print_table(rep, _console(stderr=False))
+        name = recipe.name or rep["model"]["name"]
+        err.print(f"report: {Path(recipe.output) / (name + '.report.md')}")
+    raise typer.Exit(0 if rep["verdict"] == "passed" else 1)
+
+
+# ---------------------------------------------------------------- commands
+
+
+@app.command("list")
+@handle_errors
+def list_cmd(as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
+    """List the registered models."""
+    from edgeexport.zoo import get_entry, list_models
+
+    rows = []
+    for name in list_models():
+        e = get_entry(name)
+        rows.append({"name": name, "aliases": list(e.aliases), "family": e.meta.family, "task": e.meta.task,
+                     "input_size": list(e.meta.input_size), "num_classes": e.meta.num_classes})
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        alias = f" (alias: {', '.join(r['aliases'])})" if r["aliases"] else ""
+        print(f"{r['name']:<28} {r['task']:<15} {'x'.join(map(str, r['input_size'])):<12} {r['family']}{alias}")
+
+
+@app.command()
+@handle_errors
+def info(name: str = typer.Argument(..., help="zoo model name"),
+         as_json: bool = typer.Option(False, "--json"),
+         num_classes: Optional[int] = typer.Option(None, "--num-classes"),
+         state_dict_shapes: bool = typer.Option(False, "--state-dict-shapes",
+                                                help="print {key: shape} of the model's state dict as JSON")):
+    """Parameters, MACs, input shape and outputs of a model."""
+    import torch
+
+    from edgeexport.source import count_macs, load_model
+
+    handle = load_model(name, weights="init", num_classes=num_classes)
+    if state_dict_shapes:
+        print(json.dumps({k: list(v.shape) for k, v in handle.model.state_dict().items()}, indent=1))
+        return
+    shape = (1, *handle.meta.input_size)
+    x = torch.zeros(shape)
+    handle.probe(x)
+    meta = handle.meta
+    d = {**handle.info(shape), "macs": count_macs(handle.model, x), "family": meta.family, "paper": meta.paper,
+         "num_classes": meta.num_classes, "published_params": meta.published_params, "resize": meta.resize,
+         "notes": meta.notes}
+    d["weights"] = "default: seeded, BatchNorm re-estimated on the bundled photos (use --weights for yours)"
+    if as_json:
+        print(json.dumps(d, indent=2))
+        return
+    for k, v in d.items():
+        if isinstance(v, int) and k in ("params", "macs", "published_params"):
+            v = f"{v:,}"
+        print(f"{k:>17}: {v}")
+
+
+@app.command()
+@handle_errors
+def onnx(name: Optional[str] = typer.Argument(None, help="zoo model name (or the artifact name with --model)"),
+         weights: Optional[str] = typer.Option(None, "--weights", help="state dict or checkpoint (.pt/.pth)"),
+         model: Optional[str] = typer.Option(None, "--model", help="user model as package.module:factory"),
+         shape: Optional[str] = typer.Option(None, "--shape", help="input shape NxCxHxW, e.g. 1x3x520x520"),
+         dynamic: Dynamic = typer.Option(Dynamic.none, "--dynamic", help="dynamic axes"),
+         opset: int = typer.Option(18, "--opset"),
+         exporter: Exporter = typer.Option(Exporter.dynamo, "--exporter"),
+         no_simplify: bool = typer.Option(False, "--no-simplify", help="skip onnxsim"),
+         output: str = typer.Option("out", "--output", "-o", help="output folder"),
+         num_classes: Optional[int] = typer.Option(None, "--num-classes"),
+         task: Optional[str] = typer.Option(None, "--task", help="classification | segmentation | features"),
+         images: int = typer.Option(4, "--images", help="evaluation images at the main shape"),
+         input_folder: Optional[str] = typer.Option(None, "--input-folder", help="your own evaluation images"),
+         random_inputs: bool = typer.Option(False, "--random-inputs", help="random tensors instead of photos"),
+         runs: int = typer.Option(30, "--runs", help="timed runs"),
+         threads: Optional[int] = typer.Option(None, "--threads", help="threads for every backend (default: all cores)"),
+         no_bench: bool = typer.Option(False, "--no-bench"),
+         quiet: bool = typer.Option(False, "--quiet", "-q"),
+         as_json: bool = typer.Option(False, "--json", help="print the report as JSON")):
+    """Export to ONNX, check it, simplify it, compare it with eager PyTorch and time both."""
+    recipe = _recipe_from_flags(name, model, weights, shape, dynamic.value, output, num_classes, task, images,
+                                input_folder, random_inputs, runs, threads, no_bench,
+                                stages={"onnx": {"opset": opset, "exporter": exporter.value,
+                                                 "simplify": not no_simplify}})
+    _execute(recipe, quiet, as_json)
+
+
+def _recipe_from_flags(name, model, weights, shape, dynamic, output, num_classes, task, images, input_folder,
+                       random_inputs, runs, threads, no_bench, stages):
+    from edgeexport.recipe import Recipe
+
+    if not name and not model:
+        raise UserError("give a zoo model name, or --model package.module:factory")
+    if input_folder and random_inputs:
+        raise UserError("--input-folder and --random-inputs exclude each other")
+    data = {
+        "model": model or name, "name": name if model else None, "weights": weights, "input_shape": shape,
+        "dynamic": dynamic, "output": output, "num_classes": num_classes, "task": task,
+        "inputs": {"source": "folder" if input_folder else "random" if random_inputs else "photos",
+                   "folder": input_folder, "images": images},
+        "stages": stages, "bench": {"enabled": not no_bench, "runs": runs, "threads": threads},
+    }
+    return Recipe.from_dict(data, source="options")
+
+
+@app.command()
+@handle_errors
+def run(recipe_path: Path = typer.Argument(..., metavar="RECIPE", help="recipe YAML"),
+        output: Optional[str] = typer.Option(None, "--output", "-o", help="override the recipe's output folder"),
+        weights: Optional[str] = typer.Option(None, "--weights", help="override the recipe's weights"),
+        quiet: bool = typer.Option(False, "--quiet", "-q"),
+        as_json: bool = typer.Option(False, "--json")):
+    """Run every stage of a recipe and report parity and latency of every artifact."""
+    from edgeexport.recipe import Recipe
+
+    recipe = Recipe.from_yaml(recipe_path)
+    if output:
+        recipe.output = output
+    if weights:
+        recipe.weights = weights
+    _execute(recipe, quiet, as_json)
+
+
+@app.command()
+@handle_errors
+def doctor(as_json: bool = typer.Option(False, "--json")):
+    """Which backends are installed here, their versions, and how to install the missing ones."""
+    from edgeexport.doctor import doctor as check
+
+    rows = check()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        line = f"{r['backend']:<12} {r['status']:<26} {r['version'] or '':<14}"
+        if r["reason"]:
+            line += f" {r['reason']}"
+        if r["install"]:
+            line += f"  -> {r['install']}"
+        print(line.rstrip())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: usage errors become one line on stderr and exit 2."""
+    try:
+        rv = app(args=argv, standalone_mode=False)
+    except typer.Abort:
+        _err("aborted")
+        sys.exit(130)
+    except typer.TyperException as exc:  # usage errors from the (vendored) click layer
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `edgeexport`: show the help
+            print(message, file=sys.stderr)
+            sys.exit(2)
+        _err((message.splitlines() or [type(exc).__name__])[0])
+        sys.exit(getattr(exc, "exit_code", 2) or 2)
+    sys.exit(rv or 0)

@@ -1,0 +1,168 @@
+"""Inputs: real photographs available offline, user image folders, preprocessing.
+
+The bundled photographs are scikit-image's sample images (installed with the
+``scikit-image`` wheel, no download; provenance and licences are documented in the
+``skimage.data`` docstrings). They are split into two disjoint sets:
+
+* ``eval``: natural colour photographs used for parity checks and accuracy budgets;
+* ``calib``: the others, used for int8 calibration and BatchNorm re-estimation.
+
+Random tensors are only produced when explicitly asked for (``source="random"``).
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from edgeexport.errors import UserError
+
+EVAL_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png", "motorcycle_right.png")
+CALIB_PHOTOS = ("rocket.jpg", "hubble_deep_field.jpg", "retina.jpg", "ihc.png", "camera.png", "coins.png",
+                "moon.png", "grass.png", "gravel.png", "brick.png", "cell.png", "color.png")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
+SOURCES = ("photos", "folder", "random")
+
+
+def _pil():
+    from PIL import Image
+
+    return Image
+
+
+@functools.lru_cache(maxsize=None)
+def _bundled(name: str) -> np.ndarray:
+    Image = _pil()
+    with resources.as_file(resources.files("skimage.data") / name) as path:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+
+
+def photos(split: str = "eval") -> list[tuple[str, np.ndarray]]:
+    """The bundled photographs of a split, as (name, HxWx3 uint8) pairs."""
+    names = {"eval": EVAL_PHOTOS, "calib": CALIB_PHOTOS, "all": EVAL_PHOTOS + CALIB_PHOTOS}[split]
+    return [(n, _bundled(n)) for n in names]
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read one user image as HxWx3 uint8; grayscale is replicated, other layouts are refused."""
+    Image = _pil()
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            if mode in ("RGB", "L", "P") or (mode == "RGBA" and im.getextrema()[3][0] == 255):
+                return np.asarray(im.convert("RGB"))
+            if mode in ("RGBA", "LA"):
+                raise UserError(f"{path}: image has transparency ({mode}); flatten it to RGB first")
+            raise UserError(f"{path}: unsupported channel layout {mode!r}; expected RGB or grayscale 8-bit")
+    except UserError:
+        raise
+    except Exception as exc:  # PIL raises many types for corrupt files
+        raise UserError(f"{path}: not a readable image ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+
+
+def folder_images(folder: str | Path) -> list[tuple[str, np.ndarray]]:
+    """Every image in a folder (sorted), validated. Empty or missing folders are errors."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise UserError(f"image folder {folder} does not exist")
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a folder")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise UserError(f"image folder {folder} is empty")
+    images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+    if not images:
+        raise UserError(f"image folder {folder} has no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return [(p.name, read_image(p)) for p in images]
+
+
+# ---------------------------------------------------------------- preprocessing
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Per-model preprocessing: resize policy and normalisation (declared in the model meta)."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resize: str = "resize"  # "resize" | "center_crop"
+    crop_fraction: float = 0.875
+
+    def __call__(self, image: np.ndarray, height: int, width: int) -> np.ndarray:
+        """HxWx3 uint8 -> 3xHxW float32, resized and normalised."""
+        Image = _pil()
+        im = Image.fromarray(image)
+        if self.resize == "center_crop":
+            scale = max(height, width) / self.crop_fraction / min(im.size)
+            im = im.resize((max(width, round(im.size[0] * scale)), max(height, round(im.size[1] * scale))),
+                           Image.BILINEAR)
+            left, top = (im.size[0] - width) // 2, (im.size[1] - height) // 2
+            im = im.crop((left, top, left + width, top + height))
+        else:
+            im = im.resize((width, height), Image.BILINEAR)
+        x = np.asarray(im, dtype=np.float32) / 255.0
+        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random crop (50-100% of the side) and horizontal flip, for calibration diversity."""
+    h, w = image.shape[:2]
+    s = rng.uniform(0.5, 1.0)
+    ch, cw = max(8, int(h * s)), max(8, int(w * s))
+    top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+    out = image[top:top + ch, left:left + cw]
+    return out[:, ::-1] if rng.random() < 0.5 else out
+
+
+@dataclass(frozen=True)
+class InputSource:
+    """Where input samples come from: bundled photos (a split), a user folder, or random noise."""
+
+    source: str = "photos"
+    split: str = "eval"
+    folder: str | None = None
+    seed: int = 0
+
+    def images(self) -> list[tuple[str, np.ndarray]]:
+        if self.source == "photos":
+            return photos(self.split)
+        if self.source == "folder":
+            if not self.folder:
+                raise UserError("input source 'folder' needs a folder path")
+            return folder_images(self.folder)
+        raise UserError(f"input source {self.source!r} has no images")
+
+    def batches(self, shape: tuple[int, ...], count: int, preprocess: Preprocess,
+                augmented: bool = False) -> Iterator[tuple[list[str], np.ndarray]]:
+        """``count`` NCHW float32 batches of the given shape, with the names of their images.
+
+        Images are used in order and cycled; with ``augmented`` every reuse is a new random crop.
+        """
+        n, c, h, w = shape
+        if c != 3 and self.source != "random":
+            raise UserError(f"photographs have 3 channels, the model input has {c}")
+        if self.source == "random":
+            rng = np.random.default_rng(self.seed)
+            for i in range(count):
+                yield [f"random{i}"], rng.standard_normal(shape, dtype=np.float32)
+            return
+        images = self.images()
+        rng = np.random.default_rng(self.seed)
+        k = 0
+        for _ in range(count):
+            names, arrays = [], []
+            for _ in range(n):
+                name, img = images[k % len(images)]
+                if augmented and k >= len(images):
+                    img, name = augment(img, rng), f"{name}#aug{k}"
+                names.append(name)
+                arrays.append(preprocess(img, h, w))
+                k += 1
+            yield names, np.stack(arrays)

@@ -1,0 +1,1 @@
+"""Artifact builders, one module per target format."""

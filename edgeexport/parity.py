@@ -1,0 +1,251 @@
+"""Parity: how far an artifact's outputs are from eager PyTorch's, per output, with a verdict.
+
+Metrics (accumulated over every sample of a check):
+
+* ``max_abs``      largest absolute difference
+* ``mean_abs``     mean absolute difference
+* ``max_abs_scaled`` ``max_abs / max|ref|`` (error relative to the logit scale)
+* ``max_rel``      largest elementwise ``|d| / max(|ref|, 1e-3 * max|ref|)`` (floored so that
+                   near-zero references do not explode it)
+* ``cosine``       cosine similarity of the flattened outputs
+* ``snr_db``       ``10 log10(sum ref^2 / sum d^2)`` (capped at 200 dB for identical outputs)
+* ``agreement``    segmentation: fraction of pixels whose argmax class matches;
+                   classification: top-1 agreement (and ``top5_agreement``: mean overlap of
+                   the top-5 sets)
+
+A reference whose outputs are degenerate (constant, or one class for every pixel of every
+segmentation sample) makes the comparison vacuous; that is reported as a failure of its own.
+Problems are structured (:class:`ParityIssue`), like Optimum's validation errors.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+SNR_CAP_DB = 200.0
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Limits for one precision. ``None`` disables a limit."""
+
+    max_abs_scaled: float | None = None
+    min_cosine: float | None = None
+    min_snr_db: float | None = None
+    min_agreement: float | None = None
+
+    def limits(self) -> dict[str, tuple[str, float]]:
+        """metric -> (comparison, limit) for the limits that are set."""
+        out = {}
+        if self.max_abs_scaled is not None:
+            out["max_abs_scaled"] = ("<=", self.max_abs_scaled)
+        if self.min_cosine is not None:
+            out["cosine"] = (">=", self.min_cosine)
+        if self.min_snr_db is not None:
+            out["snr_db"] = (">=", self.min_snr_db)
+        if self.min_agreement is not None:
+            out["agreement"] = (">=", self.min_agreement)
+        return out
+
+
+DEFAULT_TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance(max_abs_scaled=1e-4, min_cosine=0.99999, min_agreement=0.999),
+    "fp16": Tolerance(max_abs_scaled=2e-2, min_cosine=0.999, min_snr_db=35.0, min_agreement=0.99),
+    "int8": Tolerance(min_cosine=0.99, min_snr_db=20.0, min_agreement=0.9),
+}
+
+
+@dataclass
+class ParityIssue:
+    kind: str  # shape_mismatch | missing_output | non_finite | degenerate_reference | tolerance_exceeded
+    output: str
+    message: str
+    metric: str | None = None
+    value: float | None = None
+    limit: float | None = None
+
+
+class _Accumulator:
+    """Running sums for one output over many samples."""
+
+    def __init__(self, task: str):
+        self.task = task
+        self.n = 0
+        self.sum_abs = 0.0
+        self.max_abs = 0.0
+        self.max_ref = 0.0
+        self.max_rel = 0.0
+        self.ref2 = self.got2 = self.dot = self.err2 = 0.0
+        self.agree = self.total = 0
+        self.top5 = 0.0
+        self.ref_classes: set[int] = set()
+        self.ref_min, self.ref_max = math.inf, -math.inf
+        self.nonfinite = 0
+
+    def add(self, ref: np.ndarray, got: np.ndarray) -> None:
+        r = ref.astype(np.float64, copy=False)
+        g = got.astype(np.float64, copy=False)
+        self.nonfinite += int(np.size(g) - np.isfinite(g).sum())
+        d = np.abs(r - g)
+        self.n += r.size
+        self.sum_abs += float(np.nansum(d))
+        self.max_abs = max(self.max_abs, float(np.nanmax(d)) if d.size else 0.0)
+        scale = float(np.abs(r).max()) if r.size else 0.0
+        self.max_ref = max(self.max_ref, scale)
+        floor = max(1e-3 * scale, 1e-12)
+        self.max_rel = max(self.max_rel, float(np.nanmax(d / np.maximum(np.abs(r), floor))) if d.size else 0.0)
+        self.ref2 += float((r * r).sum())
+        self.got2 += float(np.nansum(g * g))
+        self.dot += float(np.nansum(r * g))
+        self.err2 += float(np.nansum(d * d))
+        self.ref_min, self.ref_max = min(self.ref_min, float(r.min())), max(self.ref_max, float(r.max()))
+        if self.task == "segmentation" and r.ndim == 4 and r.shape[1] > 1:
+            ra, ga = r.argmax(1), g.argmax(1)
+            self.agree += int((ra == ga).sum())
+            self.total += ra.size
+            self.ref_classes.update(np.unique(ra).tolist())
+        elif self.task == "classification" and r.ndim == 2 and r.shape[1] > 1:
+            ra, ga = r.argmax(1), g.argmax(1)
+            self.agree += int((ra == ga).sum())
+            self.total += ra.size
+            self.ref_classes.update(ra.tolist())
+            k = min(5, r.shape[1])
+            rt, gt = np.argsort(-r, 1)[:, :k], np.argsort(-g, 1)[:, :k]
+            self.top5 += sum(len(set(a) & set(b)) / k for a, b in zip(rt.tolist(), gt.tolist()))
+
+    def metrics(self) -> dict[str, float | int | None]:
+        cos_den = math.sqrt(self.ref2 * self.got2)
+        snr = SNR_CAP_DB if self.err2 == 0 else min(SNR_CAP_DB, 10 * math.log10(max(self.ref2, 1e-300) / self.err2))
+        m = {
+            "max_abs": self.max_abs,
+            "mean_abs": self.sum_abs / max(self.n, 1),
+            "max_abs_scaled": self.max_abs / self.max_ref if self.max_ref > 0 else (0.0 if self.max_abs == 0 else math.inf),
+            "max_rel": self.max_rel,
+            "cosine": self.dot / cos_den if cos_den > 0 else (1.0 if self.err2 == 0 else 0.0),
+            "snr_db": snr,
+            "agreement": self.agree / self.total if self.total else None,
+            "ref_scale": self.max_ref,
+            "ref_spread": self.ref_max - self.ref_min,
+        }
+        if self.task == "classification" and self.total:
+            m["top5_agreement"] = self.top5 / self.total
+        if self.task in ("segmentation", "classification"):
+            m["ref_classes"] = len(self.ref_classes)
+        return m
+
+
+@dataclass
+class OutputParity:
+    name: str
+    task: str
+    shape: list[int]
+    metrics: dict
+    issues: list[ParityIssue] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.issues
+
+
+@dataclass
+class ParityResult:
+    """Parity of one artifact at one input shape."""
+
+    shape: list[int]
+    samples: int
+    precision: str
+    tolerance: Tolerance
+    outputs: list[OutputParity] = field(default_factory=list)
+    issues: list[ParityIssue] = field(default_factory=list)  # issues not tied to a single output
+    sample_names: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.issues and all(o.passed for o in self.outputs)
+
+    def all_issues(self) -> list[ParityIssue]:
+        return self.issues + [i for o in self.outputs for i in o.issues]
+
+    def to_dict(self) -> dict:
+        return {
+            "shape": self.shape, "samples": self.samples, "sample_names": self.sample_names,
+            "precision": self.precision, "tolerance": asdict(self.tolerance), "passed": self.passed,
+            "outputs": [{"name": o.name, "task": o.task, "shape": o.shape, "passed": o.passed,
+                         "metrics": _finite(o.metrics), "issues": [asdict(i) for i in o.issues]} for o in self.outputs],
+            "issues": [asdict(i) for i in self.issues],
+        }
+
+
+def _finite(d: dict) -> dict:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+
+
+def _check(acc: _Accumulator, name: str, tol: Tolerance) -> list[ParityIssue]:
+    m = acc.metrics()
+    issues = []
+    if acc.nonfinite:
+        issues.append(ParityIssue("non_finite", name, f"{acc.nonfinite} non-finite values in the artifact's output"))
+    if m["ref_spread"] <= 1e-12 * max(1.0, m["ref_scale"]):
+        issues.append(ParityIssue("degenerate_reference", name,
+                                  "eager output is constant; the comparison would prove nothing"))
+    elif acc.task == "segmentation" and m.get("ref_classes", 2) < 2:
+        issues.append(ParityIssue("degenerate_reference", name,
+                                  "eager output predicts one class for every pixel; the comparison would prove nothing"))
+    for metric, (op, limit) in tol.limits().items():
+        value = m.get(metric)
+        if value is None:
+            continue
+        bad = value > limit if op == "<=" else value < limit
+        if bad or (isinstance(value, float) and math.isnan(value)):
+            issues.append(ParityIssue("tolerance_exceeded", name, f"{metric} = {value:.4g}, limit {op} {limit:g}",
+                                      metric, float(value), float(limit)))
+    return issues
+
+
+class ParityCheck:
+    """Accumulates reference / candidate output pairs for one artifact at one shape."""
+
+    def __init__(self, shape, precision: str, tolerance: Tolerance, tasks: dict[str, str]):
+        self.shape, self.precision, self.tolerance, self.tasks = list(shape), precision, tolerance, tasks
+        self._acc: dict[str, _Accumulator] = {}
+        self._shapes: dict[str, list[int]] = {}
+        self._issues: list[ParityIssue] = []
+        self.samples = 0
+        self.sample_names: list[str] = []
+
+    def add(self, reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], names=()) -> None:
+        self.samples += 1
+        self.sample_names += list(names)
+        for name, ref in reference.items():
+            if name not in candidate:
+                if not any(i.kind == "missing_output" and i.output == name for i in self._issues):
+                    self._issues.append(ParityIssue("missing_output", name, f"artifact has no output {name!r}; "
+                                                    f"it has {sorted(candidate)}"))
+                continue
+            got = candidate[name]
+            if tuple(got.shape) != tuple(ref.shape):
+                if not any(i.kind == "shape_mismatch" and i.output == name for i in self._issues):
+                    self._issues.append(ParityIssue("shape_mismatch", name,
+                                                    f"shape {list(got.shape)} != eager {list(ref.shape)}"))
+                continue
+            acc = self._acc.setdefault(name, _Accumulator(self.tasks.get(name, "features")))
+            self._shapes[name] = list(ref.shape)
+            acc.add(ref, got)
+
+    def result(self) -> ParityResult:
+        res = ParityResult(self.shape, self.samples, self.precision, self.tolerance, issues=list(self._issues),
+                           sample_names=self.sample_names)
+        for name, acc in self._acc.items():
+            res.outputs.append(OutputParity(name, acc.task, self._shapes[name], acc.metrics(),
+                                            _check(acc, name, self.tolerance)))
+        return res
+
+
+def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], tasks: dict[str, str],
+            precision: str = "fp32", tolerance: Tolerance | None = None, input_shape=()) -> ParityResult:
+    """One-shot comparison of two sets of named outputs."""
+    check = ParityCheck(input_shape, precision, tolerance or DEFAULT_TOLERANCES[precision], tasks)
+    check.add(reference, candidate)
+    return check.result()

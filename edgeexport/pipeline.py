@@ -1,0 +1,312 @@
+"""The pipeline: build artifacts stage by stage, then check every artifact the same way.
+
+``run(recipe)`` loads the model, builds the artifacts its stages ask for, then for every
+artifact (whatever the backend) runs parity against eager PyTorch on real photographs at
+the main shape and, for dynamic exports, at other shapes, and times it beside eager with
+the same thread count. Stages only build; checking goes through the runner interface.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from edgeexport.bench import LatencyStats, benchmark
+from edgeexport.data import InputSource
+from edgeexport.errors import EdgeExportError, UserError
+from edgeexport.parity import ParityCheck, ParityResult
+from edgeexport.recipe import Recipe
+from edgeexport.runners.base import Runner
+from edgeexport.runners.torch_eager import TorchRunner
+from edgeexport.source import ModelHandle, load_model
+from edgeexport.util import default_threads, ensure_output_dir, file_size
+
+
+# ---------------------------------------------------------------- artifacts
+
+
+@dataclass
+class Artifact:
+    """One built file (or package) with how to run it and what its checks found."""
+
+    kind: str  # e.g. "onnx", "onnx-int8"
+    backend: str
+    precision: str
+    path: Path | None
+    make_runner: Callable[[int], Runner] | None = None
+    dynamic: str = "none"
+    build: dict = field(default_factory=dict)
+    error: str | None = None  # build failure
+    parity: list[ParityResult] = field(default_factory=list)
+    parity_status: str = "not_run"  # passed | failed | not_run | skipped
+    not_run_reason: str | None = None
+    latency: LatencyStats | None = None
+    notes: list[str] = field(default_factory=list)
+    compare_to: str | None = None  # also compared against this artifact's kind (e.g. int8 vs fp32 ONNX)
+    extra_parity: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.parity_status in ("passed", "not_run", "skipped")
+
+    @property
+    def size(self) -> int | None:
+        return file_size(self.path) if self.path is not None and self.path.exists() else None
+
+
+# ---------------------------------------------------------------- evaluation inputs and references
+
+
+def auto_extra_shapes(shape, dynamic: str, size_multiple: int = 1) -> list[tuple[int, int, int, int]]:
+    """Two shapes other than ``shape`` along the dynamic axes (odd sizes where the model allows)."""
+    n, c, h, w = shape
+    m = max(size_multiple, 1)
+
+    def r(v):
+        return max(m, int(round(v / m)) * m)
+
+    b = dynamic in ("batch", "all")
+    s = dynamic in ("hw", "all")
+    if not (b or s):
+        return []
+    first = (n + 1 if b else n, c, r(h * 0.75) + (1 if m == 1 and s else 0) if s else h, r(w * 1.25) if s else w)
+    second = (n + 2 if b else n, c, r(h * 0.6) if s else h, r(w * 0.8) + (1 if m == 1 and s else 0) if s else w)
+    return [first, second]
+
+
+class References:
+    """Evaluation batches per shape and eager PyTorch's outputs for them (computed once)."""
+
+    def __init__(self, handle: ModelHandle, main_shape, images: int, source: InputSource, extra_shapes, threads: int):
+        self.handle, self.main_shape, self.threads = handle, tuple(main_shape), threads
+        n = main_shape[0]
+        count = max(1, math.ceil(images / n))
+        pre = handle.preprocess
+        self.batches: dict[tuple, list[tuple[list[str], np.ndarray]]] = {
+            tuple(main_shape): list(source.batches(tuple(main_shape), count, pre))}
+        for s in extra_shapes:
+            self.batches[tuple(s)] = list(source.batches(tuple(s), 1, pre))
+        self._outputs: dict[tuple, list[dict[str, np.ndarray]]] = {}
+
+    @property
+    def input_name(self) -> str:
+        return self.handle.input_names[0]
+
+    def eager_runner(self) -> TorchRunner:
+        return TorchRunner(self.handle.wrapped(), self.handle.input_names, self.handle.output_names, self.threads)
+
+    def outputs(self, shape) -> list[dict[str, np.ndarray]]:
+        shape = tuple(shape)
+        if shape not in self._outputs:
+            with self.eager_runner() as r:
+                self._outputs[shape] = [r.infer({self.input_name: x}) for _, x in self.batches[shape]]
+        return self._outputs[shape]
+
+    def shapes_for(self, artifact: Artifact) -> list[tuple]:
+        shapes = list(self.batches)
+        return shapes if artifact.dynamic != "none" else [self.main_shape]
+
+    def feed(self, shape=None) -> dict[str, np.ndarray]:
+        return {self.input_name: self.batches[tuple(shape or self.main_shape)][0][1]}
+
+
+def check_parity(runner: Runner, refs: References, shapes, precision: str, tolerance,
+                 against: Callable[[tuple], list[dict]] | None = None) -> list[ParityResult]:
+    """Compare ``runner`` with eager PyTorch (or with ``against``) at each shape."""
+    results = []
+    for shape in shapes:
+        reference = against(shape) if against else refs.outputs(shape)
+        check = ParityCheck(shape, precision, tolerance, refs.handle.tasks)
+        for (names, x), ref in zip(refs.batches[tuple(shape)], reference):
+            check.add(ref, runner.infer({refs.input_name: x}), names)
+        results.append(check.result())
+    return results
+
+
+# ---------------------------------------------------------------- run context
+
+
+@dataclass
+class Context:
+    recipe: Recipe
+    handle: ModelHandle
+    shape: tuple[int, int, int, int]
+    out_dir: Path
+    threads: int
+    refs: References
+    log: Callable[[str], None]
+    status: Callable
+    artifacts: list[Artifact] = field(default_factory=list)
+    eager_latency: LatencyStats | None = None
+    rewrites: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.recipe.name or self.handle.name
+
+    def artifact_path(self, suffix: str) -> Path:
+        return self.out_dir / f"{self.name}{suffix}"
+
+    def find(self, kind: str) -> Artifact | None:
+        return next((a for a in self.artifacts if a.kind == kind and a.error is None), None)
+
+
+def _noop_status(msg):
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def prepare(recipe: Recipe, log=print, status=_noop_status) -> Context:
+    """Load the model and the evaluation inputs; validate everything the stages will need."""
+    shape = tuple(recipe.input_shape) if recipe.input_shape else None
+    if shape is None and ":" in recipe.model:
+        raise UserError(f"user model {recipe.model} needs an input shape (--shape NxCxHxW)")
+    if recipe.inputs.source == "folder" and not recipe.inputs.folder:
+        raise UserError("inputs.source is 'folder' but inputs.folder is not set")
+    out_dir = ensure_output_dir(recipe.output)
+    with status(f"Loading {recipe.model}"):
+        handle = load_model(recipe.model, recipe.weights, recipe.num_classes, recipe.task,
+                            tuple(shape[1:]) if shape else None, recipe.model_kwargs)
+    if shape is None:
+        shape = (1, *handle.meta.input_size)
+    if shape[1] != handle.meta.input_size[0] and handle.origin.startswith("zoo:"):
+        raise UserError(f"{handle.name} takes {handle.meta.input_size[0]} input channels, not {shape[1]}")
+    m = handle.meta.size_multiple
+    if m > 1 and (shape[2] % m or shape[3] % m):
+        raise UserError(f"{handle.name} needs H and W that are multiples of {m}; got {shape[2]}x{shape[3]}")
+    if recipe.dynamic in ("hw", "all") and not handle.meta.dynamic_hw:
+        raise UserError(f"{handle.name} cannot take dynamic H/W: {handle.meta.notes or 'fixed-size graph'}")
+    source = InputSource(recipe.inputs.source, "eval", recipe.inputs.folder)
+    source_images = None if source.source == "random" else source.images()
+    if source_images is not None and not source_images:
+        raise UserError("no evaluation images")
+    try:
+        probe = next(source.batches(shape, 1, handle.preprocess))[1]
+        handle.probe(torch.from_numpy(probe))
+    except EdgeExportError:
+        raise
+    except Exception as exc:
+        raise UserError(f"{handle.name} does not run at input shape {'x'.join(map(str, shape))}: "
+                        f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
+    threads = recipe.bench.threads or default_threads()
+    extra = []
+    if recipe.dynamic != "none" and recipe.parity.enabled:
+        extra = (auto_extra_shapes(shape, recipe.dynamic, handle.meta.size_multiple)
+                 if recipe.parity.extra_shapes == "auto" else [tuple(s) for s in recipe.parity.extra_shapes])
+        for s in extra:
+            _check_extra_shape(s, shape, recipe.dynamic)
+    refs = References(handle, shape, recipe.inputs.images, source, extra, threads)
+    return Context(recipe, handle, shape, out_dir, threads, refs, log, status)
+
+
+def _check_extra_shape(s, shape, dynamic):
+    if len(s) != 4 or any(int(d) <= 0 for d in s):
+        raise UserError(f"parity.extra_shapes: {s} is not a positive NxCxHxW shape")
+    fixed = {"batch": (1, 2, 3), "hw": (0, 1), "all": (1,)}[dynamic]
+    for axis in fixed:
+        if s[axis] != shape[axis]:
+            raise UserError(f"parity.extra_shapes: {list(s)} changes axis {axis}, which is not dynamic ({dynamic})")
+
+
+# ---------------------------------------------------------------- stages
+
+
+def stage_onnx(ctx: Context) -> Artifact:
+    from edgeexport.export.onnx import ExportFailed, export_onnx, simplify_onnx
+    from edgeexport.rewrite import apply_rewrites
+    from edgeexport.runners.onnxruntime import OnnxRuntimeRunner
+
+    cfg = ctx.recipe.stages.onnx
+    path = ctx.artifact_path(".onnx")
+    art = Artifact("onnx", "onnxruntime", "fp32", path, dynamic=ctx.recipe.dynamic)
+    model, counts = apply_rewrites(ctx.handle.model, cfg.rewrites)
+    art.build["rewrites"] = counts
+    sample = torch.from_numpy(ctx.refs.feed()[ctx.refs.input_name])
+    with ctx.status(f"Exporting {ctx.name} to ONNX ({cfg.exporter}, opset {cfg.opset}, dynamic={ctx.recipe.dynamic})"):
+        try:
+            art.build.update(export_onnx(ctx.handle.wrapped(model), sample, path, input_name=ctx.refs.input_name,
+                                         output_names=ctx.handle.output_names, opset=cfg.opset,
+                                         dynamic=ctx.recipe.dynamic, exporter=cfg.exporter))
+        except ExportFailed as exc:
+            art.error = str(exc)
+            return art
+    if cfg.simplify:
+        with ctx.status("Simplifying with onnxsim"):
+            art.build["simplify"] = simplify_onnx(path, ctx.refs.feed())
+        if not art.build["simplify"]["applied"]:
+            art.notes.append(art.build["simplify"]["reason"])
+    else:
+        art.build["simplify"] = {"applied": False, "reason": "disabled"}
+    art.make_runner = lambda threads, p=path: OnnxRuntimeRunner(p, threads=threads)
+    return art
+
+
+STAGES: dict[str, Callable[[Context], Artifact | list[Artifact] | None]] = {
+    "onnx": stage_onnx,
+}
+
+
+# ---------------------------------------------------------------- checks
+
+
+def check_artifact(ctx: Context, art: Artifact) -> None:
+    """Parity (main + dynamic shapes) and latency of one artifact, through its runner."""
+    if art.error is not None or art.make_runner is None:
+        return
+    runner = art.make_runner(ctx.threads)
+    ok, reason = runner.availability()
+    if not ok:
+        art.parity_status, art.not_run_reason = "not_run", f"not run on this machine: {reason}"
+        return
+    recipe = ctx.recipe
+    tol = recipe.tolerance(art.precision)
+    with runner:
+        if recipe.parity.enabled:
+            with ctx.status(f"Parity: {art.kind} vs eager on {recipe.inputs.source}"):
+                art.parity = check_parity(runner, ctx.refs, ctx.refs.shapes_for(art), art.precision, tol)
+            art.parity_status = "passed" if all(p.passed for p in art.parity) else "failed"
+            base = ctx.find(art.compare_to) if art.compare_to else None
+            if base is not None and base.make_runner is not None:
+                with base.make_runner(ctx.threads) as b:
+                    outs = {s: [b.infer({ctx.refs.input_name: x}) for _, x in ctx.refs.batches[s]]
+                            for s in [ctx.shape]}
+                res = check_parity(runner, ctx.refs, [ctx.shape], art.precision, tol, against=lambda s: outs[s])
+                art.extra_parity[f"vs_{art.compare_to}"] = [r.to_dict() for r in res]
+        else:
+            art.parity_status = "skipped"
+        if recipe.bench.enabled:
+            with ctx.status(f"Timing {art.kind} ({ctx.threads} threads)"):
+                art.latency = benchmark(runner, ctx.refs.feed(), recipe.bench.warmup, recipe.bench.runs,
+                                        recipe.bench.budget_s)
+
+
+def time_eager(ctx: Context) -> None:
+    if not ctx.recipe.bench.enabled:
+        return
+    b = ctx.recipe.bench
+    with ctx.status(f"Timing eager PyTorch ({ctx.threads} threads)"), ctx.refs.eager_runner() as r:
+        ctx.eager_latency = benchmark(r, ctx.refs.feed(), b.warmup, b.runs, b.budget_s)
+
+
+def run(recipe: Recipe, log=print, status=_noop_status) -> dict:
+    """Run a recipe end to end and return the report (also written next to the artifacts)."""
+    from edgeexport import report as R
+
+    t0 = time.perf_counter()
+    ctx = prepare(recipe, log, status)
+    stage_names = [name for name in STAGES if getattr(recipe.stages, name, None) is not None]
+    for name in stage_names:
+        built = STAGES[name](ctx)
+        for art in built if isinstance(built, list) else [built] if built else []:
+            ctx.artifacts.append(art)
+            check_artifact(ctx, art)
+    time_eager(ctx)
+    rep = R.build_report(ctx, time.perf_counter() - t0)
+    R.write_reports(rep, ctx.out_dir, ctx.name)
+    return rep

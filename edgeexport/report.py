@@ -1,0 +1,208 @@
+"""Reports: one JSON document per run, a Markdown rendering of it, and the terminal table.
+
+Every artifact appears with its backend, precision, size, parity verdict and latency
+side by side. A check that could not execute on this machine is reported as
+"not run on this machine", never as passed.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+from pathlib import Path
+
+from edgeexport import __version__
+from edgeexport.util import atomic_path, format_shape
+
+STATUS_TEXT = {"passed": "passed", "failed": "FAILED", "not_run": "not run here", "skipped": "skipped",
+               "build_failed": "BUILD FAILED"}
+
+
+def machine_info(threads: int | None = None) -> dict:
+    import os
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    from edgeexport.util import default_threads
+
+    return {"cpu": cpu, "cores": default_threads(), "logical_cpus": os.cpu_count(), "threads": threads,
+            "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
+            "machine": platform.machine()}
+
+
+def versions() -> dict:
+    from edgeexport.doctor import installed_versions
+
+    return installed_versions()
+
+
+def _artifact_dict(ctx, art) -> dict:
+    eager = ctx.eager_latency
+    status = "build_failed" if art.error else art.parity_status
+    d = {
+        "kind": art.kind, "backend": art.backend, "precision": art.precision,
+        "path": str(art.path) if art.path and art.error is None else None,
+        "size_bytes": art.size if art.error is None else None,
+        "dynamic": art.dynamic, "build": art.build, "error": art.error, "notes": art.notes,
+        "parity": {"status": status, "reason": art.not_run_reason,
+                   "checks": [p.to_dict() for p in art.parity], **art.extra_parity},
+        "latency": art.latency.to_dict() if art.latency else None,
+        "ratio_to_eager": (art.latency.median_ms / eager.median_ms) if art.latency and eager else None,
+    }
+    if art.latency is None and art.error is None and art.parity_status == "not_run":
+        d["latency_note"] = art.not_run_reason
+    return d
+
+
+def build_report(ctx, elapsed_s: float) -> dict:
+    h = ctx.handle
+    arts = [_artifact_dict(ctx, a) for a in ctx.artifacts]
+    failed = [a["kind"] for a in arts if a["parity"]["status"] in ("failed", "build_failed")]
+    return {
+        "edgeexport": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "elapsed_s": round(elapsed_s, 1),
+        "machine": machine_info(ctx.threads),
+        "versions": versions(),
+        "model": {**h.info(ctx.shape), "dynamic": ctx.recipe.dynamic},
+        "inputs": {"source": ctx.recipe.inputs.source, "folder": ctx.recipe.inputs.folder,
+                   "shapes": [list(s) for s in ctx.refs.batches],
+                   "images": sorted({n for b in ctx.refs.batches.values() for names, _ in b for n in names})},
+        "recipe": ctx.recipe.model_dump(mode="json"),
+        "eager": {"backend": "torch", "latency": ctx.eager_latency.to_dict() if ctx.eager_latency else None},
+        "artifacts": arts,
+        "verdict": "failed" if failed else "passed",
+        "failed": failed,
+    }
+
+
+def write_reports(report: dict, out_dir: Path, name: str) -> tuple[Path, Path]:
+    js, md = out_dir / f"{name}.report.json", out_dir / f"{name}.report.md"
+    with atomic_path(js) as tmp:
+        tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    with atomic_path(md) as tmp:
+        tmp.write_text(to_markdown(report))
+    return js, md
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def _fmt(v, spec=".3g", none="–"):
+    if v is None:
+        return none
+    if isinstance(v, float):
+        return format(v, spec)
+    return str(v)
+
+
+def _size(n):
+    if n is None:
+        return "–"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def summary_rows(report: dict) -> list[list[str]]:
+    """One row per artifact (plus eager): backend, precision, size, parity, errors, latency, ratio."""
+    rows = []
+    eager = report["eager"]["latency"]
+    rows.append(["eager", "torch", "fp32", "–", "reference", "–", "–", "–",
+                 _fmt(eager["median_ms"], ".1f") if eager else "–", "1.00" if eager else "–"])
+    for a in report["artifacts"]:
+        main = a["parity"]["checks"][0]["outputs"] if a["parity"]["checks"] else []
+        worst = lambda key, fn: fn([o["metrics"].get(key) for o in main if o["metrics"].get(key) is not None]) \
+            if main and any(o["metrics"].get(key) is not None for o in main) else None  # noqa: E731
+        shapes = len(a["parity"]["checks"])
+        status = STATUS_TEXT[a["parity"]["status"]]
+        if shapes > 1:
+            status += f" ({shapes} shapes)"
+        lat = a["latency"]
+        rows.append([
+            a["kind"], a["backend"], a["precision"], _size(a["size_bytes"]), status,
+            _fmt(worst("max_abs_scaled", max), ".2e"), _fmt(worst("snr_db", min), ".1f"),
+            _fmt(worst("agreement", min), ".4f"),
+            _fmt(lat["median_ms"], ".1f") if lat else "–", _fmt(a["ratio_to_eager"], ".2f"),
+        ])
+    return rows
+
+
+HEADERS = ["artifact", "backend", "precision", "size", "parity", "max err / scale", "SNR dB", "agreement",
+           "median ms", "x eager"]
+
+
+def to_markdown(report: dict) -> str:
+    m = report["model"]
+    lines = [f"# edgeexport report: {m['name']}", "",
+             f"- model: `{m['origin']}`, weights: {m['weights']}, {m['params']:,} parameters",
+             f"- input: {format_shape(m['input_shape'])} (dynamic: {m['dynamic']}), outputs: "
+             + ", ".join(f"`{o}` ({m['output_tasks'].get(o, '?')})" for o in m["outputs"]),
+             f"- inputs: {report['inputs']['source']}: {', '.join(report['inputs']['images'])}",
+             f"- machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, "
+             f"{report['machine']['threads']} threads for every backend",
+             f"- versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v),
+             f"- verdict: **{report['verdict']}**", "",
+             "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    lines += ["| " + " | ".join(r) + " |" for r in summary_rows(report)]
+    for a in report["artifacts"]:
+        lines += ["", f"## {a['kind']} ({a['backend']}, {a['precision']})", ""]
+        if a["error"]:
+            lines.append(f"Build failed: {a['error']}")
+            continue
+        lines.append(f"- artifact: `{a['path']}` ({_size(a['size_bytes'])})")
+        for k, v in a["build"].items():
+            lines.append(f"- {k}: {json.dumps(v, default=str)}")
+        for note in a["notes"]:
+            lines.append(f"- note: {note}")
+        if a["parity"]["status"] == "not_run":
+            lines.append(f"- parity: {a['parity']['reason']}")
+        for chk in a["parity"]["checks"]:
+            lines += ["", f"Parity at {format_shape(chk['shape'])} over {chk['samples']} batch(es), "
+                          f"{chk['precision']} limits {json.dumps({k: v for k, v in chk['tolerance'].items() if v is not None})}: "
+                          f"**{'passed' if chk['passed'] else 'FAILED'}**", "",
+                      "| output | task | max abs | mean abs | max err / scale | max rel | cosine | SNR dB | agreement |",
+                      "|---|---|---|---|---|---|---|---|---|"]
+            for o in chk["outputs"]:
+                mt = o["metrics"]
+                lines.append(f"| {o['name']} | {o['task']} | {_fmt(mt['max_abs'], '.3g')} | {_fmt(mt['mean_abs'], '.3g')}"
+                             f" | {_fmt(mt['max_abs_scaled'], '.3g')} | {_fmt(mt['max_rel'], '.3g')}"
+                             f" | {_fmt(mt['cosine'], '.7f')} | {_fmt(mt['snr_db'], '.1f')} | {_fmt(mt['agreement'], '.5f')} |")
+            for issue in chk["issues"] + [i for o in chk["outputs"] for i in o["issues"]]:
+                lines.append(f"- {issue['kind']} ({issue['output']}): {issue['message']}")
+        if a["latency"]:
+            lt = a["latency"]
+            lines += ["", f"Latency over {lt['runs']} runs ({lt['threads']} threads): median {lt['median_ms']:.2f} ms, "
+                          f"p90 {lt['p90_ms']:.2f}, p99 {lt['p99_ms']:.2f}, mean {lt['mean_ms']:.2f} ± {lt['std_ms']:.2f} ms"]
+    return "\n".join(lines) + "\n"
+
+
+def print_table(report: dict, console) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"{report['model']['name']} {format_shape(report['model']['input_shape'])}"
+                    f" · {report['machine']['threads']} threads · verdict: {report['verdict']}")
+    for h in HEADERS:
+        t.add_column(h, justify="right" if h not in ("artifact", "backend", "precision", "parity") else "left")
+    for row in summary_rows(report):
+        style = "red" if "FAILED" in row[4] else "yellow" if "not run" in row[4] else None
+        t.add_row(*row, style=style)
+    console.print(t)
+    for a in report["artifacts"]:
+        for note in a["notes"]:
+            console.print(f"[yellow]note[/] {a['kind']}: {note}")
+        if a["parity"]["status"] == "not_run":
+            console.print(f"[yellow]{a['kind']}[/]: {a['parity']['reason']}")
+        if a["error"]:
+            console.print(f"[red]{a['kind']}[/]: {a['error']}")
+        for chk in a["parity"]["checks"]:
+            for issue in chk["issues"] + [i for o in chk["outputs"] for i in o["issues"]]:
+                console.print(f"[red]{a['kind']} @ {format_shape(chk['shape'])}[/] {issue['output']}: {issue['message']}")

@@ -1,0 +1,42 @@
+"""Exact, export-friendly rewrites applied to a copy of the model before export.
+
+Each rewrite is a function ``model -> count`` that edits the model in place and returns
+how many modules it changed; the pipeline reports the counts. Every rewrite is verified
+numerically against the original module in the tests.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+from torch import nn
+
+from edgeexport.errors import UserError
+from edgeexport.rewrite.adaptive_pool import rewrite_adaptive_pool
+
+REWRITES: dict[str, Callable[[nn.Module], int]] = {
+    "adaptive_pool": rewrite_adaptive_pool,
+}
+DEFAULT_REWRITES = ("adaptive_pool",)
+
+
+def apply_rewrites(model: nn.Module, names, inplace: bool = False) -> tuple[nn.Module, dict[str, int]]:
+    unknown = [n for n in names if n not in REWRITES]
+    if unknown:
+        raise UserError(f"unknown rewrite(s) {', '.join(unknown)}; known: {', '.join(REWRITES)}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    counts = {name: REWRITES[name](model) for name in names}
+    return model, counts
+
+
+def replace_modules(model: nn.Module, predicate, factory) -> int:
+    """Replace every submodule for which ``predicate(m)`` holds by ``factory(m)``; return the count."""
+    count = 0
+    for name, child in list(model.named_children()):
+        if predicate(child):
+            setattr(model, name, factory(child))
+            count += 1
+        else:
+            count += replace_modules(child, predicate, factory)
+    return count

@@ -1,0 +1,86 @@
+"""The runner interface every backend implements (Polygraphy-style lifecycle).
+
+A runner loads one artifact (or wraps an eager model), runs *named* numpy inputs and
+returns *named* numpy outputs, and describes itself. Parity and benchmarking only ever
+talk to this interface, so they never special-case a backend:
+
+    with SomeRunner(path, threads=2) as r:      # activate() ... deactivate()
+        outputs = r.infer({"input": x})         # dict[str, np.ndarray] -> dict[str, np.ndarray]
+
+A runner whose runtime cannot execute on this machine (CoreML off macOS, TensorRT
+without a GPU) reports it through ``availability()``; callers then record the check
+as "not run on this machine" instead of running it.
+"""
+from __future__ import annotations
+
+import abc
+from typing import ClassVar
+
+import numpy as np
+
+
+class Runner(abc.ABC):
+    backend: ClassVar[str] = "?"
+
+    def __init__(self, threads: int | None = None):
+        self.threads = threads
+        self.is_active = False
+
+    # ---- capability
+    @classmethod
+    def availability(cls) -> tuple[bool, str]:
+        """(True, "") when this runner can execute here, else (False, the reason)."""
+        return True, ""
+
+    # ---- lifecycle
+    def activate(self) -> "Runner":
+        if not self.is_active:
+            ok, reason = self.availability()
+            if not ok:
+                from edgeexport.errors import BackendMissing
+
+                raise BackendMissing(self.backend, reason)
+            self._activate()
+            self.is_active = True
+        return self
+
+    def deactivate(self) -> None:
+        if self.is_active:
+            self._deactivate()
+            self.is_active = False
+
+    def __enter__(self) -> "Runner":
+        return self.activate()
+
+    def __exit__(self, *exc) -> None:
+        self.deactivate()
+
+    @abc.abstractmethod
+    def _activate(self) -> None: ...
+
+    def _deactivate(self) -> None:
+        """Release the session / model; default: nothing to release."""
+
+    # ---- inference
+    @property
+    @abc.abstractmethod
+    def input_names(self) -> list[str]: ...
+
+    @property
+    @abc.abstractmethod
+    def output_names(self) -> list[str]: ...
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not self.is_active:
+            raise RuntimeError(f"{type(self).__name__}.infer() called before activate()")
+        missing = [n for n in self.input_names if n not in feed]
+        if missing:
+            raise KeyError(f"missing inputs {missing}; this runner takes {self.input_names}")
+        return self._infer(feed)
+
+    @abc.abstractmethod
+    def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def describe(self) -> dict:
+        """Backend, runtime version, device, threads, artifact: what a report needs to say."""
+        return {"backend": self.backend, "threads": self.threads}

@@ -1,0 +1,174 @@
+"""Where a model comes from (the zoo or a user factory) and how its outputs are named.
+
+:class:`ModelHandle` bundles everything the pipeline needs about the eager model: the
+module, its metadata (task, preprocessing), the names of its inputs and outputs, and a
+:class:`NamedOutputs` wrapper that turns dict / tuple / tensor outputs into a flat tuple
+in a fixed order, so exported graphs keep meaningful output names (``out``, ``aux``,
+``p3`` ... ``p7``).
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgeexport.data import Preprocess
+from edgeexport.errors import UserError
+from edgeexport.zoo.registry import IMAGENET_MEAN, IMAGENET_STD, TASKS, ModelMeta
+
+INPUT_NAME = "input"
+
+
+class NamedOutputs(nn.Module):
+    """Wrap a model so that it returns a tuple ordered as ``output_names``."""
+
+    def __init__(self, model: nn.Module, output_names: list[str], kind: str):
+        super().__init__()
+        self.model = model
+        self.output_names = list(output_names)
+        self.kind = kind  # "dict" | "sequence" | "tensor"
+
+    def forward(self, x: torch.Tensor):
+        out = self.model(x)
+        if self.kind == "dict":
+            return tuple(out[k] for k in self.output_names)
+        if self.kind == "sequence":
+            return tuple(out)
+        return (out,)
+
+
+def describe_outputs(out, declared: tuple[str, ...] = ()) -> tuple[list[str], str]:
+    """Names and structure of a model's outputs, from one forward pass."""
+    if isinstance(out, dict):
+        if not all(isinstance(v, torch.Tensor) for v in out.values()):
+            raise UserError("model returns a dict whose values are not all tensors")
+        return [str(k) for k in out], "dict"
+    if isinstance(out, (tuple, list)):
+        if not all(isinstance(v, torch.Tensor) for v in out):
+            raise UserError("model returns a sequence whose items are not all tensors")
+        names = list(declared) if len(declared) == len(out) else [f"output{i}" for i in range(len(out))]
+        return names, "sequence"
+    if isinstance(out, torch.Tensor):
+        return [declared[0] if declared else "output"], "tensor"
+    raise UserError(f"model returns {type(out).__name__}; expected a tensor, a tuple of tensors or a dict of tensors")
+
+
+def infer_task(t: torch.Tensor) -> str:
+    if t.ndim == 2 and t.shape[1] > 1:
+        return "classification"
+    if t.ndim == 4 and t.shape[1] > 1:
+        return "segmentation"
+    return "features"
+
+
+@dataclass
+class ModelHandle:
+    name: str
+    model: nn.Module
+    meta: ModelMeta
+    origin: str  # "zoo:<name>" or "user:<module:factory>"
+    weights: str  # description of the weights
+    output_names: list[str] = field(default_factory=list)
+    output_kind: str = "tensor"
+    tasks: dict[str, str] = field(default_factory=dict)
+    input_names: list[str] = field(default_factory=lambda: [INPUT_NAME])
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return Preprocess(self.meta.mean, self.meta.std, self.meta.resize)
+
+    def wrapped(self, model: nn.Module | None = None) -> NamedOutputs:
+        return NamedOutputs(self.model if model is None else model, self.output_names, self.output_kind).eval()
+
+    def probe(self, x: torch.Tensor) -> None:
+        """One forward pass to learn the output structure and per-output tasks."""
+        with torch.inference_mode():
+            out = self.model(x)
+        self.output_names, self.output_kind = describe_outputs(out, self.meta.output_names)
+        tensors = list(out.values()) if isinstance(out, dict) else list(out) if isinstance(out, (tuple, list)) else [out]
+        declared = self.meta.output_names
+        self.tasks = {}
+        for i, (name, t) in enumerate(zip(self.output_names, tensors)):
+            if self.origin.startswith("zoo:") and name in declared:
+                self.tasks[name] = self.meta.task_of(declared.index(name))
+            elif self.meta.task != "features" and self.origin.startswith("user:"):
+                self.tasks[name] = self.meta.task
+            else:
+                self.tasks[name] = infer_task(t)
+
+    def info(self, shape) -> dict:
+        params = sum(p.numel() for p in self.model.parameters())
+        return {"name": self.name, "origin": self.origin, "weights": self.weights, "task": self.meta.task,
+                "params": params, "input_shape": list(shape), "mean": list(self.meta.mean),
+                "std": list(self.meta.std), "outputs": self.output_names, "output_tasks": self.tasks}
+
+
+def count_macs(model: nn.Module, x: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass, counted by torch's FlopCounterMode (FLOPs / 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(x)
+    return counter.get_total_flops() // 2
+
+
+def _import_factory(spec: str):
+    if ":" not in spec:
+        raise UserError(f"--model {spec!r}: expected package.module:factory")
+    module_name, _, attr = spec.partition(":")
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise UserError(f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
+    factory = getattr(module, attr, None)
+    if factory is None or not callable(factory):
+        raise UserError(f"{module_name!r} has no callable {attr!r}")
+    return factory
+
+
+def load_model(model: str, weights: str | None = None, num_classes: int | None = None, task: str | None = None,
+               input_size: tuple[int, int, int] | None = None, model_kwargs: dict | None = None) -> ModelHandle:
+    """Resolve a zoo name or a ``module:factory`` spec into a :class:`ModelHandle`."""
+    from edgeexport.zoo import create_model, get_meta, resolve_name
+
+    kwargs = dict(model_kwargs or {})
+    if ":" in model:
+        factory = _import_factory(model)
+        try:
+            module = factory(**({"num_classes": num_classes} if num_classes else {}), **kwargs)
+        except TypeError as exc:
+            raise UserError(f"calling {model}: {exc}") from None
+        if not isinstance(module, nn.Module):
+            raise UserError(f"{model} returned {type(module).__name__}, not a torch.nn.Module")
+        if task is not None and task not in TASKS:
+            raise UserError(f"task must be one of {', '.join(TASKS)}")
+        if input_size is None:
+            raise UserError(f"user model {model} needs an input shape (--shape NxCxHxW)")
+        meta = ModelMeta(task=task or "features", input_size=input_size, output_names=(), mean=IMAGENET_MEAN,
+                         std=IMAGENET_STD, family="user")
+        if weights:
+            from edgeexport.weights import load_weights
+
+            load_weights(module, weights)
+        handle = ModelHandle(model.rsplit(":", 1)[1], module.eval(), meta, f"user:{model}",
+                             weights or "the factory's own")
+    else:
+        name = resolve_name(model)
+        try:
+            module = create_model(name, weights=weights, num_classes=num_classes, **kwargs)
+        except TypeError as exc:
+            raise UserError(f"model {name}: {exc}") from None
+        meta = get_meta(name, num_classes)
+        if task is not None and task != meta.task:
+            meta = replace(meta, task=task, output_tasks=())
+        label = {None: "default (seeded, BatchNorm re-estimated on the bundled photos)", "init": "seeded init"}
+        handle = ModelHandle(model, module, meta, f"zoo:{name}",
+                             label.get(weights, str(weights)))
+    return handle

@@ -1,0 +1,68 @@
+"""Small user models for end-to-end tests (``--model tests.support.models:NAME``)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class TinySegmenter(nn.Module):
+    """Two outputs in a dict: ``out`` (5-class logits at input size) and ``aux`` (stride-4 logits)."""
+
+    def __init__(self, num_classes: int = 5):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(),
+                                  nn.Conv2d(16, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(3)
+        self.head = nn.Conv2d(64, num_classes, 1)
+        self.aux = nn.Conv2d(32, num_classes, 1)
+
+    def forward(self, x):
+        f = self.stem(x)
+        g = F.interpolate(self.pool(f), f.shape[-2:], mode="bilinear", align_corners=False)
+        y = self.head(torch.cat([f, g], 1))
+        return {"out": F.interpolate(y, x.shape[-2:], mode="bilinear", align_corners=False), "aux": self.aux(f)}
+
+
+def tiny_segmenter(num_classes: int = 5):
+    return TinySegmenter(num_classes).eval()
+
+
+class TinyClassifier(nn.Module):
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        torch.manual_seed(1)
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU())
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        f = self.features(x)
+        return self.fc(f.mean((2, 3))), f
+
+
+def tiny_classifier(num_classes: int = 10):
+    return TinyClassifier(num_classes).eval()
+
+
+class ExportDiffers(nn.Module):
+    """Computes something else while being exported: its ONNX graph must fail parity."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(2)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        if torch.onnx.is_in_onnx_export():
+            y = y + 0.5
+        return y
+
+
+def export_differs():
+    return ExportDiffers().eval()
+
+
+def not_a_module():
+    return 42
