@@ -66,3 +66,32 @@ def benchmark(runner, feed: dict[str, np.ndarray], warmup: int = 5, runs: int = 
               budget_s: float | None = None) -> LatencyStats:
     """Median-centred latency of an active runner on one fixed input."""
     return measure(lambda: runner.infer(feed), warmup=warmup, runs=runs, budget_s=budget_s, threads=runner.threads)
+
+
+def benchmark_interleaved(runners: dict[str, object], feed: dict[str, np.ndarray], warmup: int = 5, runs: int = 50,
+                          budget_s: float | None = None, rounds: int = 5, min_runs: int = 5) -> dict[str, LatencyStats]:
+    """Time several active runners on the same input, alternating between them in ``rounds``.
+
+    Interleaving spreads any drift of the machine's load evenly over all backends, so the
+    ratios between them are fair even on a shared or throttling machine. ``budget_s`` bounds
+    the timed seconds of each runner.
+    """
+    for r in runners.values():
+        for _ in range(warmup):
+            r.infer(feed)
+    samples: dict[str, list[float]] = {name: [] for name in runners}
+    spent = {name: 0.0 for name in runners}
+    per_round = max(1, -(-runs // rounds))
+    for _ in range(rounds):
+        for name, r in runners.items():
+            for _ in range(per_round):
+                if len(samples[name]) >= runs:
+                    break
+                if budget_s is not None and len(samples[name]) >= min_runs and spent[name] >= budget_s:
+                    break
+                t0 = time.perf_counter_ns()
+                r.infer(feed)
+                dt = (time.perf_counter_ns() - t0) / 1e6
+                samples[name].append(dt)
+                spent[name] += dt / 1e3
+    return {name: LatencyStats.from_samples(s, warmup, runners[name].threads) for name, s in samples.items()}

@@ -7,6 +7,7 @@ the same thread count. Stages only build; checking goes through the runner inter
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from edgeexport.bench import LatencyStats, benchmark
+from edgeexport.bench import LatencyStats, benchmark_interleaved
 from edgeexport.data import InputSource
 from edgeexport.errors import EdgeExportError, UserError
 from edgeexport.parity import ParityCheck, ParityResult
@@ -157,8 +158,6 @@ class Context:
 
 
 def _noop_status(msg):
-    import contextlib
-
     return contextlib.nullcontext()
 
 
@@ -280,18 +279,25 @@ def check_artifact(ctx: Context, art: Artifact) -> None:
                 art.extra_parity[f"vs_{art.compare_to}"] = [r.to_dict() for r in res]
         else:
             art.parity_status = "skipped"
-        if recipe.bench.enabled:
-            with ctx.status(f"Timing {art.kind} ({ctx.threads} threads)"):
-                art.latency = benchmark(runner, ctx.refs.feed(), recipe.bench.warmup, recipe.bench.runs,
-                                        recipe.bench.budget_s)
 
 
-def time_eager(ctx: Context) -> None:
-    if not ctx.recipe.bench.enabled:
-        return
+def time_all(ctx: Context) -> None:
+    """Latency of eager PyTorch and of every runnable artifact, interleaved, same threads, same input."""
     b = ctx.recipe.bench
-    with ctx.status(f"Timing eager PyTorch ({ctx.threads} threads)"), ctx.refs.eager_runner() as r:
-        ctx.eager_latency = benchmark(r, ctx.refs.feed(), b.warmup, b.runs, b.budget_s)
+    if not b.enabled:
+        return
+    runners: dict[str, Runner] = {"eager": ctx.refs.eager_runner()}
+    for art in ctx.artifacts:
+        if art.error is None and art.make_runner is not None and art.parity_status != "not_run":
+            runners[art.kind] = art.make_runner(ctx.threads)
+    with contextlib.ExitStack() as stack:
+        for r in runners.values():
+            stack.enter_context(r)
+        with ctx.status(f"Timing {', '.join(runners)} ({ctx.threads} threads, interleaved)"):
+            stats = benchmark_interleaved(runners, ctx.refs.feed(), b.warmup, b.runs, b.budget_s)
+    ctx.eager_latency = stats.pop("eager")
+    for art in ctx.artifacts:
+        art.latency = stats.get(art.kind, art.latency)
 
 
 def run(recipe: Recipe, log=print, status=_noop_status) -> dict:
@@ -306,7 +312,7 @@ def run(recipe: Recipe, log=print, status=_noop_status) -> dict:
         for art in built if isinstance(built, list) else [built] if built else []:
             ctx.artifacts.append(art)
             check_artifact(ctx, art)
-    time_eager(ctx)
+    time_all(ctx)
     rep = R.build_report(ctx, time.perf_counter() - t0)
     R.write_reports(rep, ctx.out_dir, ctx.name)
     return rep

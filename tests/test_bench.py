@@ -3,7 +3,7 @@ import statistics
 import numpy as np
 import pytest
 
-from edgeexport.bench import LatencyStats, benchmark, measure
+from edgeexport.bench import LatencyStats, benchmark, benchmark_interleaved, measure
 
 
 def test_stats_known_answers():
@@ -46,3 +46,21 @@ def test_benchmark_goes_through_the_runner_interface():
     f = Fake()
     s = benchmark(f, {"x": np.zeros(3)}, warmup=1, runs=4)
     assert f.n == 5 and s.threads == 4
+
+
+def test_interleaved_alternates_between_runners():
+    order = []
+
+    class R:
+        threads = 2
+
+        def __init__(self, name):
+            self.name = name
+
+        def infer(self, feed):
+            order.append(self.name)
+
+    stats = benchmark_interleaved({"a": R("a"), "b": R("b")}, {}, warmup=1, runs=6, rounds=3)
+    assert stats["a"].runs == 6 and stats["b"].runs == 6
+    timed = order[2:]
+    assert timed == ["a", "a", "b", "b"] * 3  # two runs of each per round, alternating

@@ -25,6 +25,8 @@ class Runner(abc.ABC):
     def __init__(self, threads: int | None = None):
         self.threads = threads
         self.is_active = False
+        self._inputs: list[str] = []  # set by the constructor or by _activate()
+        self._outputs: list[str] = []
 
     # ---- capability
     @classmethod
@@ -63,12 +65,12 @@ class Runner(abc.ABC):
 
     # ---- inference
     @property
-    @abc.abstractmethod
-    def input_names(self) -> list[str]: ...
+    def input_names(self) -> list[str]:
+        return self._inputs
 
     @property
-    @abc.abstractmethod
-    def output_names(self) -> list[str]: ...
+    def output_names(self) -> list[str]:
+        return self._outputs
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not self.is_active:

@@ -49,14 +49,6 @@ class OnnxRuntimeRunner(Runner):
     def _deactivate(self) -> None:
         self.session = None
 
-    @property
-    def input_names(self) -> list[str]:
-        return self._inputs
-
-    @property
-    def output_names(self) -> list[str]:
-        return self._outputs
-
     def _infer(self, feed):
         arrays = self.session.run(self._outputs, {n: np.ascontiguousarray(feed[n]) for n in self._inputs})
         return {n: np.asarray(a) for n, a in zip(self._outputs, arrays)}

@@ -26,14 +26,6 @@ class TorchRunner(Runner):
         if self._saved_threads:
             torch.set_num_threads(self._saved_threads)
 
-    @property
-    def input_names(self) -> list[str]:
-        return self._inputs
-
-    @property
-    def output_names(self) -> list[str]:
-        return self._outputs
-
     @torch.inference_mode()
     def _infer(self, feed):
         args = [torch.from_numpy(np.ascontiguousarray(feed[n])).to(self.device) for n in self._inputs]
