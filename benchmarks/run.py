@@ -19,18 +19,38 @@ from edgeexport import pipeline  # noqa: E402
 from edgeexport.recipe import Recipe  # noqa: E402
 from edgeexport.report import machine_info, versions  # noqa: E402
 
-# name -> (recipe fields, target ratio of the ONNX Runtime fp32 median to eager's)
+QUANTIZE = [{"mode": "int8"}, {"mode": "fp16"}]
+# name -> (recipe fields, {artifact kind: (target ratio, "eager" | "fp32")})
 CASES = {
-    "lraspp_mobilenetv3": ({"model": "lraspp_mobilenetv3", "input_shape": [1, 3, 520, 520]}, 0.45),
-    "pyconvresnet50": ({"model": "pyconvresnet50", "input_shape": [1, 3, 224, 224]}, 0.70),
-    "pyconvsegnet50": ({"model": "pyconvsegnet50", "input_shape": [1, 3, 473, 473]}, None),
+    "lraspp_mobilenetv3": ({"model": "lraspp_mobilenetv3", "input_shape": [1, 3, 520, 520]},
+                           {"onnx": (0.45, "eager"), "onnx-int8": (0.70, "fp32")}),
+    "lraspp_mobilenetv3 (torchvision checkpoint)": (
+        {"model": "lraspp_mobilenetv3", "input_shape": [1, 3, 520, 520], "weights": "TORCHVISION"},
+        {"onnx": (0.45, "eager"), "onnx-int8": (0.70, "fp32")}),
+    "pyconvresnet50": ({"model": "pyconvresnet50", "input_shape": [1, 3, 224, 224]},
+                       {"onnx": (0.70, "eager"), "onnx-int8": (0.60, "fp32")}),
+    "pyconvsegnet50": ({"model": "pyconvsegnet50", "input_shape": [1, 3, 473, 473]}, {}),
 }
 
 
+def torchvision_checkpoint() -> str:
+    """A torchvision lraspp_mobilenet_v3_large state dict (see tests/fixtures/make_reference_fixtures.py)."""
+    from tests.support.reference import Reference
+
+    path = ROOT / "out" / "bench" / "torchvision_lraspp_mobilenet_v3_large.pth"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Reference("torchvision_lraspp_mobilenet_v3_large").save_checkpoint(path)
+    return str(path)
+
+
 def run_case(name: str, fields: dict, args) -> dict:
+    fields = dict(fields)
+    if fields.get("weights") == "TORCHVISION":
+        fields["weights"] = torchvision_checkpoint()
     recipe = Recipe.from_dict({
-        **fields, "output": str(ROOT / "out" / "bench" / name), "dynamic": "none",
-        "inputs": {"images": args.images},
+        **fields, "output": str(ROOT / "out" / "bench" / name.split()[0] + ("-tv" if "torchvision" in name else "")),
+        "dynamic": "none", "inputs": {"images": args.images},
+        "stages": {"onnx": {}, "quantize": [] if args.no_quantize else QUANTIZE},
         "bench": {"warmup": args.warmup, "runs": args.runs, "budget_s": args.budget, "threads": args.threads},
     })
     t0 = time.perf_counter()
@@ -56,27 +76,29 @@ def render(reports: dict[str, dict], args) -> str:
         "- versions: " + ", ".join(f"{k} {v}" for k, v in versions().items() if v),
         "- weights: deterministic defaults (seeded, BatchNorm re-estimated on the bundled photos); "
         "static input shapes; parity on the bundled evaluation photographs", "",
-        "| model | input | backend | precision | size | median ms | p90 ms | x eager | target | parity |"
+        "| model | input | artifact | precision | size | median ms | p90 ms | x eager | x fp32 | target | parity |"
         " max err / scale | SNR dB | agreement |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, rep in reports.items():
         shape = "x".join(map(str, rep["model"]["input_shape"]))
         e = rep["eager"]["latency"]
         lines.append(f"| {name} | {shape} | torch eager | fp32 | – | {fmt(e['median_ms'], '.1f')} | "
-                     f"{fmt(e['p90_ms'], '.1f')} | 1.00 | – | reference | – | – | – |")
+                     f"{fmt(e['p90_ms'], '.1f')} | 1.00 | – | – | reference | – | – | – |")
         for a in rep["artifacts"]:
             lat = a["latency"] or {}
             chk = a["parity"]["checks"][0]["outputs"] if a["parity"]["checks"] else []
             met = chk[0]["metrics"] if chk else {}
-            target = CASES[name][1] if a["kind"] == "onnx" else None
-            ratio = a["ratio_to_eager"]
+            target, base = CASES[name][1].get(a["kind"], (None, None))
+            ratio = a["ratio_to_eager"] if base == "eager" else a.get("ratio_to_fp32")
             verdict = "" if target is None or ratio is None else (" ✓" if ratio <= target else " ✗")
             size = f"{a['size_bytes'] / 1e6:.1f} MB" if a["size_bytes"] else "–"
+            status = a["parity"]["status"] + (" (" + "; ".join(a["failures"]) + ")" if a.get("failures") else "")
             lines.append(
-                f"| {name} | {shape} | {a['backend']} | {a['precision']} | {size} | {fmt(lat.get('median_ms'), '.1f')}"
-                f" | {fmt(lat.get('p90_ms'), '.1f')} | {fmt(ratio, '.2f')} | "
-                f"{'≤ ' + format(target, '.2f') + verdict if target else '–'} | {a['parity']['status']} | "
+                f"| {name} | {shape} | {a['kind']} ({a['backend']}) | {a['precision']} | {size} | "
+                f"{fmt(lat.get('median_ms'), '.1f')} | {fmt(lat.get('p90_ms'), '.1f')} | {fmt(a['ratio_to_eager'], '.2f')}"
+                f" | {fmt(a.get('ratio_to_fp32'), '.2f')} | "
+                f"{'≤ ' + format(target, '.2f') + ' x ' + base + verdict if target else '–'} | {status} | "
                 f"{fmt(met.get('max_abs_scaled'), '.2e')} | {fmt(met.get('snr_db'), '.1f')} | "
                 f"{fmt(met.get('agreement'), '.4f')} |")
     lines += ["", "Raw reports: `out/bench/<model>/<model>.report.json`.", ""]
@@ -86,19 +108,21 @@ def render(reports: dict[str, dict], args) -> str:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--output", default="BENCHMARKS.md")
-    ap.add_argument("--only", nargs="*", choices=list(CASES))
+    ap.add_argument("--only", nargs="*", choices=list(CASES), metavar="CASE")
     ap.add_argument("--runs", type=int, default=40)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--budget", type=float, default=60.0)
     ap.add_argument("--images", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--no-quantize", action="store_true")
     args = ap.parse_args()
     reports = {name: run_case(name, CASES[name][0], args) for name in (args.only or CASES)}
     Path(args.output).write_text(render(reports, args))
     (ROOT / "out" / "bench").mkdir(parents=True, exist_ok=True)
     (ROOT / "out" / "bench" / "summary.json").write_text(json.dumps(
         {n: {"eager_ms": r["eager"]["latency"]["median_ms"],
-             **{a["kind"]: {"ms": (a["latency"] or {}).get("median_ms"), "ratio": a["ratio_to_eager"]}
+             **{a["kind"]: {"ms": (a["latency"] or {}).get("median_ms"), "x_eager": a["ratio_to_eager"],
+                            "x_fp32": a.get("ratio_to_fp32"), "size": a["size_bytes"], "parity": a["parity"]["status"]}
                 for a in r["artifacts"]}} for n, r in reports.items()}, indent=2))
     print(f"wrote {args.output}", file=sys.stderr)
 

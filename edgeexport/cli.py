@@ -181,6 +181,78 @@ def onnx(name: Optional[str] = typer.Argument(None, help="zoo model name (or the
     _execute(recipe, quiet, as_json)
 
 
+class Mode(str, Enum):
+    int8 = "int8"
+    int8_dynamic = "int8-dynamic"
+    fp16 = "fp16"
+
+
+class Method(str, Enum):
+    minmax = "minmax"
+    entropy = "entropy"
+    percentile = "percentile"
+
+
+class QFormat(str, Enum):
+    qdq = "qdq"
+    qoperator = "qoperator"
+
+
+def parse_budget(items: list[str]) -> dict[str, float] | None:
+    """``["snr_db=25", "agreement=0.99"]`` -> {"snr_db": 25.0, "agreement": 0.99}."""
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in ("snr_db", "agreement", "cosine"):
+            raise UserError(f"--budget {item!r}: expected METRIC=VALUE with METRIC one of snr_db, agreement, cosine")
+        try:
+            out[key] = float(value)
+        except ValueError:
+            raise UserError(f"--budget {item!r}: {value!r} is not a number") from None
+    return out
+
+
+@app.command()
+@handle_errors
+def quantize(name_or_onnx: str = typer.Argument(..., metavar="NAME_OR_ONNX", help="zoo model, or an fp32 .onnx file"),
+             mode: Mode = typer.Option(Mode.int8, "--mode"),
+             calib: Optional[str] = typer.Option(None, "--calib", help="folder of calibration images "
+                                                                       "(default: the bundled calibration photos)"),
+             calib_size: int = typer.Option(8, "--calib-size", help="calibration batches"),
+             method: Method = typer.Option(Method.minmax, "--method"),
+             per_channel: bool = typer.Option(True, "--per-channel/--per-tensor"),
+             qformat: QFormat = typer.Option(QFormat.qdq, "--format"),
+             exclude: Optional[list[str]] = typer.Option(None, "--exclude", help="node to keep in float (repeatable)"),
+             budget: Optional[list[str]] = typer.Option(None, "--budget", help="e.g. snr_db=25 or agreement=0.99"),
+             weights: Optional[str] = typer.Option(None, "--weights"),
+             model: Optional[str] = typer.Option(None, "--model", help="user model as package.module:factory"),
+             shape: Optional[str] = typer.Option(None, "--shape"),
+             exporter: Exporter = typer.Option(Exporter.dynamo, "--exporter", help="for the fp32 export"),
+             output: str = typer.Option("out", "--output", "-o"),
+             num_classes: Optional[int] = typer.Option(None, "--num-classes"),
+             task: Optional[str] = typer.Option(None, "--task"),
+             images: int = typer.Option(4, "--images"),
+             input_folder: Optional[str] = typer.Option(None, "--input-folder", help="your own evaluation images"),
+             runs: int = typer.Option(30, "--runs"),
+             threads: Optional[int] = typer.Option(None, "--threads"),
+             no_bench: bool = typer.Option(False, "--no-bench"),
+             quiet: bool = typer.Option(False, "--quiet", "-q"),
+             as_json: bool = typer.Option(False, "--json")):
+    """Build NAME.int8.onnx / NAME.fp16.onnx and check it against eager PyTorch and the fp32 graph."""
+    stage = {"mode": mode.value, "calib_folder": calib, "calib_size": calib_size, "method": method.value,
+             "per_channel": per_channel, "format": qformat.value, "exclude": list(exclude or []),
+             "budget": parse_budget(list(budget or []))}
+    is_onnx = name_or_onnx.endswith(".onnx")
+    stages = {"onnx": None if is_onnx else {"exporter": exporter.value}, "quantize": [stage]}
+    recipe = _recipe_from_flags(None if model else name_or_onnx, model or None, weights, shape, "none", output,
+                                num_classes, task, images, input_folder, False, runs, threads, no_bench, stages)
+    if model:
+        recipe.name = name_or_onnx
+    _execute(recipe, quiet, as_json)
+
+
 def _recipe_from_flags(name, model, weights, shape, dynamic, output, num_classes, task, images, input_folder,
                        random_inputs, runs, threads, no_bench, stages):
     from edgeexport.recipe import Recipe

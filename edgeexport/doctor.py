@@ -8,7 +8,7 @@ from edgeexport.formats import BACKENDS
 
 _DIST = {"onnxsim": "onnxsim", "onnxruntime": "onnxruntime", "torch": "torch", "onnx": "onnx",
          "onnxscript": "onnxscript", "coremltools": "coremltools", "executorch": "executorch",
-         "tensorrt": "tensorrt"}
+         "tensorrt": "tensorrt", "onnxconverter_common": "onnxconverter-common"}
 
 
 def _version(module: str) -> str | None:

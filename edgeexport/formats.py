@@ -20,9 +20,17 @@ class Format:
     runs_on: str  # where the runner can execute
 
 
+_QUANT_OPTS = ("calib_size", "calib_folder", "method", "per_channel", "format", "exclude", "budget", "plans")
+
 FORMATS: tuple[Format, ...] = (
     Format("onnx", ".onnx", "onnxruntime", ("fp32",), ("onnx", "onnxruntime", "onnxsim"),
            "pip install edgeexport", ("opset", "exporter", "simplify", "rewrites", "dynamic"), "any CPU"),
+    Format("onnx-int8", ".int8.onnx", "onnxruntime", ("int8",), ("onnxruntime",), "pip install edgeexport",
+           _QUANT_OPTS, "any CPU (fast int8 on AVX512-VNNI / AVX-VNNI / ARM dot-product)"),
+    Format("onnx-int8-dynamic", ".int8-dynamic.onnx", "onnxruntime", ("int8",), ("onnxruntime",),
+           "pip install edgeexport", ("per_channel",), "any CPU"),
+    Format("onnx-fp16", ".fp16.onnx", "onnxruntime", ("fp16",), ("onnxconverter_common",),
+           "pip install onnxconverter-common", (), "GPUs and fp16-capable CPUs; slower than fp32 on x86 CPUs"),
 )
 
 BACKENDS: dict[str, tuple[str, str]] = {
@@ -32,6 +40,7 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "onnxruntime": ("onnxruntime", "pip install onnxruntime"),
     "onnxsim": ("onnxsim", "pip install onnxsim"),
     "onnxscript": ("onnxscript", "pip install onnxscript"),
+    "onnxconverter_common": ("onnxconverter_common", "pip install onnxconverter-common"),
 }
 
 

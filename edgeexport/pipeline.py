@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -23,8 +23,7 @@ from edgeexport.errors import EdgeExportError, UserError
 from edgeexport.parity import ParityCheck, ParityResult
 from edgeexport.recipe import Recipe
 from edgeexport.runners.base import Runner
-from edgeexport.runners.torch_eager import TorchRunner
-from edgeexport.source import ModelHandle, load_model
+from edgeexport.source import ModelHandle, load_model, load_onnx
 from edgeexport.util import default_threads, ensure_output_dir, file_size
 
 
@@ -50,10 +49,11 @@ class Artifact:
     notes: list[str] = field(default_factory=list)
     compare_to: str | None = None  # also compared against this artifact's kind (e.g. int8 vs fp32 ONNX)
     extra_parity: dict = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)  # build-time verdicts (e.g. an accuracy budget missed)
 
     @property
     def ok(self) -> bool:
-        return self.error is None and self.parity_status in ("passed", "not_run", "skipped")
+        return self.error is None and not self.failures and self.parity_status in ("passed", "not_run", "skipped")
 
     @property
     def size(self) -> int | None:
@@ -98,8 +98,9 @@ class References:
     def input_name(self) -> str:
         return self.handle.input_names[0]
 
-    def eager_runner(self) -> TorchRunner:
-        return TorchRunner(self.handle.wrapped(), self.handle.input_names, self.handle.output_names, self.threads)
+    def eager_runner(self) -> Runner:
+        """The reference runner (eager PyTorch, or the user's fp32 ONNX graph)."""
+        return self.handle.reference_runner(self.threads)
 
     def outputs(self, shape) -> list[dict[str, np.ndarray]]:
         shape = tuple(shape)
@@ -153,6 +154,13 @@ class Context:
     def artifact_path(self, suffix: str) -> Path:
         return self.out_dir / f"{self.name}{suffix}"
 
+    def fp32_onnx(self) -> Path | None:
+        """The fp32 ONNX graph later stages start from: the export, or the graph the user gave."""
+        if self.handle.is_onnx:
+            return self.handle.onnx_path
+        art = self.find("onnx")
+        return art.path if art is not None else None
+
     def find(self, kind: str) -> Artifact | None:
         return next((a for a in self.artifacts if a.kind == kind and a.error is None), None)
 
@@ -170,8 +178,16 @@ def prepare(recipe: Recipe, log=print, status=_noop_status) -> Context:
         raise UserError("inputs.source is 'folder' but inputs.folder is not set")
     out_dir = ensure_output_dir(recipe.output)
     with status(f"Loading {recipe.model}"):
-        handle = load_model(recipe.model, recipe.weights, recipe.num_classes, recipe.task,
-                            tuple(shape[1:]) if shape else None, recipe.model_kwargs)
+        if recipe.model.endswith(".onnx"):
+            handle = load_onnx(recipe.model, recipe.task, shape)
+        else:
+            handle = load_model(recipe.model, recipe.weights, recipe.num_classes, recipe.task,
+                                tuple(shape[1:]) if shape else None, recipe.model_kwargs)
+    if recipe.mean or recipe.std:
+        if len(recipe.mean or [0] * 3) != 3 or len(recipe.std or [1] * 3) != 3 or min(recipe.std or [1]) <= 0:
+            raise UserError("mean and std take three values each (std > 0)")
+        handle.meta = replace(handle.meta, mean=tuple(recipe.mean or handle.meta.mean),
+                              std=tuple(recipe.std or handle.meta.std))
     if shape is None:
         shape = (1, *handle.meta.input_size)
     if shape[1] != handle.meta.input_size[0] and handle.origin.startswith("zoo:"):
@@ -181,6 +197,13 @@ def prepare(recipe: Recipe, log=print, status=_noop_status) -> Context:
         raise UserError(f"{handle.name} needs H and W that are multiples of {m}; got {shape[2]}x{shape[3]}")
     if recipe.dynamic in ("hw", "all") and not handle.meta.dynamic_hw:
         raise UserError(f"{handle.name} cannot take dynamic H/W: {handle.meta.notes or 'fixed-size graph'}")
+    for q in recipe.stages.quantize:  # bad calibration input fails before anything is built
+        if q.calib_folder:
+            from edgeexport.data import folder_images
+
+            if recipe.inputs.folder and Path(q.calib_folder).resolve() == Path(recipe.inputs.folder).resolve():
+                raise UserError("calibration and evaluation images must be different folders")
+            folder_images(q.calib_folder)
     source = InputSource(recipe.inputs.source, "eval", recipe.inputs.folder)
     source_images = None if source.source == "random" else source.images()
     if source_images is not None and not source_images:
@@ -246,8 +269,78 @@ def stage_onnx(ctx: Context) -> Artifact:
     return art
 
 
+def stage_quantize(ctx: Context) -> list[Artifact]:
+    from edgeexport.quantize.fp16 import build_fp16
+    from edgeexport.quantize.int8 import Evaluator, Int8Options, build_int8, build_int8_dynamic
+    from edgeexport.runners.onnxruntime import OnnxRuntimeRunner
+
+    arts = []
+    fp32 = ctx.fp32_onnx()
+    for cfg in ctx.recipe.stages.quantize:
+        suffix, precision = {"int8": (".int8.onnx", "int8"), "int8-dynamic": (".int8-dynamic.onnx", "int8"),
+                             "fp16": (".fp16.onnx", "fp16")}[cfg.mode]
+        path = ctx.artifact_path(suffix)
+        art = Artifact(f"onnx-{cfg.mode}", "onnxruntime", precision, path, compare_to="onnx",
+                       dynamic=ctx.recipe.dynamic if cfg.mode == "fp16" else "none")  # int8 graphs are static
+        arts.append(art)
+        if fp32 is None:
+            art.error = "no fp32 ONNX graph to start from (the onnx stage is disabled or failed)"
+            continue
+        with ctx.status(f"Building {path.name}"):
+            try:
+                if cfg.mode == "int8":
+                    opts = Int8Options(calib_size=cfg.calib_size, calib_folder=cfg.calib_folder, method=cfg.method,
+                                       per_channel=cfg.per_channel, format=cfg.format, exclude=list(cfg.exclude),
+                                       budget=dict(cfg.budget) if cfg.budget else None, plans=cfg.plans)
+                    art.build = build_int8(fp32, path, opts, evaluator(ctx), ctx.recipe.tolerance("int8").min_snr_db,
+                                           log=ctx.log)
+                    if art.build.get("budget_met") is False:
+                        art.failures.append(f"accuracy budget {cfg.budget} not met; kept the most accurate graph found")
+                elif cfg.mode == "int8-dynamic":
+                    art.build = build_int8_dynamic(fp32, path, ctx.shape, cfg.per_channel)
+                else:
+                    art.build = build_fp16(fp32, path, ctx.refs.input_name, [b for _, b in ctx.refs.batches[ctx.shape]])
+            except EdgeExportError:
+                raise
+            except Exception as exc:
+                art.error = f"{cfg.mode} build failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+                continue
+        art.notes += art.build.pop("notes", [])
+        art.make_runner = lambda threads, p=path: OnnxRuntimeRunner(p, threads=threads)
+    return arts
+
+
+def evaluator(ctx: Context):
+    """What the int8 builder may measure: accuracy against the reference, latency here."""
+    from edgeexport.bench import benchmark_interleaved
+    from edgeexport.quantize.int8 import Evaluator
+    from edgeexport.runners.onnxruntime import OnnxRuntimeRunner
+
+    refs, shape = ctx.refs, ctx.shape
+    tol = ctx.recipe.tolerance("int8")
+
+    def accuracy(path: Path) -> dict:
+        with OnnxRuntimeRunner(path, threads=ctx.threads) as r:
+            res = check_parity(r, refs, [shape], "int8", tol)[0]
+        ms = [o.metrics for o in res.outputs]
+        worst = lambda k: min((m[k] for m in ms if m.get(k) is not None), default=None)  # noqa: E731
+        return {"snr_db": worst("snr_db"), "agreement": worst("agreement"), "cosine": worst("cosine")}
+
+    def latency(paths: list[Path]) -> list[float]:
+        runners = {str(i): OnnxRuntimeRunner(p, threads=ctx.threads) for i, p in enumerate(paths)}
+        with contextlib.ExitStack() as stack:
+            for r in runners.values():
+                stack.enter_context(r)
+            stats = benchmark_interleaved(runners, refs.feed(), warmup=1, runs=10, budget_s=2.5, rounds=5, min_runs=3)
+        return [stats[str(i)].median_ms for i in range(len(paths))]
+
+    return Evaluator(refs.input_name, shape, ctx.handle.preprocess, accuracy, latency,
+                     [b for _, b in refs.batches[shape]], ctx.recipe.inputs.folder)
+
+
 STAGES: dict[str, Callable[[Context], Artifact | list[Artifact] | None]] = {
     "onnx": stage_onnx,
+    "quantize": stage_quantize,
 }
 
 
@@ -269,7 +362,7 @@ def check_artifact(ctx: Context, art: Artifact) -> None:
         if recipe.parity.enabled:
             with ctx.status(f"Parity: {art.kind} vs eager on {recipe.inputs.source}"):
                 art.parity = check_parity(runner, ctx.refs, ctx.refs.shapes_for(art), art.precision, tol)
-            art.parity_status = "passed" if all(p.passed for p in art.parity) else "failed"
+            art.parity_status = "passed" if all(p.passed for p in art.parity) and not art.failures else "failed"
             base = ctx.find(art.compare_to) if art.compare_to else None
             if base is not None and base.make_runner is not None:
                 with base.make_runner(ctx.threads) as b:
@@ -306,7 +399,8 @@ def run(recipe: Recipe, log=print, status=_noop_status) -> dict:
 
     t0 = time.perf_counter()
     ctx = prepare(recipe, log, status)
-    stage_names = [name for name in STAGES if getattr(recipe.stages, name, None) is not None]
+    stage_names = [name for name in STAGES if getattr(recipe.stages, name, None)
+                   and not (name == "onnx" and ctx.handle.is_onnx)]
     for name in stage_names:
         built = STAGES[name](ctx)
         for art in built if isinstance(built, list) else [built] if built else []:

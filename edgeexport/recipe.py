@@ -51,8 +51,23 @@ class OnnxStage(_Strict):
     rewrites: list[str] = Field(default_factory=lambda: ["adaptive_pool"])
 
 
+class QuantizeStage(_Strict):
+    """One reduced-precision build of the fp32 ONNX graph (``NAME.int8.onnx`` / ``NAME.fp16.onnx``)."""
+
+    mode: Literal["int8", "int8-dynamic", "fp16"] = "int8"
+    calib_size: int = Field(8, ge=1, le=4096)
+    calib_folder: str | None = None
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    per_channel: bool = True
+    format: Literal["qdq", "qoperator"] = "qdq"
+    exclude: list[str] = Field(default_factory=list)
+    budget: dict[Literal["snr_db", "agreement", "cosine"], float] | None = None
+    plans: list[Literal["all", "dense"]] | Literal["auto"] = "auto"
+
+
 class Stages(_Strict):
     onnx: OnnxStage | None = Field(default_factory=OnnxStage)
+    quantize: list[QuantizeStage] = Field(default_factory=list)
 
 
 class ParityConfig(_Strict):
@@ -76,6 +91,8 @@ class Recipe(_Strict):
     model_kwargs: dict = Field(default_factory=dict)
     task: Literal["classification", "segmentation", "features"] | None = None
     input_shape: list[int] | None = None
+    mean: list[float] | None = None  # preprocessing overrides (user models and ONNX inputs)
+    std: list[float] | None = None
     dynamic: Literal["none", "batch", "hw", "all"] = "none"
     output: str = "out"
     inputs: InputsConfig = Field(default_factory=InputsConfig)

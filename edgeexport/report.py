@@ -55,7 +55,11 @@ def _artifact_dict(ctx, art) -> dict:
                    "checks": [p.to_dict() for p in art.parity], **art.extra_parity},
         "latency": art.latency.to_dict() if art.latency else None,
         "ratio_to_eager": (art.latency.median_ms / eager.median_ms) if art.latency and eager else None,
+        "failures": art.failures,
     }
+    base = ctx.find(art.compare_to) if art.compare_to else None
+    if art.latency and base is not None and base.latency:
+        d["ratio_to_fp32"] = art.latency.median_ms / base.latency.median_ms
     if art.latency is None and art.error is None and art.parity_status == "not_run":
         d["latency_note"] = art.not_run_reason
     return d
@@ -116,8 +120,10 @@ def summary_rows(report: dict) -> list[list[str]]:
     """One row per artifact (plus eager): backend, precision, size, parity, errors, latency, ratio."""
     rows = []
     eager = report["eager"]["latency"]
-    rows.append(["eager", "torch", "fp32", "–", "reference", "–", "–", "–",
-                 _fmt(eager["median_ms"], ".1f") if eager else "–", "1.00" if eager else "–"])
+    ref_kind = "reference" if report["model"]["origin"].startswith("onnx:") else "eager"
+    ref_backend = "onnxruntime" if ref_kind == "reference" else "torch"
+    rows.append([ref_kind, ref_backend, "fp32", "–", "reference", "–", "–", "–",
+                 _fmt(eager["median_ms"], ".1f") if eager else "–", "1.00" if eager else "–", "–"])
     for a in report["artifacts"]:
         main = a["parity"]["checks"][0]["outputs"] if a["parity"]["checks"] else []
         worst = lambda key, fn: fn([o["metrics"].get(key) for o in main if o["metrics"].get(key) is not None]) \
@@ -132,12 +138,50 @@ def summary_rows(report: dict) -> list[list[str]]:
             _fmt(worst("max_abs_scaled", max), ".2e"), _fmt(worst("snr_db", min), ".1f"),
             _fmt(worst("agreement", min), ".4f"),
             _fmt(lat["median_ms"], ".1f") if lat else "–", _fmt(a["ratio_to_eager"], ".2f"),
+            _fmt(a.get("ratio_to_fp32"), ".2f"),
         ])
     return rows
 
 
 HEADERS = ["artifact", "backend", "precision", "size", "parity", "max err / scale", "SNR dB", "agreement",
-           "median ms", "x eager"]
+           "median ms", "x eager", "x fp32"]
+
+
+def _table(rows: list[dict], columns: list[str] | None = None) -> list[str]:
+    if not rows:
+        return []
+    columns = columns or list(rows[0])
+    out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        out.append("| " + " | ".join(_fmt(r.get(c), ".4g") if not isinstance(r.get(c), str) else r[c].replace("|", "/")
+                                     for c in columns) + " |")
+    return out
+
+
+TABLE_TITLES = {
+    "plans": "Candidate int8 plans, measured here (latency interleaved with the fp32 graph; accuracy vs the reference)",
+    "per_layer": "Where precision is lost: nodes ranked by the SNR they drop (int8 vs fp32 activations)",
+    "float_nodes": "Nodes that run in float in the optimised int8 graph, and why",
+    "largest_activations": "Largest activation magnitudes (fp16 overflows above 65504)",
+    "fp16_overflow": "Tensors that overflow fp16",
+}
+
+
+def _build_lines(build: dict) -> list[str]:
+    lines, tables = [], []
+    for k, v in build.items():
+        if k in TABLE_TITLES and isinstance(v, list):
+            if v:
+                tables += ["", f"{TABLE_TITLES[k]}:", ""] + _table(v)
+        elif k == "budget" and isinstance(v, dict):
+            lines.append(f"- accuracy budget {json.dumps(v['target'])}: {'met' if v['met'] else 'NOT met'}; "
+                         f"kept in float: {', '.join(v['kept_float']) or 'nothing'}")
+            tables += ["", "Accuracy-aware steps (each keeps one more node in float):", ""] + _table(v["steps"])
+        elif k == "excluded" and isinstance(v, dict):
+            lines.append(f"- nodes the quantizer left in float: {len(v)}")
+        else:
+            lines.append(f"- {k}: {json.dumps(v, default=str)}")
+    return lines + tables
 
 
 def to_markdown(report: dict) -> str:
@@ -159,12 +203,21 @@ def to_markdown(report: dict) -> str:
             lines.append(f"Build failed: {a['error']}")
             continue
         lines.append(f"- artifact: `{a['path']}` ({_size(a['size_bytes'])})")
-        for k, v in a["build"].items():
-            lines.append(f"- {k}: {json.dumps(v, default=str)}")
+        if a.get("ratio_to_fp32") is not None:
+            lines.append(f"- latency: {a['ratio_to_fp32']:.2f}x the fp32 ONNX graph, {a['ratio_to_eager']:.2f}x eager")
+        for failure in a.get("failures", []):
+            lines.append(f"- **failed**: {failure}")
+        lines += _build_lines(a["build"])
         for note in a["notes"]:
             lines.append(f"- note: {note}")
         if a["parity"]["status"] == "not_run":
             lines.append(f"- parity: {a['parity']['reason']}")
+        for key, checks in a["parity"].items():
+            if key.startswith("vs_") and checks:
+                for o in checks[0]["outputs"]:
+                    m = o["metrics"]
+                    lines.append(f"- against the {key[3:]} artifact, `{o['name']}`: SNR {_fmt(m['snr_db'], '.1f')} dB, "
+                                 f"max err / scale {_fmt(m['max_abs_scaled'], '.2e')}, agreement {_fmt(m['agreement'], '.4f')}")
         for chk in a["parity"]["checks"]:
             lines += ["", f"Parity at {format_shape(chk['shape'])} over {chk['samples']} batch(es), "
                           f"{chk['precision']} limits {json.dumps({k: v for k, v in chk['tolerance'].items() if v is not None})}: "
@@ -203,6 +256,8 @@ def print_table(report: dict, console) -> None:
             console.print(f"[yellow]{a['kind']}[/]: {a['parity']['reason']}")
         if a["error"]:
             console.print(f"[red]{a['kind']}[/]: {a['error']}")
+        for failure in a.get("failures", []):
+            console.print(f"[red]{a['kind']}[/]: {failure}")
         for chk in a["parity"]["checks"]:
             for issue in chk["issues"] + [i for o in chk["outputs"] for i in o["issues"]]:
                 console.print(f"[red]{a['kind']} @ {format_shape(chk['shape'])}[/] {issue['output']}: {issue['message']}")

@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -68,9 +69,9 @@ def infer_task(t: torch.Tensor) -> str:
 @dataclass
 class ModelHandle:
     name: str
-    model: nn.Module
+    model: nn.Module | None  # None when the reference is an ONNX graph the user gave
     meta: ModelMeta
-    origin: str  # "zoo:<name>" or "user:<module:factory>"
+    origin: str  # "zoo:<name>", "user:<module:factory>" or "onnx:<path>"
     weights: str  # description of the weights
     output_names: list[str] = field(default_factory=list)
     output_kind: str = "tensor"
@@ -81,11 +82,38 @@ class ModelHandle:
     def preprocess(self) -> Preprocess:
         return Preprocess(self.meta.mean, self.meta.std, self.meta.resize)
 
+    onnx_path: Path | None = None
+
+    @property
+    def is_onnx(self) -> bool:
+        return self.onnx_path is not None
+
+    @property
+    def reference_label(self) -> str:
+        return "fp32 ONNX given as input (no eager model)" if self.is_onnx else "eager PyTorch"
+
     def wrapped(self, model: nn.Module | None = None) -> NamedOutputs:
         return NamedOutputs(self.model if model is None else model, self.output_names, self.output_kind).eval()
 
+    def reference_runner(self, threads: int | None):
+        """The runner every artifact is compared with: eager PyTorch, or the user's fp32 ONNX graph."""
+        if self.is_onnx:
+            from edgeexport.runners.onnxruntime import OnnxRuntimeRunner
+
+            return OnnxRuntimeRunner(self.onnx_path, threads=threads)
+        from edgeexport.runners.torch_eager import TorchRunner
+
+        return TorchRunner(self.wrapped(), self.input_names, self.output_names, threads)
+
     def probe(self, x: torch.Tensor) -> None:
         """One forward pass to learn the output structure and per-output tasks."""
+        if self.is_onnx:
+            with self.reference_runner(None) as r:
+                outs = r.infer({self.input_names[0]: x.numpy()})
+            self.output_names, self.output_kind = list(outs), "sequence"
+            self.tasks = {n: self.meta.task if self.meta.task != "features" else infer_task(torch.from_numpy(t))
+                          for n, t in outs.items()}
+            return
         with torch.inference_mode():
             out = self.model(x)
         self.output_names, self.output_kind = describe_outputs(out, self.meta.output_names)
@@ -101,7 +129,13 @@ class ModelHandle:
                 self.tasks[name] = infer_task(t)
 
     def info(self, shape) -> dict:
-        params = sum(p.numel() for p in self.model.parameters())
+        if self.is_onnx:
+            import onnx
+
+            g = onnx.load(str(self.onnx_path), load_external_data=False).graph
+            params = sum(int(np.prod(i.dims)) for i in g.initializer)
+        else:
+            params = sum(p.numel() for p in self.model.parameters())
         return {"name": self.name, "origin": self.origin, "weights": self.weights, "task": self.meta.task,
                 "params": params, "input_shape": list(shape), "mean": list(self.meta.mean),
                 "std": list(self.meta.std), "outputs": self.output_names, "output_tasks": self.tasks}
@@ -171,4 +205,31 @@ def load_model(model: str, weights: str | None = None, num_classes: int | None =
         label = {None: "default (seeded, BatchNorm re-estimated on the bundled photos)", "init": "seeded init"}
         handle = ModelHandle(model, module, meta, f"zoo:{name}",
                              label.get(weights, str(weights)))
+    return handle
+
+
+def load_onnx(path: str, task: str | None = None, shape=None) -> ModelHandle:
+    """An fp32 ONNX graph as the reference (for ``edgeexport quantize model.onnx``)."""
+    import onnx
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"ONNX model {p} does not exist")
+    try:
+        g = onnx.load(str(p), load_external_data=False).graph
+    except Exception as exc:
+        raise UserError(f"cannot read ONNX model {p}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}") from None
+    inputs = [i for i in g.input if i.name not in {init.name for init in g.initializer}]
+    if len(inputs) != 1:
+        raise UserError(f"{p} has {len(inputs)} inputs; edgeexport takes image models with one NCHW input")
+    dims = [d.dim_value if d.dim_value > 0 else None for d in inputs[0].type.tensor_type.shape.dim]
+    if len(dims) != 4:
+        raise UserError(f"{p}: input {inputs[0].name!r} is not NCHW (rank {len(dims)})")
+    if shape is None and None in dims[1:]:
+        raise UserError(f"{p} has dynamic input dims; give the shape with --shape NxCxHxW")
+    size = tuple(shape[1:]) if shape is not None else tuple(dims[1:])
+    meta = ModelMeta(task=task or "features", input_size=size, output_names=(), family="onnx")
+    handle = ModelHandle(p.name[:-len(".onnx")] if p.name.endswith(".onnx") else p.stem, None, meta, f"onnx:{p}",
+                         "as stored in the ONNX graph", onnx_path=p)
+    handle.input_names = [inputs[0].name]
     return handle

@@ -77,6 +77,10 @@ class InvertedResidual(nn.Module):
         self.out_channels = cfg.cout
         self.is_strided = cfg.stride > 1
 
+    def residual_norm(self) -> nn.Module | None:
+        """The BatchNorm closing the residual branch (see ``weights.damp_residual_branches``)."""
+        return self.block[-1][1] if self.use_res_connect else None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.block(x)
         return y + x if self.use_res_connect else y

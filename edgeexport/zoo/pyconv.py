@@ -83,6 +83,9 @@ class PyConvBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
+    def residual_norm(self) -> nn.Module:
+        return self.bn3
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
@@ -104,6 +107,9 @@ class PyConvBasicBlock2(nn.Module):
         self.conv2 = conv1x1(planes, planes * self.expansion)
         self.bn2 = nn.BatchNorm2d(planes * self.expansion)
         self.downsample = downsample
+
+    def residual_norm(self) -> nn.Module:
+        return self.bn2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)

@@ -66,3 +66,47 @@ def export_differs():
 
 def not_a_module():
     return 42
+
+
+class OutlierNet(nn.Module):
+    """One activation channel is 500x larger than the others (and scaled back by the next conv).
+
+    Per-tensor int8 activations spend their whole range on the outlier channel and flatten the
+    others, so the output SNR collapses unless that part of the graph stays in float: the case
+    the accuracy-aware loop has to solve.
+    """
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 1)
+        self.c = nn.Conv2d(8, 4, 1)
+        with torch.no_grad():
+            self.b.weight[0] *= 500.0
+            self.b.bias[0] *= 500.0
+            self.c.weight[:, 0] /= 500.0
+
+    def forward(self, x):
+        return self.c(torch.relu(self.b(torch.relu(self.a(x)))))
+
+
+def outlier_net():
+    return OutlierNet().eval()
+
+
+class Overflow16(nn.Module):
+    """An intermediate activation above fp16's 65504 (the output itself is small)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(4)
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        big = self.a(x) * 1e5 + 1e5
+        return torch.relu(big - 1e5) / 1e5
+
+
+def overflow16():
+    return Overflow16().eval()

@@ -1,0 +1,383 @@
+"""Static int8 that is faithful and actually fast on the machine that builds it.
+
+A naive ``quantize_static`` of LR-ASPP ran slower than fp32 in ONNX Runtime here. The
+builder therefore does not stop at "quantize everything":
+
+1. **Static shapes.** The int8 graph is built for the recipe's input shape (dynamic shapes
+   keep ONNX Runtime from fusing and pre-packing the int8 kernels).
+2. **Graph preparation** (``prep.py``, exact): GlobalAveragePool instead of ReduceMean,
+   BatchNorm after Concat folded into the convolutions, grouped convolutions densified to
+   block-diagonal form, every node named.
+3. **One calibration** over real photographs (disjoint from the evaluation photographs),
+   cached, so every candidate below re-quantizes in about a second.
+4. **Candidate plans**, each a choice of what stays in float, measured here (latency
+   interleaved with the fp32 graph, accuracy against eager PyTorch); the fastest plan that
+   meets the accuracy floor wins. ``all`` quantizes everything but the output tail; ``dense``
+   also keeps depthwise and stem convolutions and the activations ONNX Runtime has no int8
+   kernel for (HardSigmoid / HardSwish) in float.
+5. **Accuracy budget** (optional): while the budget (e.g. ``snr_db=25``) is missed, the node
+   that adds the most error (per-layer SNR drop, ``debug.py``) goes back to float.
+6. **Truth from the runtime**: the final graph is optimised by ONNX Runtime and inspected, so
+   the report lists the nodes that really run in float, each with the reason.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from edgeexport.errors import UserError
+from edgeexport.quantize import prep
+from edgeexport.quantize.calib import BatchReader, calibration_batches
+from edgeexport.quantize.debug import per_layer_errors, top_drops
+
+NO_INT8_KERNEL = {"HardSigmoid", "HardSwish", "Elu", "Selu", "Gelu", "Erf", "Tanh", "Exp", "Log", "Pow", "Div",
+                  "Sqrt", "Reciprocal", "Softplus", "Mish", "LayerNormalization", "ReduceMean"}
+COMPUTE_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+REASONS = {
+    "user": "excluded with --exclude",
+    "tail": "output tail: a float Resize/Add on the small logits is cheaper than dequantizing the full-size output",
+    "depthwise": "depthwise conv: ONNX Runtime's int8 depthwise kernel is slower than its fp32 one here",
+    "stem": "stem conv (<= 4 input channels): the int8 kernel is slower and quantizing the image costs accuracy",
+    "no_kernel": "no int8 kernel in ONNX Runtime's CPU provider",
+    "budget": "kept in float by the accuracy budget",
+    "island": "consumer of a float node (ONNX Runtime would otherwise re-quantize the float node)",
+}
+
+
+@dataclass
+class Int8Options:
+    calib_size: int = 8
+    calib_folder: str | None = None
+    method: str = "minmax"
+    per_channel: bool = True
+    format: str = "qdq"
+    exclude: list[str] = field(default_factory=list)
+    budget: dict[str, float] | None = None
+    plans: list[str] | str = "auto"
+    max_budget_steps: int = 16
+    table_rows: int = 15
+
+
+@dataclass
+class Evaluator:
+    """What the builder may ask of the pipeline: accuracy against eager, latency here."""
+
+    input_name: str
+    shape: tuple[int, int, int, int]
+    calib_preprocess: object
+    accuracy: Callable[[Path], dict]  # path -> {"snr_db", "agreement", "cosine"} (worst output) vs eager
+    latency: Callable[[list[Path]], list[float]]  # paths -> median ms, measured interleaved
+    debug_batches: list[np.ndarray]
+    eval_folder: str | None = None
+
+
+def _quant_args(opts: Int8Options):
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[opts.method]
+    return dict(per_channel=opts.per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                calibrate_method=method,
+                quant_format=QuantFormat.QDQ if opts.format == "qdq" else QuantFormat.QOperator)
+
+
+def fix_input_shape(model: onnx.ModelProto, shape) -> bool:
+    """Pin dynamic input dims to ``shape``; drop stale inferred shapes. Returns whether anything changed."""
+    changed = False
+    for inp in model.graph.input[:1]:
+        for dim, value in zip(inp.type.tensor_type.shape.dim, shape):
+            if dim.dim_param or dim.dim_value != value:
+                dim.Clear()
+                dim.dim_value = int(value)
+                changed = True
+    if changed:
+        del model.graph.value_info[:]
+        for out in model.graph.output:
+            for dim in out.type.tensor_type.shape.dim:
+                if dim.dim_param:
+                    dim.Clear()
+    return changed
+
+
+class Int8Builder:
+    def __init__(self, fp32_path: Path, opts: Int8Options, ev: Evaluator, log=lambda m: None):
+        self.fp32_path, self.opts, self.ev, self.log = Path(fp32_path), opts, ev, log
+        self.tmp = Path(tempfile.mkdtemp(prefix="edgeexport-int8-"))
+        self.info: dict = {"format": opts.format, "method": opts.method, "per_channel": opts.per_channel,
+                           "calib_size": opts.calib_size,
+                           "calib_source": opts.calib_folder or "bundled calibration photographs"}
+
+    def close(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # ---------------------------------------------------------------- preparation
+
+    def prepare(self) -> Path:
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        model = onnx.load(str(self.fp32_path))
+        fixed = fix_input_shape(model, self.ev.shape)
+        self.info["static_shape"] = list(self.ev.shape)
+        if fixed:
+            self.info["notes"] = ["the int8 graph is static: dynamic shapes keep ONNX Runtime from fusing "
+                                  "and pre-packing int8 kernels"]
+        staged = self.tmp / "staged.onnx"
+        onnx.save(model, str(staged))
+        pre = self.tmp / "pre.onnx"
+        try:
+            quant_pre_process(str(staged), str(pre))
+        except Exception as exc:  # symbolic shape inference gives up on some graphs; ORT's own passes still apply
+            self.log(f"quant_pre_process failed ({type(exc).__name__}); continuing without it")
+            shutil.copy(staged, pre)
+        model = onnx.load(str(pre))
+        self.info["prep"] = prep.prepare_for_int8(model)
+        self.prepared = self.tmp / "prepared.onnx"
+        onnx.save(model, str(self.prepared))
+        self.graph = model.graph
+        names = {n.name for n in model.graph.node}
+        unknown = [n for n in self.opts.exclude if n not in names]
+        if unknown:
+            raise UserError(f"--exclude: no node named {', '.join(unknown[:5])} in the prepared graph "
+                            f"(see the report's per-layer table for node names)")
+        return self.prepared
+
+    # ---------------------------------------------------------------- calibration
+
+    def calibrate(self) -> None:
+        t0 = time.perf_counter()
+        batches = calibration_batches(self.ev.shape, self.opts.calib_size, self.ev.calib_preprocess,
+                                      self.opts.calib_folder, self.ev.eval_folder)
+        self.cache = self.tmp / "calibration.json"
+        self._quantize(self.prepared, self.tmp / "calibrated.onnx", set(), BatchReader(self.ev.input_name, batches))
+        self.info["calibration_s"] = round(time.perf_counter() - t0, 1)
+
+    def _quantize(self, src: Path, dst: Path, exclude: set[str], reader=None, fmt: str | None = None) -> Path:
+        from onnxruntime.quantization import quantize_static
+
+        args = _quant_args(self.opts)
+        if fmt is not None:
+            from onnxruntime.quantization import QuantFormat
+
+            args["quant_format"] = QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator
+        quantize_static(str(src), str(dst), reader, nodes_to_exclude=sorted(exclude),
+                        calibration_cache_path=str(self.cache), **args)
+        return dst
+
+    # ---------------------------------------------------------------- plans
+
+    def classify(self) -> dict[str, str]:
+        """Node name -> why it might stay float (for every plan's candidates)."""
+        g = self.graph
+        inits = {i.name: i for i in g.initializer}
+        outputs = {o.name for o in g.output}
+        producers = {o: n for n in g.node for o in n.output}
+        why: dict[str, str] = {}
+        for n in g.node:
+            if n.op_type in NO_INT8_KERNEL:
+                why[n.name] = "no_kernel"
+            if n.op_type == "Conv" and n.input[1] in inits:
+                dims = list(inits[n.input[1]].dims)
+                groups = next((a.i for a in n.attribute if a.name == "group"), 1)
+                if groups > 1 and dims[1] == 1:
+                    why[n.name] = "depthwise"
+                elif dims[1] <= 4 and groups == 1:
+                    why[n.name] = "stem"
+        # Output tail: a Resize (or Add of classifier maps) producing a graph output, and its feeders.
+        for n in g.node:
+            if any(o in outputs for o in n.output) and n.op_type in ("Resize", "Upsample"):
+                why[n.name] = "tail"
+                src = producers.get(n.input[0])
+                if src is not None and src.op_type == "Add":
+                    why[src.name] = "tail"
+                    for i in src.input:
+                        p = producers.get(i)
+                        if p is not None and p.op_type == "Conv":
+                            why[p.name] = "tail"
+        return why
+
+    def close_islands(self, exclude: set[str]) -> set[str]:
+        """Grow each excluded node into a float island that ONNX Runtime will not re-quantize.
+
+        ONNX Runtime fuses any DequantizeLinear -> op -> QuantizeLinear it has a kernel for, even
+        for an op the quantizer left in float (it quantizes float weights on the fly). So an
+        excluded node's float consumers join it, up to the next compute node (Conv / Gemm /
+        MatMul), which takes a QuantizeLinear on its input instead.
+        """
+        consumers: dict[str, list] = {}
+        for n in self.graph.node:
+            for i in n.input:
+                consumers.setdefault(i, []).append(n)
+        out, todo = set(exclude), list(exclude)
+        by_name = {n.name: n for n in self.graph.node}
+        while todo:
+            node = by_name.get(todo.pop())
+            if node is None:
+                continue
+            for o in node.output:
+                for c in consumers.get(o, []):
+                    if c.op_type not in COMPUTE_OPS and c.name not in out:
+                        out.add(c.name)
+                        self.why.setdefault(c.name, "island")
+                        todo.append(c.name)
+        return out
+
+    def plan_exclusions(self, plan: str, why: dict[str, str]) -> set[str]:
+        base = {n for n, r in why.items() if r == "tail"} | set(self.opts.exclude)
+        if plan == "all":
+            return self.close_islands(base)
+        if plan == "dense":
+            return self.close_islands(base | {n for n, r in why.items() if r in ("depthwise", "stem", "no_kernel")})
+        raise UserError(f"unknown int8 plan {plan!r} (known: all, dense)")
+
+    def choose_plan(self, floor_snr: float | None) -> tuple[str, set[str], list[dict]]:
+        why = self.classify()
+        self.why = why
+        plans = ["all", "dense"] if self.opts.plans == "auto" else list(self.opts.plans)
+        candidates = []
+        for plan in plans:
+            excl = self.plan_exclusions(plan, why)
+            if any(c["exclude"] == excl for c in candidates):
+                continue  # the same graph as an earlier plan
+            path = self._quantize(self.prepared, self.tmp / f"plan-{plan}.onnx", excl)
+            candidates.append({"plan": plan, "path": path, "exclude": excl})
+        times = self.ev.latency([self.fp32_path] + [c["path"] for c in candidates])
+        fp32_ms = times[0]
+        rows = []
+        for c, ms in zip(candidates, times[1:]):
+            acc = self.ev.accuracy(c["path"])
+            c.update(ms=ms, acc=acc)
+            rows.append({"plan": c["plan"], "median_ms": round(ms, 2), "ratio_to_fp32": round(ms / fp32_ms, 3),
+                         **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in acc.items()},
+                         "float_nodes": len(c["exclude"])})
+        ok = [c for c in candidates if floor_snr is None or c["acc"]["snr_db"] >= floor_snr]
+        best = min(ok, key=lambda c: c["ms"]) if ok else max(candidates, key=lambda c: c["acc"]["snr_db"])
+        self.info["fp32_ms_during_planning"] = round(fp32_ms, 2)
+        return best["plan"], best["exclude"], rows
+
+    # ---------------------------------------------------------------- accuracy budget
+
+    def meets(self, acc: dict, budget: dict[str, float]) -> bool:
+        return all(acc.get(k) is not None and acc[k] >= v for k, v in budget.items())
+
+    def budget_loop(self, exclude: set[str], budget: dict[str, float]) -> tuple[set[str], list[dict], bool]:
+        """Keep the node that adds the most error in float, re-measure, repeat until the budget holds.
+
+        The per-layer ranking is recomputed after every step: once a node is float, the error it
+        caused often reappears at its consumer's quantized input, which then ranks first.
+        """
+        path = self._quantize(self.prepared, self.tmp / "budget-0.onnx", exclude, fmt="qdq")
+        acc = self.ev.accuracy(path)
+        steps = [{"step": 0, "excluded": None, "op": None, "drop_db": None, **acc}]
+        best = (acc, set(exclude))
+        for i in range(1, self.opts.max_budget_steps + 1):
+            if self.meets(acc, budget):
+                return exclude, steps, True
+            rows = per_layer_errors(self.prepared, path, self.ev.input_name, self.ev.debug_batches[:1])
+            ranked = [r for r in sorted(rows, key=lambda r: -r["drop_db"]) if r["node"] not in exclude and r["drop_db"] > 0]
+            if not ranked:
+                break
+            row = ranked[0]
+            self.why[row["node"]] = "budget"
+            exclude = self.close_islands(exclude | {row["node"]})
+            path = self._quantize(self.prepared, self.tmp / f"budget-{i}.onnx", exclude, fmt="qdq")
+            acc = self.ev.accuracy(path)
+            steps.append({"step": i, "excluded": row["node"], "op": row["op"], "drop_db": row["drop_db"], **acc})
+            if acc["snr_db"] > best[0]["snr_db"]:
+                best = (acc, set(exclude))
+        if self.meets(acc, budget):
+            return exclude, steps, True
+        return best[1], steps, False
+
+    # ---------------------------------------------------------------- runtime truth
+
+    def float_nodes(self, path: Path) -> tuple[list[dict], dict]:
+        """Compute nodes that still run in float after ONNX Runtime's own optimisations."""
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        so.optimized_model_filepath = str(self.tmp / "optimized.onnx")
+        so.log_severity_level = 3
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        opt = onnx.load(str(self.tmp / "optimized.onnx"), load_external_data=False)
+        counts: dict[str, int] = {}
+        for n in opt.graph.node:
+            counts[n.op_type] = counts.get(n.op_type, 0) + 1
+        original = {n.name: n.op_type for n in self.graph.node}
+        floats = []
+        for n in opt.graph.node:
+            if n.op_type in COMPUTE_OPS | NO_INT8_KERNEL | {"Resize", "Add", "Mul", "Concat", "GlobalAveragePool"}:
+                name = n.name if n.name in original else n.name.split("_token")[0]
+                reason = self.why.get(name)
+                floats.append({"node": name, "op": n.op_type,
+                               "reason": REASONS.get(reason, "not fused to an int8 kernel by ONNX Runtime")})
+        return floats, counts
+
+    # ---------------------------------------------------------------- main
+
+    def build(self, out: Path, floor_snr: float | None) -> dict:
+        from edgeexport.util import atomic_path
+
+        t0 = time.perf_counter()
+        self.prepare()
+        self.calibrate()
+        plan, exclude, plan_rows = self.choose_plan(floor_snr)
+        self.info.update(plan=plan, plans=plan_rows)
+        met = None
+        if self.opts.budget:
+            exclude, steps, met = self.budget_loop(exclude, self.opts.budget)
+            self.info["budget"] = {"target": self.opts.budget, "met": met, "steps": steps,
+                                   "kept_float": [s["excluded"] for s in steps if s.get("excluded")]}
+        qdq = self._quantize(self.prepared, self.tmp / "final-qdq.onnx", exclude, fmt="qdq")
+        rows = per_layer_errors(self.prepared, qdq, self.ev.input_name, self.ev.debug_batches[:1])
+        self.info["per_layer"] = top_drops(rows, self.opts.table_rows)
+        final = qdq if self.opts.format == "qdq" else self._quantize(self.prepared, self.tmp / "final.onnx", exclude)
+        floats, counts = self.float_nodes(final)
+        self.info["float_nodes"] = floats
+        self.info["optimized_op_counts"] = dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+        self.info["excluded"] = {n: REASONS.get(self.why.get(n, "user"), "") for n in sorted(exclude)}
+        with atomic_path(out) as tmp:
+            shutil.copy(final, tmp)
+        self.info["build_s"] = round(time.perf_counter() - t0, 1)
+        self.info["budget_met"] = met
+        return self.info
+
+
+def build_int8(fp32_path: Path, out: Path, opts: Int8Options, ev: Evaluator, floor_snr: float | None,
+               log=lambda m: None) -> dict:
+    b = Int8Builder(fp32_path, opts, ev, log)
+    try:
+        return b.build(out, floor_snr)
+    finally:
+        b.close()
+
+
+def build_int8_dynamic(fp32_path: Path, out: Path, shape, per_channel: bool = True) -> dict:
+    """Dynamic quantization (int8 weights, activations quantized at run time)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from edgeexport.util import atomic_path
+
+    t0 = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix="edgeexport-dyn-"))
+    try:
+        model = onnx.load(str(fp32_path))
+        fix_input_shape(model, shape)
+        prep.name_nodes(model)
+        staged = tmp / "staged.onnx"
+        onnx.save(model, str(staged))
+        with atomic_path(out) as dst:
+            quantize_dynamic(str(staged), str(dst), weight_type=QuantType.QUInt8, per_channel=per_channel)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"mode": "int8-dynamic", "weight_type": "uint8", "per_channel": per_channel,
+            "build_s": round(time.perf_counter() - t0, 1),
+            "notes": ["dynamic quantization maps Conv to ConvInteger, which ONNX Runtime runs without its fused "
+                      "int8 kernels; it exists for comparison and for MatMul-heavy graphs"]}

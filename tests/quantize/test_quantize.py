@@ -1,0 +1,160 @@
+"""Reduced precision end to end: int8 (static, dynamic), fp16, the accuracy-aware loop, bad calibration input."""
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from edgeexport.cli import parse_budget
+from edgeexport.errors import UserError
+from edgeexport.quantize.int8 import Int8Builder, Int8Options
+from tests.conftest import assert_one_line_error
+
+
+def report(folder: Path, name: str) -> dict:
+    return json.loads((folder / f"{name}.report.json").read_text())
+
+
+def art(rep, kind):
+    return next(a for a in rep["artifacts"] if a["kind"] == kind)
+
+
+def test_budget_parsing_and_check():
+    assert parse_budget(["snr_db=25", "agreement=0.99"]) == {"snr_db": 25.0, "agreement": 0.99}
+    assert parse_budget([]) is None
+    for bad in (["snr=3"], ["snr_db"], ["agreement=high"]):
+        with pytest.raises(UserError):
+            parse_budget(bad)
+    meets = Int8Builder.meets
+    assert meets(None, {"snr_db": 25.0, "agreement": 0.99}, {"snr_db": 25.0, "agreement": 0.98})
+    assert not meets(None, {"snr_db": 24.9, "agreement": 1.0}, {"snr_db": 25.0})
+    assert not meets(None, {"snr_db": 30.0, "agreement": None}, {"agreement": 0.5})
+
+
+@pytest.fixture(scope="module")
+def int8_run(tmp_path_factory):
+    from typer.testing import CliRunner
+
+    from edgeexport.cli import app
+
+    out = tmp_path_factory.mktemp("int8")
+    res = CliRunner().invoke(app, ["quantize", "pyconvresnet18", "--mode", "int8", "--shape", "1x3x96x96",
+                                   "--exporter", "torchscript", "--calib-size", "6", "--images", "2", "--runs", "3",
+                                   "-o", str(out)])
+    return res, out
+
+
+def test_int8_end_to_end(int8_run):
+    res, out = int8_run
+    assert res.exit_code == 0, res.stderr
+    assert (out / "pyconvresnet18.int8.onnx").exists() and (out / "pyconvresnet18.onnx").exists()
+    rep = report(out, "pyconvresnet18")
+    a = art(rep, "onnx-int8")
+    assert a["precision"] == "int8" and a["parity"]["status"] == "passed"
+    m = a["parity"]["checks"][0]["outputs"][0]["metrics"]
+    assert m["snr_db"] >= 20 and m["agreement"] == 1.0
+    vs = a["parity"]["vs_onnx"][0]["outputs"][0]["metrics"]  # also compared with the fp32 graph
+    assert vs["snr_db"] >= 20
+    b = a["build"]
+    assert b["prep"]["densify_grouped_convs"] > 0 and b["prep"]["fold_bn_after_concat"] > 0
+    assert {p["plan"] for p in b["plans"]} == {"all", "dense"} and b["plan"] in ("all", "dense")
+    assert b["per_layer"] and {"node", "op", "snr_db", "drop_db"} <= set(b["per_layer"][0])
+    assert b["optimized_op_counts"].get("QLinearConv", 0) > 20  # the fused int8 kernels really run
+    assert a["size_bytes"] < art(rep, "onnx")["size_bytes"] / 2
+    assert a["ratio_to_fp32"] is not None
+    md = (out / "pyconvresnet18.report.md").read_text()
+    assert "Where precision is lost" in md and "Candidate int8 plans" in md and "against the onnx artifact" in md
+
+
+def test_quantize_an_onnx_file(int8_run, cli, tmp_path):
+    _, out = int8_run
+    code, _, err = cli("quantize", out / "pyconvresnet18.onnx", "--mode", "fp16", "--no-bench", "--images", "1",
+                       "-o", tmp_path)
+    assert code == 0, err
+    rep = report(tmp_path, "pyconvresnet18")
+    assert rep["model"]["origin"].startswith("onnx:")
+    assert [a["kind"] for a in rep["artifacts"]] == ["onnx-fp16"]
+    assert art(rep, "onnx-fp16")["parity"]["checks"][0]["passed"]
+
+
+def test_accuracy_aware_loop_keeps_the_outlier_layer_in_float(cli, tmp_path):
+    code, out, err = cli("quantize", "outlier", "--model", "tests.support.models:outlier_net", "--shape", "1x3x48x48",
+                         "--exporter", "torchscript", "--calib-size", "4", "--images", "2", "--no-bench",
+                         "--budget", "snr_db=30", "-o", tmp_path, "--json")
+    assert code == 0, err
+    a = art(json.loads(out), "onnx-int8")
+    budget = a["build"]["budget"]
+    assert budget["met"] and len(budget["kept_float"]) >= 1
+    assert budget["steps"][0]["snr_db"] < 30 <= budget["steps"][-1]["snr_db"]
+    reasons = {f["reason"] for f in a["build"]["float_nodes"]}
+    assert any("accuracy budget" in r for r in reasons)
+
+
+def test_unreachable_budget_exits_1_with_the_best_graph(cli, tmp_path):
+    code, out, err = cli("quantize", "outlier", "--model", "tests.support.models:outlier_net", "--shape", "1x3x48x48",
+                         "--exporter", "torchscript", "--calib-size", "2", "--images", "1", "--no-bench",
+                         "--budget", "snr_db=500", "-o", tmp_path)
+    assert code == 1
+    assert (tmp_path / "outlier.int8.onnx").exists()
+    a = art(report(tmp_path, "outlier"), "onnx-int8")
+    assert a["failures"] and "not met" in a["failures"][0]
+
+
+def test_fp16_reports_and_avoids_overflow(cli, tmp_path):
+    code, out, err = cli("quantize", "ovf", "--model", "tests.support.models:overflow16", "--mode", "fp16",
+                         "--shape", "1x3x32x32", "--exporter", "torchscript", "--images", "1", "--no-bench",
+                         "-o", tmp_path, "--json")
+    assert code == 0, err
+    a = art(json.loads(out), "onnx-fp16")
+    assert a["build"]["fp16_overflow"] and a["build"]["fp16_overflow"][0]["max_abs"] > 65504
+    assert a["build"]["kept_fp32_for_overflow"]
+    assert a["parity"]["status"] == "passed"
+    m = onnx.load(str(tmp_path / "ovf.fp16.onnx"))
+    assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # fp32 I/O kept
+
+
+def test_int8_dynamic(cli, tmp_path):
+    code, out, err = cli("quantize", "mobilenetv3_small", "--mode", "int8-dynamic", "--shape", "1x3x64x64",
+                         "--exporter", "torchscript", "--images", "1", "--no-bench", "-o", tmp_path, "--json")
+    assert code in (0, 1), err  # accuracy of dynamic int8 is reported, not promised
+    a = art(json.loads(out), "onnx-int8-dynamic")
+    assert a["error"] is None and (tmp_path / "mobilenetv3_small.int8-dynamic.onnx").exists()
+    assert a["parity"]["checks"][0]["outputs"][0]["metrics"]["snr_db"] > 5
+
+
+@pytest.mark.parametrize("make,needle", [
+    (lambda d: None, "is empty"),
+    (lambda d: (d / "x.jpg").write_bytes(b"not an image"), "not a readable image"),
+    (lambda d: __import__("PIL.Image").Image.new("CMYK", (16, 16)).save(d / "cmyk.jpg"), "unsupported channel layout"),
+])
+def test_bad_calibration_input(cli, tmp_path, make, needle):
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    make(calib)
+    code, _, err = cli("quantize", "mobilenetv3_small", "--calib", calib, "--shape", "1x3x32x32",
+                       "--exporter", "torchscript", "--no-bench", "-o", tmp_path / "o")
+    assert_one_line_error(code, err, needle)
+    assert not list((tmp_path / "o").glob("*.int8.onnx"))
+
+
+def test_calibration_and_evaluation_must_differ(cli, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(folder / "a.png")
+    code, _, err = cli("quantize", "mobilenetv3_small", "--calib", folder, "--input-folder", folder,
+                       "--shape", "1x3x32x32", "--exporter", "torchscript", "--no-bench", "-o", tmp_path / "o")
+    assert_one_line_error(code, err, "must be different folders")
+
+
+def test_unknown_exclude_node(cli, tmp_path):
+    code, _, err = cli("quantize", "mobilenetv3_small", "--exclude", "no/such/node", "--shape", "1x3x32x32",
+                       "--exporter", "torchscript", "--no-bench", "-o", tmp_path)
+    assert_one_line_error(code, err, "no node named no/such/node")
+
+
+def test_options_validate(cli, tmp_path):
+    code, _, err = cli("quantize", "mobilenetv3_small", "--budget", "psnr=3", "-o", tmp_path)
+    assert_one_line_error(code, err, "--budget")
