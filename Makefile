@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.edgeexport-installed
-EXTRAS ?= test
+EXTRAS ?= test,coreml,executorch
 PYTEST_WORKERS ?= 2
 
 .PHONY: demo test bench install clean

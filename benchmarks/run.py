@@ -48,7 +48,7 @@ def run_case(name: str, fields: dict, args) -> dict:
     if fields.get("weights") == "TORCHVISION":
         fields["weights"] = torchvision_checkpoint()
     recipe = Recipe.from_dict({
-        **fields, "output": str(ROOT / "out" / "bench" / name.split()[0] + ("-tv" if "torchvision" in name else "")),
+        **fields, "output": str(ROOT / "out" / "bench" / (name.split()[0] + ("-tv" if "torchvision" in name else ""))),
         "dynamic": "none", "inputs": {"images": args.images},
         "stages": {"onnx": {}, "quantize": [] if args.no_quantize else QUANTIZE},
         "bench": {"warmup": args.warmup, "runs": args.runs, "budget_s": args.budget, "threads": args.threads},

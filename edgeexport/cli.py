@@ -273,6 +273,166 @@ def _recipe_from_flags(name, model, weights, shape, dynamic, output, num_classes
 
 @app.command()
 @handle_errors
+def trt(name_or_onnx: str = typer.Argument(..., metavar="NAME_OR_ONNX", help="zoo model, or an .onnx file"),
+        fp16: bool = typer.Option(False, "--fp16"),
+        int8: bool = typer.Option(False, "--int8", help="explicit quantization from the symmetric int8 QDQ graph"),
+        min_shape: Optional[str] = typer.Option(None, "--min-shape"),
+        opt_shape: Optional[str] = typer.Option(None, "--opt-shape"),
+        max_shape: Optional[str] = typer.Option(None, "--max-shape"),
+        workspace: int = typer.Option(2048, "--workspace", help="MiB"),
+        timing_cache: Optional[str] = typer.Option(None, "--timing-cache", help="reused across builds"),
+        weights: Optional[str] = typer.Option(None, "--weights"),
+        model: Optional[str] = typer.Option(None, "--model"),
+        shape: Optional[str] = typer.Option(None, "--shape"),
+        dynamic: Dynamic = typer.Option(Dynamic.none, "--dynamic"),
+        output: str = typer.Option("out", "--output", "-o"),
+        images: int = typer.Option(4, "--images"),
+        runs: int = typer.Option(30, "--runs"),
+        quiet: bool = typer.Option(False, "--quiet", "-q"),
+        as_json: bool = typer.Option(False, "--json")):
+    """Build NAME.engine with TensorRT (pre-flight of the ONNX graph first, on any machine)."""
+    from edgeexport.errors import BackendMissing
+    from edgeexport.export.tensorrt import INSTALL_HINT, tensorrt_available
+    from edgeexport.util import parse_shape
+
+    shapes = {k: list(parse_shape(v)) if v else None
+              for k, v in (("min_shape", min_shape), ("opt_shape", opt_shape), ("max_shape", max_shape))}
+    stage = {"fp16": fp16, "int8": int8, "workspace_mib": workspace, "timing_cache": timing_cache, **shapes}
+    is_onnx = name_or_onnx.endswith(".onnx")
+    stages = {"onnx": None if is_onnx else {}, "trt": stage}
+    available, reason = tensorrt_available()
+    recipe = _recipe_from_flags(None if model else name_or_onnx, model, weights, shape, dynamic.value, output, None,
+                                None, images, None, False, runs, None, not available, stages)
+    if model:
+        recipe.name = name_or_onnx
+    if available:
+        _execute(recipe, quiet, as_json)
+    recipe.parity.enabled = False  # without TensorRT: export and pre-flight only, then refuse
+    from edgeexport import pipeline
+
+    rep = pipeline.run(recipe)
+    art = next(a for a in rep["artifacts"] if a["kind"] == "tensorrt")
+    pre = art["build"].get("preflight")
+    if pre and not quiet:
+        verdict = "would parse" if pre["parses"] else "would NOT parse"
+        print(f"TensorRT pre-flight of {art['build']['source']}: {verdict} "
+              f"({len(pre['errors'])} errors, {pre['warning_count']} warnings)")
+        for f in pre["errors"] + pre["warnings"]:
+            print(f"  {f['severity']:<7} {f['node']} ({f['op']}): {f['message']}")
+    if art["error"]:
+        raise typer.Exit(1) if "pre-flight" in art["error"] else UserError(art["error"])
+    raise BackendMissing("TensorRT", reason, INSTALL_HINT)
+
+
+@app.command()
+@handle_errors
+def coreml(name: str = typer.Argument(..., help="zoo model (or the artifact name with --model)"),
+           precision: str = typer.Option("fp16", "--precision", help="fp32 | fp16"),
+           compress: str = typer.Option("none", "--compress", help="none | int8 | palettize4 | palettize6"),
+           deployment_target: str = typer.Option("iOS17", "--deployment-target"),
+           compute_units: str = typer.Option("cpu_only", "--compute-units",
+                                             help="cpu_only | cpu_and_gpu | all | cpu_and_ne (macOS)"),
+           weights: Optional[str] = typer.Option(None, "--weights"),
+           model: Optional[str] = typer.Option(None, "--model"),
+           shape: Optional[str] = typer.Option(None, "--shape"),
+           output: str = typer.Option("out", "--output", "-o"),
+           images: int = typer.Option(4, "--images"),
+           runs: int = typer.Option(30, "--runs"),
+           quiet: bool = typer.Option(False, "--quiet", "-q"),
+           as_json: bool = typer.Option(False, "--json")):
+    """Convert to a CoreML ML program (NAME.mlpackage); parity and latency on macOS, validation elsewhere."""
+    stage = {"precision": precision, "compress": compress, "deployment_target": deployment_target,
+             "compute_units": compute_units}
+    recipe = _recipe_from_flags(None if model else name, model, weights, shape, "none", output, None, None, images,
+                                None, False, runs, None, False, {"onnx": None, "coreml": [stage]})
+    if model:
+        recipe.name = name
+    _execute(recipe, quiet, as_json)
+
+
+@app.command()
+@handle_errors
+def executorch(name: str = typer.Argument(..., help="zoo model (or the artifact name with --model)"),
+               quantize: str = typer.Option("none", "--quantize", help="none | int8 (PT2E, XNNPACK quantizer)"),
+               calib_size: int = typer.Option(8, "--calib-size"),
+               weights: Optional[str] = typer.Option(None, "--weights"),
+               model: Optional[str] = typer.Option(None, "--model"),
+               shape: Optional[str] = typer.Option(None, "--shape"),
+               output: str = typer.Option("out", "--output", "-o"),
+               images: int = typer.Option(4, "--images"),
+               runs: int = typer.Option(30, "--runs"),
+               threads: Optional[int] = typer.Option(None, "--threads"),
+               no_bench: bool = typer.Option(False, "--no-bench"),
+               quiet: bool = typer.Option(False, "--quiet", "-q"),
+               as_json: bool = typer.Option(False, "--json")):
+    """Lower to an ExecuTorch program (NAME.pte) with the XNNPACK delegate; parity and latency here."""
+    stages = {"onnx": None, "executorch": [{"quantize": quantize, "calib_size": calib_size}]}
+    recipe = _recipe_from_flags(None if model else name, model, weights, shape, "none", output, None, None, images,
+                                None, False, runs, threads, no_bench, stages)
+    if model:
+        recipe.name = name
+    _execute(recipe, quiet, as_json)
+
+
+@app.command()
+@handle_errors
+def bundle(name: str = typer.Argument(..., help="zoo model the artifact was built from"),
+           artifact: Path = typer.Option(..., "--artifact", help=".onnx / .engine / .mlpackage / .pte"),
+           output: Optional[str] = typer.Option(None, "--output", "-o", help="bundle folder to write"),
+           precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | fp16 | int8 (default: from "
+                                                                             "the file name)"),
+           weights: Optional[str] = typer.Option(None, "--weights"),
+           model: Optional[str] = typer.Option(None, "--model"),
+           shape: Optional[str] = typer.Option(None, "--shape"),
+           images: int = typer.Option(4, "--images")):
+    """Write a self-contained parity bundle: artifact, inputs, eager outputs, tolerances, manifest."""
+    from edgeexport import pipeline
+    from edgeexport.formats import format_for_path
+    from edgeexport.pipeline import Artifact
+
+    fmt = format_for_path(str(artifact))
+    if fmt is None:
+        raise UserError(f"{artifact}: unknown artifact type (.onnx, .engine, .mlpackage or .pte)")
+    if not artifact.exists():
+        raise UserError(f"artifact {artifact} does not exist")
+    if precision is None:
+        precision = next((p for p in ("int8", "fp16") if f".{p}" in artifact.name),
+                         "fp16" if fmt.backend == "coreml" else "fp32")
+    recipe = _recipe_from_flags(None if model else name, model, weights, shape, "none", str(artifact.parent), None,
+                                None, images, None, False, 1, None, True, {"onnx": None})
+    ctx = pipeline.prepare(recipe)
+    art = Artifact(fmt.name, fmt.backend, precision, artifact)
+    out = Path(output) if output else artifact.parent / f"{ctx.name}.{fmt.name}.bundle"
+    manifest = pipeline.write_bundle_for(ctx, art, out)
+    print(f"wrote {out} ({manifest['artifact']['backend']}, {precision}, {len(manifest['input_shapes'])} "
+          f"input batch(es)); check it on the target with: edgeexport verify {out}")
+
+
+@app.command()
+@handle_errors
+def verify(bundle_path: Path = typer.Argument(..., metavar="BUNDLE"),
+           threads: Optional[int] = typer.Option(None, "--threads"),
+           runs: int = typer.Option(30, "--runs"),
+           quiet: bool = typer.Option(False, "--quiet", "-q"),
+           as_json: bool = typer.Option(False, "--json")):
+    """Run a bundle's artifact with the runtime installed here: parity and latency (no torch, no model code)."""
+    from edgeexport.bundle import verify_bundle
+    from edgeexport.errors import BackendMissing
+    from edgeexport.report import print_table
+
+    rep = verify_bundle(bundle_path, threads=threads, runs=runs)
+    art = rep["artifacts"][0]
+    if as_json:
+        print(json.dumps(rep, indent=2, default=str))
+    elif not quiet:
+        print_table(rep, _console(stderr=False))
+    if art["parity"]["status"] == "not_run":
+        raise BackendMissing(art["backend"], art["parity"]["reason"].removeprefix("not run on this machine: "))
+    raise typer.Exit(0 if rep["verdict"] == "passed" else 1)
+
+
+@app.command()
+@handle_errors
 def run(recipe_path: Path = typer.Argument(..., metavar="RECIPE", help="recipe YAML"),
         output: Optional[str] = typer.Option(None, "--output", "-o", help="override the recipe's output folder"),
         weights: Optional[str] = typer.Option(None, "--weights", help="override the recipe's weights"),

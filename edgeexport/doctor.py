@@ -30,8 +30,14 @@ def check_backend(name: str) -> dict:
         status, reason = "missing", f"{module} is not installed"
     else:
         try:
-            importlib.import_module(module)
-        except Exception as exc:  # installed but broken (e.g. missing shared libraries)
+            if module == "executorch":  # importing its runtime prints noise; probe the runtime quietly
+                from edgeexport.export.executorch import quiet
+
+                with quiet():
+                    importlib.import_module("executorch.runtime")
+            else:
+                importlib.import_module(module)
+        except Exception as exc:  # installed but broken (e.g. missing shared libraries, PyPI stub)
             status, reason = "broken", f"import {module} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
     probe = _RUNTIME_PROBES.get(name)
     if status == "available" and probe is not None:
@@ -42,7 +48,19 @@ def check_backend(name: str) -> dict:
             "install": hint if status != "available" else ""}
 
 
-_RUNTIME_PROBES: dict = {}
+def _coreml_probe():
+    from edgeexport.runners.coreml import CoreMLRunner
+
+    return CoreMLRunner.availability()
+
+
+def _tensorrt_probe():
+    from edgeexport.export.tensorrt import tensorrt_available
+
+    return tensorrt_available()
+
+
+_RUNTIME_PROBES: dict = {"coremltools": _coreml_probe, "tensorrt": _tensorrt_probe}
 
 
 def doctor() -> list[dict]:

@@ -146,6 +146,7 @@ class Context:
     artifacts: list[Artifact] = field(default_factory=list)
     eager_latency: LatencyStats | None = None
     rewrites: dict = field(default_factory=dict)
+    rewritten: torch.nn.Module | None = None
 
     @property
     def name(self) -> str:
@@ -269,18 +270,20 @@ def stage_onnx(ctx: Context) -> Artifact:
     return art
 
 
-def stage_quantize(ctx: Context) -> list[Artifact]:
+def stage_quantize(ctx: Context, only_last: bool = False) -> list[Artifact]:
     from edgeexport.quantize.fp16 import build_fp16
     from edgeexport.quantize.int8 import Evaluator, Int8Options, build_int8, build_int8_dynamic
     from edgeexport.runners.onnxruntime import OnnxRuntimeRunner
 
     arts = []
     fp32 = ctx.fp32_onnx()
-    for cfg in ctx.recipe.stages.quantize:
+    configs = ctx.recipe.stages.quantize[-1:] if only_last else ctx.recipe.stages.quantize
+    for cfg in configs:
+        mode = "int8-tensorrt" if cfg.mode == "int8" and cfg.target == "tensorrt" else cfg.mode
         suffix, precision = {"int8": (".int8.onnx", "int8"), "int8-dynamic": (".int8-dynamic.onnx", "int8"),
-                             "fp16": (".fp16.onnx", "fp16")}[cfg.mode]
+                             "int8-tensorrt": (".int8-tensorrt.onnx", "int8"), "fp16": (".fp16.onnx", "fp16")}[mode]
         path = ctx.artifact_path(suffix)
-        art = Artifact(f"onnx-{cfg.mode}", "onnxruntime", precision, path, compare_to="onnx",
+        art = Artifact(f"onnx-{mode}", "onnxruntime", precision, path, compare_to="onnx",
                        dynamic=ctx.recipe.dynamic if cfg.mode == "fp16" else "none")  # int8 graphs are static
         arts.append(art)
         if fp32 is None:
@@ -291,7 +294,8 @@ def stage_quantize(ctx: Context) -> list[Artifact]:
                 if cfg.mode == "int8":
                     opts = Int8Options(calib_size=cfg.calib_size, calib_folder=cfg.calib_folder, method=cfg.method,
                                        per_channel=cfg.per_channel, format=cfg.format, exclude=list(cfg.exclude),
-                                       budget=dict(cfg.budget) if cfg.budget else None, plans=cfg.plans)
+                                       budget=dict(cfg.budget) if cfg.budget else None, plans=cfg.plans,
+                                       target=cfg.target)
                     art.build = build_int8(fp32, path, opts, evaluator(ctx), ctx.recipe.tolerance("int8").min_snr_db,
                                            log=ctx.log)
                     if art.build.get("budget_met") is False:
@@ -338,9 +342,179 @@ def evaluator(ctx: Context):
                      [b for _, b in refs.batches[shape]], ctx.recipe.inputs.folder)
 
 
+def _rewritten(ctx: Context) -> torch.nn.Module:
+    """The eager model with the recipe's export rewrites applied (cached; shared by every target)."""
+    if ctx.rewritten is None:
+        from edgeexport.rewrite import apply_rewrites
+
+        names = ctx.recipe.stages.onnx.rewrites if ctx.recipe.stages.onnx else ["adaptive_pool"]
+        ctx.rewritten, ctx.rewrites = apply_rewrites(ctx.handle.model, names)
+    return ctx.rewritten
+
+
+def _calibration_tensors(ctx: Context, count: int) -> list[torch.Tensor]:
+    from edgeexport.quantize.calib import calibration_batches
+
+    return [torch.from_numpy(b) for b in calibration_batches(ctx.shape, count, ctx.handle.preprocess)]
+
+
+def _needs_torch_model(ctx: Context, art: Artifact) -> bool:
+    if ctx.handle.model is None:
+        art.error = "this target converts from the PyTorch model; an ONNX file was given"
+        return False
+    return True
+
+
+def stage_trt(ctx: Context) -> list[Artifact]:
+    from edgeexport.export.tensorrt import TensorRTBuildFailed, build_engine, tensorrt_available
+    from edgeexport.export.trt_preflight import preflight, summarize
+    from edgeexport.runners.tensorrt import TensorRTRunner
+
+    cfg = ctx.recipe.stages.trt
+    precision = "int8" if cfg.int8 else "fp16" if cfg.fp16 else "fp32"
+    art = Artifact("tensorrt", "tensorrt", precision, ctx.artifact_path(".engine"), dynamic=ctx.recipe.dynamic)
+    source = ctx.fp32_onnx()
+    if cfg.int8:
+        qart = ctx.find("onnx-int8-tensorrt")
+        if qart is None:
+            from edgeexport.recipe import QuantizeStage
+
+            ctx.recipe.stages.quantize.append(QuantizeStage(mode="int8", target="tensorrt"))
+            built = stage_quantize(ctx, only_last=True)
+            ctx.artifacts.extend(built)
+            for a in built:
+                check_artifact(ctx, a)
+            qart = ctx.find("onnx-int8-tensorrt")
+        source = qart.path if qart is not None else None
+        art.dynamic = "none"
+    if source is None:
+        art.error = "no ONNX graph to build from"
+        return [art]
+    import onnx
+
+    art.build["source"] = str(source)
+    art.build["preflight"] = summarize(preflight(onnx.load(str(source), load_external_data=False)))
+    if not art.build["preflight"]["parses"]:
+        art.error = "pre-flight: TensorRT's ONNX parser would reject " + "; ".join(
+            f"{e['node']} ({e['op']}): {e['message']}" for e in art.build["preflight"]["errors"][:3])
+        return [art]
+    ok, reason = tensorrt_available()
+    if not ok:
+        art.path = None
+        art.parity_status, art.not_run_reason = "not_run", f"not run on this machine: {reason}"
+        art.notes.append(f"engine not built: {reason}; the pre-flight above ran here")
+        return [art]
+    n, c, h, w = ctx.shape
+    shapes = None
+    if art.dynamic != "none":
+        lo = tuple(cfg.min_shape or (1, c, max(32, h // 2) if "hw" in art.dynamic or art.dynamic == "all" else h,
+                                     max(32, w // 2) if art.dynamic in ("hw", "all") else w))
+        opt = tuple(cfg.opt_shape or ctx.shape)
+        hi = tuple(cfg.max_shape or (n * (4 if art.dynamic in ("batch", "all") else 1), c,
+                                     h * 2 if art.dynamic in ("hw", "all") else h,
+                                     w * 2 if art.dynamic in ("hw", "all") else w))
+        shapes = {ctx.refs.input_name: (lo, opt, hi)}
+    cache = Path(cfg.timing_cache) if cfg.timing_cache else ctx.out_dir / "tensorrt.timing.cache"
+    with ctx.status(f"Building TensorRT engine ({precision})"):
+        try:
+            art.build.update(build_engine(source, art.path, fp16=cfg.fp16, int8=cfg.int8, shapes=shapes,
+                                          workspace_mib=cfg.workspace_mib, timing_cache=cache))
+        except TensorRTBuildFailed as exc:
+            art.error = str(exc)
+            return [art]
+    art.make_runner = lambda threads, p=art.path: TensorRTRunner(p, threads=threads)
+    return [art]
+
+
+def stage_coreml(ctx: Context) -> list[Artifact]:
+    from edgeexport.export.coreml import CoreMLConversionFailed, convert
+    from edgeexport.runners.coreml import CoreMLRunner
+
+    arts = []
+    for cfg in ctx.recipe.stages.coreml:
+        suffix = ".mlpackage" if cfg.compress == "none" else f".{cfg.compress}.mlpackage"
+        kind = "coreml" if cfg.compress == "none" else f"coreml-{cfg.compress}"
+        art = Artifact(kind, "coreml", cfg.precision, ctx.artifact_path(suffix))
+        arts.append(art)
+        if not _needs_torch_model(ctx, art):
+            continue
+        sample = torch.from_numpy(ctx.refs.feed()[ctx.refs.input_name])
+        with ctx.status(f"Converting to CoreML ({cfg.precision}, compress={cfg.compress})"):
+            try:
+                art.build = convert(ctx.handle.wrapped(_rewritten(ctx)), sample, art.path,
+                                    input_name=ctx.refs.input_name, output_names=ctx.handle.output_names,
+                                    precision=cfg.precision, compress=cfg.compress,
+                                    deployment_target=cfg.deployment_target)
+            except CoreMLConversionFailed as exc:
+                art.error = str(exc)
+                continue
+        if art.build["validation_problems"]:
+            art.failures += art.build["validation_problems"]
+        art.make_runner = lambda threads, p=art.path, u=cfg.compute_units: CoreMLRunner(p, threads, u)
+    return arts
+
+
+def stage_executorch(ctx: Context) -> list[Artifact]:
+    from edgeexport.export.executorch import ExecuTorchLoweringFailed, lower
+    from edgeexport.runners.executorch import ExecuTorchRunner
+
+    arts = []
+    for cfg in ctx.recipe.stages.executorch:
+        int8 = cfg.quantize == "int8"
+        art = Artifact("executorch-int8" if int8 else "executorch", "executorch", "int8" if int8 else "fp32",
+                       ctx.artifact_path(".int8.pte" if int8 else ".pte"))
+        arts.append(art)
+        if not _needs_torch_model(ctx, art):
+            continue
+        sample = torch.from_numpy(ctx.refs.feed()[ctx.refs.input_name])
+        with ctx.status(f"Lowering to ExecuTorch / XNNPACK ({cfg.quantize})"):
+            try:
+                calib = _calibration_tensors(ctx, cfg.calib_size) if int8 else None
+                art.build = lower(ctx.handle.wrapped(_rewritten(ctx)), sample, art.path,
+                                  quantize="int8" if int8 else None, calibration=calib)
+            except ExecuTorchLoweringFailed as exc:
+                art.error = str(exc)
+                continue
+        names = (ctx.handle.input_names, ctx.handle.output_names)
+        art.make_runner = lambda threads, p=art.path, n=names: ExecuTorchRunner(p, threads, n[0], n[1])
+    return arts
+
+
+def stage_bundle(ctx: Context) -> list[Artifact]:
+    """Write a parity bundle for every built artifact the stage names (no new artifact)."""
+    kinds = ctx.recipe.stages.bundle.artifacts
+    for art in ctx.artifacts:
+        if art.error or art.path is None or not art.path.exists() or ("all" not in kinds and art.kind not in kinds):
+            continue
+        out = ctx.out_dir / f"{ctx.name}.{art.kind}.bundle"
+        with ctx.status(f"Bundling {art.kind}"):
+            write_bundle_for(ctx, art, out)
+        art.build["bundle"] = str(out)
+    return []
+
+
+def write_bundle_for(ctx: Context, art: Artifact, out: Path) -> dict:
+    from dataclasses import asdict
+
+    from edgeexport.bundle import write_bundle
+    from edgeexport.report import versions
+
+    shape = ctx.shape
+    inputs = [x for _, x in ctx.refs.batches[shape]]
+    model = {**ctx.handle.info(shape), "dynamic": "none",
+             "images": [n for names, _ in ctx.refs.batches[shape] for n in names]}
+    return write_bundle(out, artifact=art.path, backend=art.backend, precision=art.precision, kind=art.kind,
+                        input_name=ctx.refs.input_name, inputs=inputs, references=ctx.refs.outputs(shape),
+                        tasks=ctx.handle.tasks, tolerance=asdict(ctx.recipe.tolerance(art.precision)), model=model,
+                        versions=versions(), build_latency_ms=art.latency.median_ms if art.latency else None)
+
+
 STAGES: dict[str, Callable[[Context], Artifact | list[Artifact] | None]] = {
     "onnx": stage_onnx,
     "quantize": stage_quantize,
+    "trt": stage_trt,
+    "coreml": stage_coreml,
+    "executorch": stage_executorch,
 }
 
 
@@ -407,6 +581,8 @@ def run(recipe: Recipe, log=print, status=_noop_status) -> dict:
             ctx.artifacts.append(art)
             check_artifact(ctx, art)
     time_all(ctx)
+    if recipe.stages.bundle is not None:  # after timing, so bundles carry the build host's latency
+        stage_bundle(ctx)
     rep = R.build_report(ctx, time.perf_counter() - t0)
     R.write_reports(rep, ctx.out_dir, ctx.name)
     return rep

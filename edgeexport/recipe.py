@@ -63,11 +63,42 @@ class QuantizeStage(_Strict):
     exclude: list[str] = Field(default_factory=list)
     budget: dict[Literal["snr_db", "agreement", "cosine"], float] | None = None
     plans: list[Literal["all", "dense"]] | Literal["auto"] = "auto"
+    target: Literal["cpu", "tensorrt"] = "cpu"  # tensorrt: symmetric int8 Q/DQ that TensorRT can import
+
+
+class TensorRTStage(_Strict):
+    fp16: bool = False
+    int8: bool = False  # explicit quantization from the symmetric int8 QDQ graph
+    min_shape: list[int] | None = None
+    opt_shape: list[int] | None = None
+    max_shape: list[int] | None = None
+    workspace_mib: int = Field(2048, ge=16)
+    timing_cache: str | None = None  # default: OUTPUT/tensorrt.timing.cache, reused across builds
+
+
+class CoreMLStage(_Strict):
+    precision: Literal["fp32", "fp16"] = "fp16"
+    compress: Literal["none", "int8", "palettize4", "palettize6"] = "none"
+    deployment_target: str = "iOS17"
+    compute_units: Literal["cpu_only", "cpu_and_gpu", "all", "cpu_and_ne"] = "cpu_only"
+
+
+class ExecuTorchStage(_Strict):
+    quantize: Literal["none", "int8"] = "none"
+    calib_size: int = Field(8, ge=1, le=1024)
+
+
+class BundleStage(_Strict):
+    artifacts: list[str] = Field(default_factory=lambda: ["all"])  # artifact kinds, or "all"
 
 
 class Stages(_Strict):
     onnx: OnnxStage | None = Field(default_factory=OnnxStage)
     quantize: list[QuantizeStage] = Field(default_factory=list)
+    trt: TensorRTStage | None = None
+    coreml: list[CoreMLStage] = Field(default_factory=list)
+    executorch: list[ExecuTorchStage] = Field(default_factory=list)
+    bundle: BundleStage | None = None
 
 
 class ParityConfig(_Strict):

@@ -33,8 +33,8 @@ class NamedOutputs(nn.Module):
         self.output_names = list(output_names)
         self.kind = kind  # "dict" | "sequence" | "tensor"
 
-    def forward(self, x: torch.Tensor):
-        out = self.model(x)
+    def forward(self, input: torch.Tensor):  # noqa: A002 - the argument name becomes the graph's input name
+        out = self.model(input)
         if self.kind == "dict":
             return tuple(out[k] for k in self.output_names)
         if self.kind == "sequence":

@@ -63,6 +63,7 @@ class Int8Options:
     plans: list[str] | str = "auto"
     max_budget_steps: int = 16
     table_rows: int = 15
+    target: str = "cpu"  # "tensorrt": signed symmetric int8 activations (TensorRT's explicit quantization)
 
 
 @dataclass
@@ -83,9 +84,13 @@ def _quant_args(opts: Int8Options):
 
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[opts.method]
-    return dict(per_channel=opts.per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+    args = dict(per_channel=opts.per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                 calibrate_method=method,
                 quant_format=QuantFormat.QDQ if opts.format == "qdq" else QuantFormat.QOperator)
+    if opts.target == "tensorrt":
+        args.update(activation_type=QuantType.QInt8, quant_format=QuantFormat.QDQ,
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+    return args
 
 
 def fix_input_shape(model: onnx.ModelProto, shape) -> bool:
@@ -108,9 +113,13 @@ def fix_input_shape(model: onnx.ModelProto, shape) -> bool:
 
 class Int8Builder:
     def __init__(self, fp32_path: Path, opts: Int8Options, ev: Evaluator, log=lambda m: None):
+        import onnxruntime as ort
+
+        ort.set_default_logger_severity(3)  # the quantizer's own sessions warn about unused initializers
         self.fp32_path, self.opts, self.ev, self.log = Path(fp32_path), opts, ev, log
         self.tmp = Path(tempfile.mkdtemp(prefix="edgeexport-int8-"))
-        self.info: dict = {"format": opts.format, "method": opts.method, "per_channel": opts.per_channel,
+        self.info: dict = {"target": opts.target, "format": opts.format, "method": opts.method,
+                           "per_channel": opts.per_channel,
                            "calib_size": opts.calib_size,
                            "calib_source": opts.calib_folder or "bundled calibration photographs"}
 
@@ -239,6 +248,8 @@ class Int8Builder:
     def choose_plan(self, floor_snr: float | None) -> tuple[str, set[str], list[dict]]:
         why = self.classify()
         self.why = why
+        if self.opts.target == "tensorrt":  # TensorRT chooses its own kernels; CPU plans do not apply
+            return "all", set(self.opts.exclude), []
         plans = ["all", "dense"] if self.opts.plans == "auto" else list(self.opts.plans)
         candidates = []
         for plan in plans:

@@ -12,6 +12,9 @@ from edgeexport.runners.base import Runner
 _RUNNERS = {
     "torch": "edgeexport.runners.torch_eager:TorchRunner",
     "onnxruntime": "edgeexport.runners.onnxruntime:OnnxRuntimeRunner",
+    "tensorrt": "edgeexport.runners.tensorrt:TensorRTRunner",
+    "coreml": "edgeexport.runners.coreml:CoreMLRunner",
+    "executorch": "edgeexport.runners.executorch:ExecuTorchRunner",
 }
 
 

@@ -1,0 +1,50 @@
+"""CoreML: real conversion with coremltools; prediction only on macOS (reported as not run elsewhere)."""
+import json
+import platform
+
+import pytest
+
+ct = pytest.importorskip("coremltools", reason="coremltools is not installed (pip install 'edgeexport[coreml]')")
+
+ON_MAC = platform.system() == "Darwin"
+
+
+def test_convert_validate_and_report_not_run_off_macos(cli, tmp_path):
+    code, out, err = cli("coreml", "lraspp_mobilenetv3_small", "--shape", "1x3x64x96", "--images", "1", "--runs", "3",
+                         "-o", tmp_path, "--json")
+    assert code == 0, err
+    rep = json.loads(out)
+    art = rep["artifacts"][0]
+    assert art["kind"] == "coreml" and (tmp_path / "lraspp_mobilenetv3_small.mlpackage").is_dir()
+    b = art["build"]
+    assert b["inputs"] == {"input": [1, 3, 64, 96]} and b["outputs"] == ["out"]
+    assert b["validation_problems"] == [] and b["ops"].get("conv", 0) > 10
+    if ON_MAC:  # pragma: no cover
+        assert art["parity"]["status"] == "passed"
+    else:
+        assert art["parity"]["status"] == "not_run"
+        assert art["parity"]["reason"].startswith("not run on this machine") and "macOS" in art["parity"]["reason"]
+        assert "passed" not in out.split('"status": "not_run"')[0][-50:]
+    md = (tmp_path / "lraspp_mobilenetv3_small.report.md").read_text()
+    assert "not run here" in md or ON_MAC
+
+
+def test_weight_compression_shrinks_the_package(cli, tmp_path):
+    code, _, err = cli("coreml", "mobilenetv3_small", "--shape", "1x3x64x64", "--compress", "int8",
+                       "--precision", "fp32", "--images", "1", "-o", tmp_path)
+    assert code == 0, err
+    code, _, err = cli("coreml", "mobilenetv3_small", "--shape", "1x3x64x64", "--precision", "fp32", "--images", "1",
+                       "-o", tmp_path)
+    assert code == 0, err
+    from edgeexport.util import file_size
+
+    small = file_size(tmp_path / "mobilenetv3_small.int8.mlpackage")
+    full = file_size(tmp_path / "mobilenetv3_small.mlpackage")
+    assert small < 0.4 * full
+
+
+def test_bad_compress_value(cli, tmp_path):
+    from tests.conftest import assert_one_line_error
+
+    code, _, err = cli("coreml", "mobilenetv3_small", "--compress", "zip", "-o", tmp_path)
+    assert_one_line_error(code, err, "compress")

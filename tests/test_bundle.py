@@ -1,0 +1,95 @@
+"""Parity bundles: written on the build host, verified with only the artifact's runtime."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, assert_one_line_error
+
+
+@pytest.fixture(scope="module")
+def onnx_bundle(tmp_path_factory):
+    from typer.testing import CliRunner
+
+    from edgeexport.cli import app
+
+    out = tmp_path_factory.mktemp("bundle")
+    r = CliRunner()
+    res = r.invoke(app, ["onnx", "lraspp_mobilenetv3_small", "--shape", "1x3x64x64", "--exporter", "torchscript",
+                         "--no-bench", "--images", "2", "-o", str(out)])
+    assert res.exit_code == 0, res.stderr
+    res = r.invoke(app, ["bundle", "lraspp_mobilenetv3_small", "--artifact", str(out / "lraspp_mobilenetv3_small.onnx"),
+                         "--shape", "1x3x64x64", "--images", "2"])
+    assert res.exit_code == 0, res.stderr
+    return out / "lraspp_mobilenetv3_small.onnx.bundle"
+
+
+def test_bundle_contents(onnx_bundle):
+    names = sorted(p.name for p in onnx_bundle.iterdir())
+    assert names == ["inputs.npz", "lraspp_mobilenetv3_small.onnx", "manifest.json", "reference.npz"]
+    m = json.loads((onnx_bundle / "manifest.json").read_text())
+    assert m["artifact"]["backend"] == "onnxruntime" and len(m["artifact"]["sha256"]) == 64
+    assert m["input_shapes"] == [[1, 3, 64, 64], [1, 3, 64, 64]] and m["outputs"] == {"out": [1, 21, 64, 64]}
+    assert m["tolerance"]["max_abs_scaled"] == 1e-4 and m["build_host_versions"]["torch"]
+
+
+def test_verify_without_torch_in_a_subprocess(onnx_bundle, tmp_path):
+    """Block `import torch` entirely: verifying an ONNX bundle must not need it."""
+    bundle = tmp_path / "b"
+    shutil.copytree(onnx_bundle, bundle)
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from edgeexport.cli import main\n"
+            f"main(['verify', {str(bundle)!r}, '--runs', '3'])")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0, res.stderr
+    assert "passed" in res.stdout
+    rep = json.loads((bundle / "verify.report.json").read_text())
+    chk = rep["artifacts"][0]["parity"]["checks"][0]
+    assert chk["passed"] and chk["samples"] == 2 and rep["artifacts"][0]["latency"]["median_ms"] > 0
+
+
+def test_tampered_bundle_is_refused(onnx_bundle, tmp_path, cli):
+    bundle = tmp_path / "b"
+    shutil.copytree(onnx_bundle, bundle)
+    art = bundle / "lraspp_mobilenetv3_small.onnx"
+    art.write_bytes(art.read_bytes()[:-10] + b"0123456789")
+    code, _, err = cli("verify", bundle)
+    assert_one_line_error(code, err, "does not match its hash")
+    code, _, err = cli("verify", tmp_path)
+    assert_one_line_error(code, err, "not a parity bundle")
+
+
+def test_executorch_bundle_end_to_end(tmp_path, cli):
+    pytest.importorskip("executorch")
+    code, _, err = cli("executorch", "mobilenetv3_small", "--shape", "1x3x64x64", "--images", "1", "--no-bench",
+                       "-o", tmp_path)
+    assert code == 0, err
+    code, out, err = cli("bundle", "mobilenetv3_small", "--artifact", tmp_path / "mobilenetv3_small.pte",
+                         "--shape", "1x3x64x64", "--images", "1")
+    assert code == 0, err
+    code, out, err = cli("verify", tmp_path / "mobilenetv3_small.executorch.bundle", "--runs", "3", "--json")
+    assert code == 0, err
+    assert json.loads(out)["artifacts"][0]["parity"]["status"] == "passed"
+
+
+def test_coreml_bundle_is_not_run_off_macos(tmp_path, cli):
+    pytest.importorskip("coremltools")
+    import platform
+
+    if platform.system() == "Darwin":  # pragma: no cover
+        pytest.skip("on macOS the CoreML bundle runs; this checks the refusal elsewhere")
+    code, _, err = cli("coreml", "mobilenetv3_small", "--shape", "1x3x64x64", "--images", "1", "-o", tmp_path)
+    assert code == 0, err
+    code, _, err = cli("bundle", "mobilenetv3_small", "--artifact", tmp_path / "mobilenetv3_small.mlpackage",
+                       "--shape", "1x3x64x64", "--images", "1")
+    assert code == 0, err
+    bundle = tmp_path / "mobilenetv3_small.coreml.bundle"
+    code, out, err = cli("verify", bundle)
+    assert_one_line_error(code, err, "macOS")
+    rep = json.loads((bundle / "verify.report.json").read_text())
+    assert rep["artifacts"][0]["parity"]["status"] == "not_run"
+    assert "not run on this machine" in rep["artifacts"][0]["parity"]["reason"]
