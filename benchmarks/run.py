@@ -23,12 +23,12 @@ QUANTIZE = [{"mode": "int8"}, {"mode": "fp16"}]
 # name -> (recipe fields, {artifact kind: (target ratio, "eager" | "fp32")})
 CASES = {
     "lraspp_mobilenetv3": ({"model": "lraspp_mobilenetv3", "input_shape": [1, 3, 520, 520]},
-                           {"onnx": (0.45, "eager"), "onnx-int8": (0.70, "fp32")}),
+                           {"onnx": (0.45, "eager"), "onnx-int8": (0.70, "fp32"), "executorch": (None, "parity")}),
     "lraspp_mobilenetv3 (torchvision checkpoint)": (
         {"model": "lraspp_mobilenetv3", "input_shape": [1, 3, 520, 520], "weights": "TORCHVISION"},
         {"onnx": (0.45, "eager"), "onnx-int8": (0.70, "fp32")}),
     "pyconvresnet50": ({"model": "pyconvresnet50", "input_shape": [1, 3, 224, 224]},
-                       {"onnx": (0.70, "eager"), "onnx-int8": (0.60, "fp32")}),
+                       {"onnx": (0.70, "eager"), "onnx-int8": (0.60, "fp32"), "executorch": (None, "parity")}),
     "pyconvsegnet50": ({"model": "pyconvsegnet50", "input_shape": [1, 3, 473, 473]}, {}),
 }
 
@@ -50,7 +50,8 @@ def run_case(name: str, fields: dict, args) -> dict:
     recipe = Recipe.from_dict({
         **fields, "output": str(ROOT / "out" / "bench" / (name.split()[0] + ("-tv" if "torchvision" in name else ""))),
         "dynamic": "none", "inputs": {"images": args.images},
-        "stages": {"onnx": {}, "quantize": [] if args.no_quantize else QUANTIZE},
+        "stages": {"onnx": {}, "quantize": [] if args.no_quantize else QUANTIZE,
+                   "executorch": [] if args.no_executorch else [{"quantize": "none"}]},
         "bench": {"warmup": args.warmup, "runs": args.runs, "budget_s": args.budget, "threads": args.threads},
     })
     t0 = time.perf_counter()
@@ -90,6 +91,8 @@ def render(reports: dict[str, dict], args) -> str:
             chk = a["parity"]["checks"][0]["outputs"] if a["parity"]["checks"] else []
             met = chk[0]["metrics"] if chk else {}
             target, base = CASES[name][1].get(a["kind"], (None, None))
+            if base == "parity":
+                target = None
             ratio = a["ratio_to_eager"] if base == "eager" else a.get("ratio_to_fp32")
             verdict = "" if target is None or ratio is None else (" ✓" if ratio <= target else " ✗")
             size = f"{a['size_bytes'] / 1e6:.1f} MB" if a["size_bytes"] else "–"
@@ -105,6 +108,40 @@ def render(reports: dict[str, dict], args) -> str:
     return "\n".join(lines)
 
 
+def coreml_matrix() -> str:
+    """Convert every zoo model to CoreML (fp16 ML program, native input); list the failures with their op."""
+    import torch
+
+    from edgeexport.export.coreml import CoreMLConversionFailed, convert
+    from edgeexport.rewrite import apply_rewrites
+    from edgeexport.source import load_model
+    from edgeexport.zoo import list_models
+
+    lines = ["", "## CoreML conversion of every zoo model", "",
+             "fp16 ML programs at each model's native input, converted here with coremltools (Linux: converted and "
+             "validated, predictions not run on this machine; run `edgeexport verify` on a Mac).", "",
+             "| model | result | route | ops | package |", "|---|---|---|---|---|"]
+    out = ROOT / "out" / "bench" / "coreml"
+    out.mkdir(parents=True, exist_ok=True)
+    for name in list_models():
+        t0 = time.perf_counter()
+        handle = load_model(name, weights="init")
+        shape = (1, *handle.meta.input_size)
+        handle.probe(torch.zeros(shape))
+        model, _ = apply_rewrites(handle.model, ["adaptive_pool"])
+        try:
+            info = convert(handle.wrapped(model), torch.zeros(shape), out / f"{name}.mlpackage", input_name="input",
+                           output_names=handle.output_names)
+            ops = sum(v for k, v in info["ops"].items() if k != "const")
+            ok = "converted" + (" (" + "; ".join(info["validation_problems"]) + ")" if info["validation_problems"] else "")
+            lines.append(f"| {name} | {ok} | {info['route']} | {ops} | "
+                         f"{sum(f.stat().st_size for f in (out / f'{name}.mlpackage').rglob('*') if f.is_file()) / 1e6:.1f} MB |")
+        except CoreMLConversionFailed as exc:
+            lines.append(f"| {name} | **failed**: {str(exc).replace('|', '/')[:160]} | – | – | – |")
+        print(f"coreml {name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    return "\n".join(lines) + "\n"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--output", default="BENCHMARKS.md")
@@ -115,9 +152,14 @@ def main():
     ap.add_argument("--images", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-quantize", action="store_true")
+    ap.add_argument("--no-executorch", action="store_true")
+    ap.add_argument("--no-coreml", action="store_true", help="skip the CoreML conversion matrix")
     args = ap.parse_args()
     reports = {name: run_case(name, CASES[name][0], args) for name in (args.only or CASES)}
-    Path(args.output).write_text(render(reports, args))
+    text = render(reports, args)
+    if not args.no_coreml:
+        text += coreml_matrix()
+    Path(args.output).write_text(text)
     (ROOT / "out" / "bench").mkdir(parents=True, exist_ok=True)
     (ROOT / "out" / "bench" / "summary.json").write_text(json.dumps(
         {n: {"eager_ms": r["eager"]["latency"]["median_ms"],

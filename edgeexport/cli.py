@@ -460,7 +460,7 @@ def doctor(as_json: bool = typer.Option(False, "--json")):
         print(json.dumps(rows, indent=2))
         return
     for r in rows:
-        line = f"{r['backend']:<12} {r['status']:<26} {r['version'] or '':<14}"
+        line = f"{r['backend']:<21} {r['status']:<27} {r['version'] or '':<12}"
         if r["reason"]:
             line += f" {r['reason']}"
         if r["install"]:

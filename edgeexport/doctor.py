@@ -30,13 +30,10 @@ def check_backend(name: str) -> dict:
         status, reason = "missing", f"{module} is not installed"
     else:
         try:
-            if module == "executorch":  # importing its runtime prints noise; probe the runtime quietly
-                from edgeexport.export.executorch import quiet
+            from edgeexport.util import quiet
 
-                with quiet():
-                    importlib.import_module("executorch.runtime")
-            else:
-                importlib.import_module(module)
+            with quiet():  # coremltools / executorch print warnings at import
+                importlib.import_module("executorch.runtime" if module == "executorch" else module)
         except Exception as exc:  # installed but broken (e.g. missing shared libraries, PyPI stub)
             status, reason = "broken", f"import {module} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
     probe = _RUNTIME_PROBES.get(name)
@@ -45,7 +42,7 @@ def check_backend(name: str) -> dict:
         if not ok:
             status, reason = "installed, cannot run here", why
     return {"backend": name, "status": status, "version": version, "reason": reason,
-            "install": hint if status != "available" else ""}
+            "install": hint if status in ("missing", "broken") else ""}
 
 
 def _coreml_probe():

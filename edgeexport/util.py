@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import os
+import warnings
 import re
 import shutil
 import tempfile
@@ -88,3 +91,24 @@ def file_size(path: str | os.PathLike) -> int:
     if p.is_dir():
         return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
     return p.stat().st_size if p.exists() else 0
+
+
+@contextlib.contextmanager
+def quiet(loggers=("torch", "torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "coremltools",
+                   "executorch", "torchao")):
+    """Silence what converters and exporters print (stdout, stderr, warnings, their loggers).
+
+    Yields the captured text, for reports when something fails.
+    """
+    buf = io.StringIO()
+    objs = [logging.getLogger(n) for n in loggers] + [logging.getLogger()]
+    levels = [lg.level for lg in objs]
+    for lg in objs:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            warnings.simplefilter("ignore")
+            yield buf
+    finally:
+        for lg, level in zip(objs, levels):
+            lg.setLevel(level)

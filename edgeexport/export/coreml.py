@@ -9,17 +9,14 @@ shapes, its op set is listed).
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import time
-import warnings
 from collections import Counter
 from pathlib import Path
 
 import torch
 
 from edgeexport.errors import BackendMissing, EdgeExportError
+from edgeexport.util import quiet
 
 INSTALL_HINT = "pip install 'edgeexport[coreml]'"
 COMPRESSIONS = ("none", "int8", "palettize4", "palettize6")
@@ -31,24 +28,10 @@ class CoreMLConversionFailed(EdgeExportError):
 
 def require_coremltools():
     try:
-        import coremltools as ct  # noqa: F401
+        with quiet():
+            import coremltools as ct  # noqa: F401
     except ImportError:
         raise BackendMissing("coremltools", "coremltools is not installed", INSTALL_HINT) from None
-
-
-@contextlib.contextmanager
-def _quiet():
-    buf = io.StringIO()
-    levels = {n: logging.getLogger(n).level for n in ("coremltools", "torch")}
-    for n in levels:
-        logging.getLogger(n).setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-            warnings.simplefilter("ignore")
-            yield buf
-    finally:
-        for n, lv in levels.items():
-            logging.getLogger(n).setLevel(lv)
 
 
 def _failing_op(exc: Exception) -> str:
@@ -76,7 +59,7 @@ def convert(module: torch.nn.Module, sample: torch.Tensor, out: Path, *, input_n
               minimum_deployment_target=target,
               compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32)
     route, errors = None, []
-    with _quiet():
+    with quiet():
         for route in ("torch.export", "trace"):
             try:
                 if route == "torch.export":

@@ -6,38 +6,19 @@ calibrated on the same calibration photographs as the ONNX int8 path, then lower
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import time
-import warnings
 from pathlib import Path
 
 import torch
 
 from edgeexport.errors import BackendMissing, EdgeExportError
+from edgeexport.util import quiet
 
 INSTALL_HINT = "pip install 'edgeexport[executorch]'"
 
 
 class ExecuTorchLoweringFailed(EdgeExportError):
     pass
-
-
-@contextlib.contextmanager
-def quiet():
-    buf = io.StringIO()
-    names = ("executorch", "torch", "torchao", "root")
-    levels = {n: logging.getLogger(n if n != "root" else None).level for n in names}
-    for n in names:
-        logging.getLogger(n if n != "root" else None).setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-            warnings.simplefilter("ignore")
-            yield buf
-    finally:
-        for n, lv in levels.items():
-            logging.getLogger(n if n != "root" else None).setLevel(lv)
 
 
 def require_executorch():

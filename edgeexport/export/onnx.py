@@ -1,19 +1,15 @@
 """ONNX export (dynamo or TorchScript exporter), checking and onnxsim simplification."""
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import os
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from edgeexport.errors import EdgeExportError
-from edgeexport.util import atomic_path
+from edgeexport.util import atomic_path, quiet
 
 DYNAMIC_AXES = {"none": (), "batch": (0,), "hw": (2, 3), "all": (0, 2, 3)}
 AXIS_NAMES = {0: "batch", 2: "height", 3: "width"}
@@ -21,23 +17,6 @@ AXIS_NAMES = {0: "batch", 2: "height", 3: "width"}
 
 class ExportFailed(EdgeExportError):
     """The exporter could not produce a valid graph for this model."""
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Exporters print progress and warnings; keep them out of the user's terminal."""
-    buf = io.StringIO()
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-            warnings.simplefilter("ignore")
-            yield buf
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 def _name_dynamic_dims(model, input_name: str, axes) -> None:
@@ -63,7 +42,7 @@ def export_onnx(module: torch.nn.Module, sample: torch.Tensor, path: Path, *, in
 
     axes = DYNAMIC_AXES[dynamic]
     t0 = time.perf_counter()
-    with atomic_path(path) as tmp, _quiet() as log:
+    with atomic_path(path) as tmp, quiet() as log:
         try:
             if exporter == "dynamo":
                 dyn = None
@@ -106,7 +85,7 @@ def simplify_onnx(path: Path, check_feed: dict[str, np.ndarray], tolerance: floa
     try:
         import onnxsim
 
-        with _quiet():
+        with quiet():
             simplified, ok = onnxsim.simplify(original, check_n=0)
     except Exception as exc:
         info.update(applied=False, reason=f"onnxsim failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")

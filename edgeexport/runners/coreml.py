@@ -23,7 +23,10 @@ class CoreMLRunner(Runner):
         if platform.system() != "Darwin":
             return False, "CoreML prediction needs macOS (coremltools converts on Linux but cannot predict)"
         try:
-            import coremltools  # noqa: F401
+            from edgeexport.util import quiet
+
+            with quiet():
+                import coremltools  # noqa: F401
         except ImportError:
             return False, "coremltools is not installed (pip install 'edgeexport[coreml]')"
         return True, ""

@@ -22,7 +22,7 @@ class ExecuTorchRunner(Runner):
     @classmethod
     def availability(cls):
         try:
-            from edgeexport.export.executorch import quiet
+            from edgeexport.util import quiet
 
             with quiet():
                 import executorch.runtime  # noqa: F401
@@ -33,7 +33,7 @@ class ExecuTorchRunner(Runner):
     def _activate(self) -> None:
         import torch
 
-        from edgeexport.export.executorch import quiet
+        from edgeexport.util import quiet
 
         self.torch = torch
         with quiet():
