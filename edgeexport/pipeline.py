@@ -296,8 +296,10 @@ def stage_quantize(ctx: Context, only_last: bool = False) -> list[Artifact]:
                                        per_channel=cfg.per_channel, format=cfg.format, exclude=list(cfg.exclude),
                                        budget=dict(cfg.budget) if cfg.budget else None, plans=cfg.plans,
                                        target=cfg.target)
-                    art.build = build_int8(fp32, path, opts, evaluator(ctx), ctx.recipe.tolerance("int8").min_snr_db,
-                                           log=ctx.log)
+                    tol = ctx.recipe.tolerance("int8")
+                    floor = {k: v for k, v in (("snr_db", tol.min_snr_db), ("agreement", tol.min_agreement),
+                                               ("cosine", tol.min_cosine)) if v is not None}
+                    art.build = build_int8(fp32, path, opts, evaluator(ctx), floor, log=ctx.log)
                     if art.build.get("budget_met") is False:
                         art.failures.append(f"accuracy budget {cfg.budget} not met; kept the most accurate graph found")
                 elif cfg.mode == "int8-dynamic":

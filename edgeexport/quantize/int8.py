@@ -245,7 +245,7 @@ class Int8Builder:
             return self.close_islands(base | {n for n, r in why.items() if r in ("depthwise", "stem", "no_kernel")})
         raise UserError(f"unknown int8 plan {plan!r} (known: all, dense)")
 
-    def choose_plan(self, floor_snr: float | None) -> tuple[str, set[str], list[dict]]:
+    def choose_plan(self, floor: dict[str, float]) -> tuple[str, set[str], list[dict]]:
         why = self.classify()
         self.why = why
         if self.opts.target == "tensorrt":  # TensorRT chooses its own kernels; CPU plans do not apply
@@ -267,15 +267,18 @@ class Int8Builder:
             rows.append({"plan": c["plan"], "median_ms": round(ms, 2), "ratio_to_fp32": round(ms / fp32_ms, 3),
                          **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in acc.items()},
                          "float_nodes": len(c["exclude"])})
-        ok = [c for c in candidates if floor_snr is None or c["acc"]["snr_db"] >= floor_snr]
+        ok = [c for c in candidates if self.meets(c["acc"], floor, missing_ok=True)]
         best = min(ok, key=lambda c: c["ms"]) if ok else max(candidates, key=lambda c: c["acc"]["snr_db"])
         self.info["fp32_ms_during_planning"] = round(fp32_ms, 2)
         return best["plan"], best["exclude"], rows
 
     # ---------------------------------------------------------------- accuracy budget
 
-    def meets(self, acc: dict, budget: dict[str, float]) -> bool:
-        return all(acc.get(k) is not None and acc[k] >= v for k, v in budget.items())
+    def meets(self, acc: dict, budget: dict[str, float], missing_ok: bool = False) -> bool:
+        """Every metric in ``budget`` reached. A metric the outputs do not have (agreement of a feature
+        map) fails an explicit budget, and is skipped for the tolerance floor (``missing_ok``)."""
+        return all((acc.get(k) is None and missing_ok) or (acc.get(k) is not None and acc[k] >= v)
+                   for k, v in budget.items())
 
     def budget_loop(self, exclude: set[str], budget: dict[str, float]) -> tuple[set[str], list[dict], bool]:
         """Keep the node that adds the most error in float, re-measure, repeat until the budget holds.
@@ -333,13 +336,13 @@ class Int8Builder:
 
     # ---------------------------------------------------------------- main
 
-    def build(self, out: Path, floor_snr: float | None) -> dict:
+    def build(self, out: Path, floor: dict[str, float]) -> dict:
         from edgeexport.util import atomic_path
 
         t0 = time.perf_counter()
         self.prepare()
         self.calibrate()
-        plan, exclude, plan_rows = self.choose_plan(floor_snr)
+        plan, exclude, plan_rows = self.choose_plan(floor)
         self.info.update(plan=plan, plans=plan_rows)
         met = None
         if self.opts.budget:
@@ -361,11 +364,12 @@ class Int8Builder:
         return self.info
 
 
-def build_int8(fp32_path: Path, out: Path, opts: Int8Options, ev: Evaluator, floor_snr: float | None,
+def build_int8(fp32_path: Path, out: Path, opts: Int8Options, ev: Evaluator, floor: dict[str, float],
                log=lambda m: None) -> dict:
+    """``floor``: the accuracy every plan must reach to be chosen, e.g. {"snr_db": 20, "agreement": 0.9}."""
     b = Int8Builder(fp32_path, opts, ev, log)
     try:
-        return b.build(out, floor_snr)
+        return b.build(out, floor)
     finally:
         b.close()
 
