@@ -108,37 +108,67 @@ def render(reports: dict[str, dict], args) -> str:
     return "\n".join(lines)
 
 
-def coreml_matrix() -> str:
-    """Convert every zoo model to CoreML (fp16 ML program, native input); list the failures with their op."""
-    import torch
-
-    from edgeexport.export.coreml import CoreMLConversionFailed, convert
-    from edgeexport.rewrite import apply_rewrites
-    from edgeexport.source import load_model
+def zoo_matrix(args) -> str:
+    """Every zoo model from its recipe (fp32 ONNX parity) plus int8, ExecuTorch and CoreML, at native size."""
     from edgeexport.zoo import list_models
 
-    lines = ["", "## CoreML conversion of every zoo model", "",
-             "fp16 ML programs at each model's native input, converted here with coremltools (Linux: converted and "
-             "validated, predictions not run on this machine; run `edgeexport verify` on a Mac).", "",
-             "| model | result | route | ops | package |", "|---|---|---|---|---|"]
-    out = ROOT / "out" / "bench" / "coreml"
-    out.mkdir(parents=True, exist_ok=True)
+    lines = ["", "## Every zoo model through every target", "",
+             "Each model's recipe (`recipes/NAME.yaml`, its fp32 ONNX stage and parity settings) plus an int8 build, "
+             "an ExecuTorch fp32 program and a CoreML fp16 package, at the recipe's input shape; latency medians over "
+             f"up to {args.matrix_runs} interleaved runs, same threads. CoreML: converted and validated here, "
+             "predictions not run on this machine (Linux).", "",
+             "| model | input | fp32 ONNX parity (max err / scale) | ONNX x eager | int8 x fp32 | int8 SNR dB | "
+             "int8 agreement | ExecuTorch parity | ExecuTorch x eager | CoreML |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name in list_models():
+        recipe_path = ROOT / "recipes" / f"{'lraspp_mobilenetv3' if name == 'lraspp_mobilenetv3_large' else name}.yaml"
+        if not recipe_path.exists():
+            lines.append(f"| {name} | – | no recipe | | | | | | | |")
+            continue
+        r = Recipe.from_yaml(recipe_path)
+        r.output = str(ROOT / "out" / "bench" / "zoo" / name)
+        r.inputs.images = 2
+        r.bench.runs, r.bench.warmup, r.bench.budget_s = args.matrix_runs, 2, 15.0
+        r.stages.quantize = [q for q in r.stages.quantize if q.mode != "int8"]
+        from edgeexport.recipe import CoreMLStage, ExecuTorchStage, QuantizeStage
+
+        r.stages.quantize.insert(0, QuantizeStage(mode="int8"))
+        r.stages.executorch = [ExecuTorchStage()]
+        r.stages.coreml = [CoreMLStage()]
         t0 = time.perf_counter()
-        handle = load_model(name, weights="init")
-        shape = (1, *handle.meta.input_size)
-        handle.probe(torch.zeros(shape))
-        model, _ = apply_rewrites(handle.model, ["adaptive_pool"])
         try:
-            info = convert(handle.wrapped(model), torch.zeros(shape), out / f"{name}.mlpackage", input_name="input",
-                           output_names=handle.output_names)
-            ops = sum(v for k, v in info["ops"].items() if k != "const")
-            ok = "converted" + (" (" + "; ".join(info["validation_problems"]) + ")" if info["validation_problems"] else "")
-            lines.append(f"| {name} | {ok} | {info['route']} | {ops} | "
-                         f"{sum(f.stat().st_size for f in (out / f'{name}.mlpackage').rglob('*') if f.is_file()) / 1e6:.1f} MB |")
-        except CoreMLConversionFailed as exc:
-            lines.append(f"| {name} | **failed**: {str(exc).replace('|', '/')[:160]} | – | – | – |")
-        print(f"coreml {name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+            rep = pipeline.run(r)
+        except Exception as exc:  # keep going: one model's failure is a row, not the end of the benchmark
+            lines.append(f"| {name} | – | error: {type(exc).__name__}: {str(exc)[:120]} | | | | | | | |")
+            continue
+        arts = {a["kind"]: a for a in rep["artifacts"]}
+
+        def metric(kind, key):
+            a = arts.get(kind)
+            if not a or not a["parity"]["checks"]:
+                return None
+            vals = [o["metrics"].get(key) for o in a["parity"]["checks"][0]["outputs"]]
+            vals = [v for v in vals if v is not None]
+            return (max(vals) if key == "max_abs_scaled" else min(vals)) if vals else None
+
+        def status(kind):
+            a = arts.get(kind)
+            if a is None:
+                return "–"
+            if a["error"]:
+                return "**failed**: " + a["error"].replace("|", "/")[:100]
+            return a["parity"]["status"] + (f" ({'; '.join(a['failures'])[:80]})" if a.get("failures") else "")
+
+        onnx_a, int8_a, et_a = arts.get("onnx"), arts.get("onnx-int8"), arts.get("executorch")
+        shape = "x".join(map(str, rep["model"]["input_shape"]))
+        lines.append(
+            f"| {name} | {shape} | {status('onnx')} ({fmt(metric('onnx', 'max_abs_scaled'), '.1e')}) | "
+            f"{fmt(onnx_a and onnx_a['ratio_to_eager'], '.2f')} | {fmt(int8_a and int8_a.get('ratio_to_fp32'), '.2f')} | "
+            f"{fmt(metric('onnx-int8', 'snr_db'), '.1f')} | {fmt(metric('onnx-int8', 'agreement'), '.3f')} | "
+            f"{status('executorch')} ({fmt(metric('executorch', 'max_abs_scaled'), '.1e')}) | "
+            f"{fmt(et_a and et_a['ratio_to_eager'], '.2f')} | "
+            f"{'converted, not run here' if arts.get('coreml') and not arts['coreml']['error'] else status('coreml')} |")
+        print(f"zoo {name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     return "\n".join(lines) + "\n"
 
 
@@ -153,12 +183,13 @@ def main():
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-quantize", action="store_true")
     ap.add_argument("--no-executorch", action="store_true")
-    ap.add_argument("--no-coreml", action="store_true", help="skip the CoreML conversion matrix")
+    ap.add_argument("--no-matrix", action="store_true", help="skip every-zoo-model-through-every-target (long)")
+    ap.add_argument("--matrix-runs", type=int, default=10)
     args = ap.parse_args()
     reports = {name: run_case(name, CASES[name][0], args) for name in (args.only or CASES)}
     text = render(reports, args)
-    if not args.no_coreml:
-        text += coreml_matrix()
+    if not args.no_matrix:
+        text += zoo_matrix(args)
     Path(args.output).write_text(text)
     (ROOT / "out" / "bench").mkdir(parents=True, exist_ok=True)
     (ROOT / "out" / "bench" / "summary.json").write_text(json.dumps(

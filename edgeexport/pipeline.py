@@ -63,13 +63,14 @@ class Artifact:
 # ---------------------------------------------------------------- evaluation inputs and references
 
 
-def auto_extra_shapes(shape, dynamic: str, size_multiple: int = 1) -> list[tuple[int, int, int, int]]:
+def auto_extra_shapes(shape, dynamic: str, size_multiple: int = 1, min_hw: int = 1) -> list[tuple[int, int, int, int]]:
     """Two shapes other than ``shape`` along the dynamic axes (odd sizes where the model allows)."""
     n, c, h, w = shape
     m = max(size_multiple, 1)
 
-    def r(v):
-        return max(m, int(round(v / m)) * m)
+    def r(v):  # nearest size >= min_hw that is a multiple of m
+        v = max(int(round(v)), min_hw)
+        return max(m, -(-v // m) * m)
 
     b = dynamic in ("batch", "all")
     s = dynamic in ("hw", "all")
@@ -193,6 +194,8 @@ def prepare(recipe: Recipe, log=print, status=_noop_status) -> Context:
         shape = (1, *handle.meta.input_size)
     if shape[1] != handle.meta.input_size[0] and handle.origin.startswith("zoo:"):
         raise UserError(f"{handle.name} takes {handle.meta.input_size[0]} input channels, not {shape[1]}")
+    if min(shape[2], shape[3]) < handle.meta.min_hw:
+        raise UserError(f"{handle.name} needs H and W of at least {handle.meta.min_hw}; got {shape[2]}x{shape[3]}")
     m = handle.meta.size_multiple
     if m > 1 and (shape[2] % m or shape[3] % m):
         raise UserError(f"{handle.name} needs H and W that are multiples of {m}; got {shape[2]}x{shape[3]}")
@@ -220,7 +223,7 @@ def prepare(recipe: Recipe, log=print, status=_noop_status) -> Context:
     threads = recipe.bench.threads or default_threads()
     extra = []
     if recipe.dynamic != "none" and recipe.parity.enabled:
-        extra = (auto_extra_shapes(shape, recipe.dynamic, handle.meta.size_multiple)
+        extra = (auto_extra_shapes(shape, recipe.dynamic, handle.meta.size_multiple, handle.meta.min_hw)
                  if recipe.parity.extra_shapes == "auto" else [tuple(s) for s in recipe.parity.extra_shapes])
         for s in extra:
             _check_extra_shape(s, shape, recipe.dynamic)

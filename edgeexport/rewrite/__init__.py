@@ -13,9 +13,11 @@ from torch import nn
 
 from edgeexport.errors import UserError
 from edgeexport.rewrite.adaptive_pool import rewrite_adaptive_pool
+from edgeexport.rewrite.fold_bn import rewrite_fold_bn
 
 REWRITES: dict[str, Callable[[nn.Module], int]] = {
     "adaptive_pool": rewrite_adaptive_pool,
+    "fold_bn": rewrite_fold_bn,
 }
 DEFAULT_REWRITES = ("adaptive_pool",)
 

@@ -14,4 +14,4 @@ from edgeexport.zoo.registry import (  # noqa: F401
     register_model,
     resolve_name,
 )
-from edgeexport.zoo import mobilenetv3, pyconv  # noqa: F401,E402  (registers the models)
+from edgeexport.zoo import mobilenetv3, pyconv, res2net, scnet  # noqa: F401,E402  (registers the models)

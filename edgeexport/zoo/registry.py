@@ -35,6 +35,7 @@ class ModelMeta:
     published_params: int | None = None  # at the default num_classes, when a paper/repo states it
     params_tolerance: float = 0.005  # published figures are rounded to 0.01M
     size_multiple: int = 1  # H and W must be multiples of this (1: any size)
+    min_hw: int = 1  # smallest H and W the architecture accepts
     dynamic_hw: bool = True  # whether the graph is valid for other H/W than it was exported at
     notes: str = ""
     output_tasks: tuple[str, ...] = ()  # per output; empty means every output has `task`

@@ -39,3 +39,17 @@ def test_torchscript_exporter_takes_the_rewrite_with_dynamic_sizes(tmp_path):
             xi = torch.randn(1, 8, *hw)
             got = run.infer({"input": xi.numpy()})["y"]
             assert np.abs(got - m(xi).numpy()).max() < 1e-5
+
+
+def test_static_export_folds_to_constant_pooling_matrices(tmp_path):
+    """With static shapes the matrices are constants: after onnxsim only MatMul remains (every target takes it)."""
+    import onnx
+    import onnxsim
+
+    m, _ = apply_rewrites(torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(9)).eval(), ["adaptive_pool"])
+    p = tmp_path / "s.onnx"
+    torch.onnx.export(m, (torch.randn(1, 8, 60, 60),), str(p), dynamo=False, input_names=["input"],
+                      output_names=["y"])
+    simplified, ok = onnxsim.simplify(onnx.load(str(p)))
+    ops = [n.op_type for n in simplified.graph.node]
+    assert ok and ops.count("MatMul") == 2 and set(ops) <= {"MatMul", "Constant"}  # P_h @ x @ P_w^T, constants
