@@ -172,6 +172,113 @@ def zoo_matrix(args) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _hetconv_stack():
+    """Two HetConv(64 -> 64, P=4) layers with BN/ReLU: small enough for the reference form to export."""
+    import torch
+    from torch import nn
+
+    from edgeexport.zoo.hetconv import HetConv
+
+    torch.manual_seed(0)
+    return nn.Sequential(HetConv(64, 64, 4, form="reference"), nn.BatchNorm2d(64), nn.ReLU(),
+                         HetConv(64, 64, 4, form="reference"), nn.BatchNorm2d(64), nn.ReLU()).eval()
+
+
+def rewrite_cases():
+    """(case, model factory, input shape, {variant label: rewrite names or a callable}, exporter)."""
+    from edgeexport.rewrite.hetconv import to_dense, to_grouped
+    from edgeexport.zoo import create_model
+
+    return [
+        ("HetConv: reference -> dense / grouped (2 layers, 64 ch, P=4)", _hetconv_stack, (1, 64, 56, 56),
+         {"reference": [], "dense": to_dense, "grouped": to_grouped}, "torchscript"),
+        ("HetConv ResNet-34 (P=4): dense vs grouped", lambda: create_model("hetconv_resnet34_p4"), (1, 3, 224, 224),
+         {"dense": to_dense, "grouped": to_grouped}, "torchscript"),
+        ("BatchNorm folding, PyConvResNet-50 (dynamo exporter)", lambda: create_model("pyconvresnet50"),
+         (1, 3, 224, 224), {"without": [], "fold_bn": ["fold_bn"]}, "dynamo"),
+        ("9x9 adaptive pooling of a 60x60 map, PyConvSegNet-50 (dynamo exporter)",
+         lambda: create_model("pyconvsegnet50"), (1, 3, 473, 473),
+         {"dynamo's own decomposition": [], "adaptive_pool (MatMul)": ["adaptive_pool"]}, "dynamo"),
+    ]
+
+
+def rewrite_section(args) -> str:
+    """Node count, file size, parity and latency of each rewrite against its original, in one run."""
+    import contextlib
+    import copy
+
+    import numpy as np
+    import torch
+
+    from edgeexport.bench import benchmark_interleaved
+    from edgeexport.export.onnx import ExportFailed, export_onnx, simplify_onnx
+    from edgeexport.rewrite import apply_rewrites
+    from edgeexport.runners.onnxruntime import OnnxRuntimeRunner
+    from edgeexport.source import NamedOutputs
+    from edgeexport.util import default_threads
+
+    threads = args.threads or default_threads()
+    lines = ["", "## Export-friendly rewrites", "",
+             "Each variant exported to ONNX (simplified with onnxsim) from the same weights; parity against the "
+             "original eager module on one input; ONNX Runtime medians interleaved across the variants of a case.", "",
+             "| case | variant | ONNX nodes | size | max err / scale vs eager | ORT median ms | x first variant |",
+             "|---|---|---|---|---|---|---|"]
+    for case, factory, shape, variants, exporter in rewrite_cases():
+        base = factory()
+        x = torch.from_numpy(np.random.default_rng(0).standard_normal(shape).astype(np.float32))
+        with torch.no_grad():
+            out = base(x)
+        kind = "dict" if isinstance(out, dict) else "tensor"
+        names = list(out) if kind == "dict" else ["out"]
+        ref = (out[names[0]] if kind == "dict" else out).numpy()
+        folder = ROOT / "out" / "bench" / "rewrites" / case.split(":")[0].split(",")[0].replace(" ", "_")
+        folder.mkdir(parents=True, exist_ok=True)
+        paths, rows = {}, {}
+        for label, how in variants.items():
+            model = copy.deepcopy(base)
+            if callable(how):
+                how(model)
+            else:
+                model, _ = apply_rewrites(model, how)
+            wrapped = NamedOutputs(model, names, kind)
+            path = folder / f"{label.split()[0].replace(chr(39), '')}.onnx"
+            t0 = time.perf_counter()
+            try:
+                export_onnx(wrapped, x, path, input_name="input", output_names=names, opset=18, dynamic="none",
+                            exporter=exporter)
+                simplify_onnx(path, {"input": x.numpy()})
+            except ExportFailed as exc:
+                rows[label] = f"| {case} | {label} | export failed: {str(exc)[:80]} | | | | |"
+                continue
+            import onnx
+
+            nodes = len(onnx.load(str(path), load_external_data=False).graph.node)
+            with OnnxRuntimeRunner(path, threads=threads) as r:
+                got = r.infer({"input": x.numpy()})[names[0]]
+            err = float(np.abs(got - ref).max() / np.abs(ref).max())
+            paths[label] = path
+            rows[label] = (nodes, path.stat().st_size, err, time.perf_counter() - t0)
+        runners = {k: OnnxRuntimeRunner(p, threads=threads) for k, p in paths.items()}
+        with contextlib.ExitStack() as stack:
+            for r in runners.values():
+                stack.enter_context(r)
+            stats = benchmark_interleaved(runners, {"input": x.numpy()}, warmup=2, runs=args.matrix_runs * 2,
+                                          budget_s=20)
+        first = None
+        for label in variants:
+            row = rows.get(label)
+            if isinstance(row, str) or row is None:
+                lines.append(row or f"| {case} | {label} | – | | | | |")
+                continue
+            nodes, size, err, _ = row
+            ms = stats[label].median_ms
+            first = first or ms
+            lines.append(f"| {case} | {label} | {nodes} | {size / 1e6:.2f} MB | {err:.1e} | {ms:.2f} | "
+                         f"{ms / first:.2f} |")
+        print(f"rewrites: {case} done", file=sys.stderr)
+    return "\n".join(lines) + "\n"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--output", default="BENCHMARKS.md")
@@ -184,10 +291,14 @@ def main():
     ap.add_argument("--no-quantize", action="store_true")
     ap.add_argument("--no-executorch", action="store_true")
     ap.add_argument("--no-matrix", action="store_true", help="skip every-zoo-model-through-every-target (long)")
+    ap.add_argument("--no-rewrites", action="store_true", help="skip the rewrite comparison")
+    ap.add_argument("--cases-only", action="store_true", help="only the rewrite / matrix sections, no head cases")
     ap.add_argument("--matrix-runs", type=int, default=10)
     args = ap.parse_args()
-    reports = {name: run_case(name, CASES[name][0], args) for name in (args.only or CASES)}
-    text = render(reports, args)
+    reports = {} if args.cases_only else {name: run_case(name, CASES[name][0], args) for name in (args.only or CASES)}
+    text = render(reports, args) if reports else "# Benchmarks\n"
+    if not args.no_rewrites:
+        text += rewrite_section(args)
     if not args.no_matrix:
         text += zoo_matrix(args)
     Path(args.output).write_text(text)

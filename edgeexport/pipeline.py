@@ -352,7 +352,9 @@ def _rewritten(ctx: Context) -> torch.nn.Module:
     if ctx.rewritten is None:
         from edgeexport.rewrite import apply_rewrites
 
-        names = ctx.recipe.stages.onnx.rewrites if ctx.recipe.stages.onnx else ["adaptive_pool"]
+        from edgeexport.rewrite import DEFAULT_REWRITES
+
+        names = ctx.recipe.stages.onnx.rewrites if ctx.recipe.stages.onnx else list(DEFAULT_REWRITES)
         ctx.rewritten, ctx.rewrites = apply_rewrites(ctx.handle.model, names)
     return ctx.rewritten
 

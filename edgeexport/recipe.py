@@ -48,7 +48,7 @@ class OnnxStage(_Strict):
     opset: int = Field(18, ge=11, le=23)
     exporter: Literal["dynamo", "torchscript"] = "dynamo"
     simplify: bool = True
-    rewrites: list[str] = Field(default_factory=lambda: ["adaptive_pool"])
+    rewrites: list[str] = Field(default_factory=lambda: ["adaptive_pool", "adaptive_max_pool"])
 
 
 class QuantizeStage(_Strict):

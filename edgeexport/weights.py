@@ -31,7 +31,7 @@ from edgeexport import __version__
 from edgeexport.errors import UserError
 from edgeexport.util import atomic_path
 
-RECAL_VERSION = 2
+RECAL_VERSION = 3
 RESIDUAL_GAIN = 0.25
 RECAL_IMAGES = 8
 RECAL_MAX_SIDE = 320  # re-estimate at most at this resolution to keep the first use fast
@@ -72,14 +72,24 @@ def recalibrate_batchnorm(model: nn.Module, batches) -> int:
 
 
 def damp_residual_branches(model: nn.Module, gain: float = RESIDUAL_GAIN) -> int:
-    """Scale the BatchNorm closing every residual branch (blocks expose ``residual_norm()``)."""
+    """Scale the BatchNorm(s) closing every residual branch.
+
+    Blocks expose ``residual_norm()`` (one BatchNorm, or None for a block without a residual) or,
+    when the branch ends in several (OctConv's high and low frequencies), ``residual_norms()``.
+    """
     count = 0
     with torch.no_grad():
         for m in model.modules():
-            norm = m.residual_norm() if callable(getattr(m, "residual_norm", None)) else None
-            if norm is not None:
-                norm.weight.mul_(gain)
-                count += 1
+            if callable(getattr(m, "residual_norms", None)):
+                norms = list(m.residual_norms())
+            elif callable(getattr(m, "residual_norm", None)):
+                norms = [m.residual_norm()]
+            else:
+                continue
+            for norm in norms:
+                if norm is not None:
+                    norm.weight.mul_(gain)
+                    count += 1
     return count
 
 

@@ -12,14 +12,28 @@ from typing import Callable
 from torch import nn
 
 from edgeexport.errors import UserError
-from edgeexport.rewrite.adaptive_pool import rewrite_adaptive_pool
+from edgeexport.rewrite.adaptive_pool import rewrite_adaptive_max_pool, rewrite_adaptive_pool
 from edgeexport.rewrite.fold_bn import rewrite_fold_bn
+
+
+def _hetconv(form: str) -> Callable[[nn.Module], int]:
+    def rewrite(model: nn.Module) -> int:
+        from edgeexport.rewrite.hetconv import set_hetconv_form
+
+        return set_hetconv_form(model, form)
+
+    rewrite.__name__ = f"hetconv_{form}"
+    return rewrite
+
 
 REWRITES: dict[str, Callable[[nn.Module], int]] = {
     "adaptive_pool": rewrite_adaptive_pool,
+    "adaptive_max_pool": rewrite_adaptive_max_pool,
     "fold_bn": rewrite_fold_bn,
+    "hetconv_dense": _hetconv("dense"),
+    "hetconv_grouped": _hetconv("grouped"),
 }
-DEFAULT_REWRITES = ("adaptive_pool",)
+DEFAULT_REWRITES = ("adaptive_pool", "adaptive_max_pool")
 
 
 def apply_rewrites(model: nn.Module, names, inplace: bool = False) -> tuple[nn.Module, dict[str, int]]:

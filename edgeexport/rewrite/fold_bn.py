@@ -2,7 +2,9 @@
 
 Pairs are found on the traced graph (``torch.fx``): a ``Conv2d`` whose only user is a
 ``BatchNorm2d``, or a ``BatchNorm2d`` applied to the channel concatenation of convolutions that
-feed nothing else (PyConv's pyramid levels: each level gets its slice of the BatchNorm). The convolution gets the folded weights and bias (torch's own
+feed nothing else (PyConv's pyramid levels: each level gets its slice of the BatchNorm), or a
+``BatchNorm2d`` after a layer that knows how to absorb one (``fold_batchnorm(bn)``, e.g. HetConv,
+whose grouped form ends in an Add that no exporter folds through). The convolution gets the folded weights and bias (torch's own
 ``fuse_conv_bn_eval`` math) and the BatchNorm becomes ``nn.Identity`` in the original module
 tree, so the model keeps its structure and forward code. Models that fx cannot trace fall
 back to ``nn.Sequential`` neighbours (Conv2d immediately followed by BatchNorm2d).
@@ -14,15 +16,23 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 
+def _absorbs_bn(m: nn.Module) -> bool:
+    return callable(getattr(m, "fold_batchnorm", None))
+
+
 def _pairs_fx(model: nn.Module) -> list[tuple[list[str], str]]:
     import torch.fx as fx
 
-    gm = fx.symbolic_trace(model)
+    class Tracer(fx.Tracer):  # layers that fold a BatchNorm themselves stay opaque
+        def is_leaf_module(self, m, qualname):
+            return _absorbs_bn(m) or super().is_leaf_module(m, qualname)
+
+    gm = fx.GraphModule(model, Tracer().trace(model))
     modules = dict(gm.named_modules())
 
     def lone_conv(n) -> bool:
-        return (isinstance(n, fx.Node) and n.op == "call_module" and isinstance(modules.get(n.target), nn.Conv2d)
-                and len(n.users) == 1)
+        return (isinstance(n, fx.Node) and n.op == "call_module" and len(n.users) == 1
+                and (isinstance(modules.get(n.target), nn.Conv2d) or _absorbs_bn(modules.get(n.target))))
 
     pairs = []
     for node in gm.graph.nodes:
@@ -74,6 +84,13 @@ def rewrite_fold_bn(model: nn.Module) -> int:
         convs = [model.get_submodule(c) for c in conv_names]
         if not isinstance(bn, nn.BatchNorm2d) or bn.running_mean is None or \
                 sum(c.out_channels for c in convs) != bn.num_features:
+            continue
+        if any(_absorbs_bn(c) for c in convs):
+            if len(convs) != 1:
+                continue
+            convs[0].fold_batchnorm(bn)
+            _set(model, bn_name, nn.Identity())
+            count += 1
             continue
         start = 0
         for conv in convs:

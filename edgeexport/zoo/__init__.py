@@ -14,4 +14,6 @@ from edgeexport.zoo.registry import (  # noqa: F401
     register_model,
     resolve_name,
 )
-from edgeexport.zoo import mobilenetv3, pyconv, res2net, scnet  # noqa: F401,E402  (registers the models)
+from edgeexport.zoo import (  # noqa: F401,E402  (importing a family registers its models)
+    aspp, fpn, hetconv, mobilenetv3, octresnet, pyconv, res2net, scnet, spp,
+)

@@ -20,7 +20,8 @@ def _randomize_bn(model):
 
 @pytest.mark.parametrize("name,shape,left", [("lraspp_mobilenetv3_small", (1, 3, 64, 96), 0),
                                              ("pyconvresnet18", (1, 3, 64, 64), 0),  # incl. BN after PyConv concat
-                                             ("pyconvsegnet50", (1, 3, 65, 65), 1)])  # aux head runs in training only
+                                             ("pyconvsegnet50", (1, 3, 65, 65), 1),  # aux head runs in training only
+                                             ("hetconv_resnet34_p4", (1, 3, 64, 64), 0)])  # BN after HetConv's Add
 def test_fold_is_exact_and_removes_batchnorms(name, shape, left):
     model = create_model(name, weights="init")
     _randomize_bn(model)
