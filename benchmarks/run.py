@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 
 from edgeexport import pipeline  # noqa: E402
 from edgeexport.recipe import Recipe  # noqa: E402
-from edgeexport.report import machine_info, versions  # noqa: E402
+from edgeexport.report import versions  # noqa: E402
 
 QUANTIZE = [{"mode": "int8"}, {"mode": "fp16"}]
 # name -> (recipe fields, {artifact kind: (target ratio, "eager" | "fp32")})

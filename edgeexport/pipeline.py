@@ -275,7 +275,7 @@ def stage_onnx(ctx: Context) -> Artifact:
 
 def stage_quantize(ctx: Context, only_last: bool = False) -> list[Artifact]:
     from edgeexport.quantize.fp16 import build_fp16
-    from edgeexport.quantize.int8 import Evaluator, Int8Options, build_int8, build_int8_dynamic
+    from edgeexport.quantize.int8 import Int8Options, build_int8, build_int8_dynamic
     from edgeexport.runners.onnxruntime import OnnxRuntimeRunner
 
     arts = []
@@ -537,6 +537,16 @@ def check_artifact(ctx: Context, art: Artifact) -> None:
     if not ok:
         art.parity_status, art.not_run_reason = "not_run", f"not run on this machine: {reason}"
         return
+    try:
+        _check_with(ctx, art, runner)
+    except EdgeExportError:
+        raise
+    except Exception as exc:  # a built artifact its runtime refuses or crashes on is a failed artifact
+        art.error = f"{art.backend} could not run the artifact: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        art.make_runner = None
+
+
+def _check_with(ctx: Context, art: Artifact, runner: Runner) -> None:
     recipe = ctx.recipe
     tol = recipe.tolerance(art.precision)
     with runner:

@@ -193,7 +193,7 @@ def to_markdown(report: dict) -> str:
              f"- inputs: {report['inputs']['source']}: {', '.join(report['inputs']['images'])}",
              f"- machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, "
              f"{report['machine']['threads']} threads for every backend",
-             f"- versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v),
+             "- versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v),
              f"- verdict: **{report['verdict']}**", "",
              "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     lines += ["| " + " | ".join(r) + " |" for r in summary_rows(report)]

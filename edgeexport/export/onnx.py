@@ -21,8 +21,6 @@ class ExportFailed(EdgeExportError):
 
 def _name_dynamic_dims(model, input_name: str, axes) -> None:
     """Give the exported input's dynamic dims readable names and carry them to every tensor."""
-    import onnx  # noqa: F401
-
     inp = next(i for i in model.graph.input if i.name == input_name)
     rename = {}
     for axis in axes:

@@ -42,10 +42,7 @@ def build_fp16(fp32_path: Path, out: Path, input_name: str, batches: list[np.nda
                   and float(np.abs(onnx.numpy_helper.to_array(i)).max()) > FP16_MAX}
     block_nodes = sorted({producers[t].name for t in overflow if t in producers}
                          | {n.name for n in model.graph.node if any(i in big_consts for i in n.input)})
-    with warnings.catch_warnings():  # "number truncated to 1e-07": tiny weights flush to fp16's range, by design
-        warnings.simplefilter("ignore")
-        converted = float16.convert_float_to_float16(model, keep_io_types=True, max_finite_val=FP16_MAX,
-                                                     node_block_list=block_nodes or None)
+    converted, typed_back = _convert_loadable(model, block_nodes)
     restored = _restore_fp32_initializers(converted, model)
     with atomic_path(out) as tmp:
         onnx.save(converted, str(tmp))
@@ -57,9 +54,39 @@ def build_fp16(fp32_path: Path, out: Path, input_name: str, batches: list[np.nda
         "fp16_overflow": [{"tensor": k, "max_abs": round(v, 1)} for k, v in sorted(overflow.items(), key=lambda kv: -kv[1])],
         "kept_fp32_for_overflow": block_nodes,
         "constants_beyond_fp16": sorted(big_consts),
+        "kept_fp32_for_types": typed_back,
         "fp32_initializers_restored": restored,
         "build_s": round(time.perf_counter() - t0, 1),
     }
+
+
+def _convert_loadable(model: onnx.ModelProto, block: list[str], attempts: int = 25):
+    """Convert, and keep in fp32 every node the converter leaves mistyped (it misses e.g. Cast(to=FLOAT)
+    nodes on shape paths and some exporter patterns), until ONNX Runtime loads the graph."""
+    import re
+
+    import onnxruntime as ort
+    from onnxconverter_common import float16
+
+    block, typed_back = list(block), []
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 3
+    for _ in range(attempts):
+        with warnings.catch_warnings():  # "number truncated to 1e-07": tiny weights flush to fp16's range
+            warnings.simplefilter("ignore")
+            converted = float16.convert_float_to_float16(model, keep_io_types=True, max_finite_val=FP16_MAX,
+                                                         node_block_list=block or None)
+        try:
+            ort.InferenceSession(converted.SerializeToString(), so, providers=["CPUExecutionProvider"])
+            return converted, typed_back
+        except Exception as exc:
+            found = re.search(r"node \(([^)]+)\)", str(exc))
+            if not found or found.group(1) in block:
+                raise
+            block.append(found.group(1))
+            typed_back.append(found.group(1))
+    raise RuntimeError(f"fp16 conversion still not loadable after keeping {len(typed_back)} nodes in fp32")
 
 
 def _restore_fp32_initializers(converted: onnx.ModelProto, original: onnx.ModelProto) -> int:

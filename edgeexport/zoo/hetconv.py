@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgeexport.zoo.layers import init_resnet_style
+from edgeexport.zoo.layers import ResNetLayout
 from edgeexport.zoo.registry import register_model
 
 PAPER = "Singh et al., HetConv: Heterogeneous Kernel-Based Convolutions for Deep CNNs, CVPR 2019"
@@ -299,35 +299,18 @@ class HetBasicBlock(nn.Module):
         return self.relu(out + identity)
 
 
-class HetResNet(nn.Module):
-    """torchvision's ResNet layout (module names included) with HetConv basic blocks."""
+class HetResNet(ResNetLayout):
+    """torchvision's ResNet layout (module names included) with HetConv basic blocks.
+
+    HetConv initialises itself (Kaiming on the taps that exist); ``init_resnet_style`` only
+    touches the stem, shortcuts and BatchNorms.
+    """
 
     def __init__(self, layers=(3, 4, 6, 3), num_classes: int = 1000, part: int = 4, form: str = "grouped"):
-        super().__init__()
-        self.inplanes = 64
-        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        for i, (planes, n) in enumerate(zip((64, 128, 256, 512), layers), start=1):
-            setattr(self, f"layer{i}", self._make_layer(planes, n, 1 if i == 1 else 2, part, form))
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(512, num_classes)
-        init_resnet_style(self)  # HetConv initialises itself (same rule, on the taps that exist)
+        def block(inplanes, planes, stride, downsample):
+            return HetBasicBlock(inplanes, planes, stride, downsample, part, form)
 
-    def _make_layer(self, planes, blocks, stride, part, form) -> nn.Sequential:
-        downsample = None
-        if stride != 1 or self.inplanes != planes:
-            downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
-        layers = [HetBasicBlock(self.inplanes, planes, stride, downsample, part, form)]
-        self.inplanes = planes
-        layers += [HetBasicBlock(planes, planes, 1, None, part, form) for _ in range(1, blocks)]
-        return nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+        super().__init__(block, 1, layers, num_classes)
 
 
 # ---------------------------------------------------------------- builders

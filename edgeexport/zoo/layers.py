@@ -62,6 +62,46 @@ class FeatureTaps(nn.ModuleDict):
         return out
 
 
+class ResNetLayout(nn.Module):
+    """torchvision's ResNet layout around any residual block: 7x7 stem + max-pool, four stages
+    (64/128/256/512 planes, stride 1 then 2), strided 1x1 projection shortcuts, global pool, fc.
+
+    ``block(inplanes, planes, stride, downsample)`` builds one block; ``expansion`` is its output
+    width over ``planes``. Module names (``conv1``, ``bn1``, ``layerN.M``, ``downsample.0/1``,
+    ``fc``) are torchvision's, which SCNet, Res2Net (timm) and HetConv-ResNet checkpoints share.
+    """
+
+    def __init__(self, block, expansion: int, layers, num_classes: int = 1000):
+        super().__init__()
+        self.inplanes = 64
+        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        for i, (planes, n) in enumerate(zip((64, 128, 256, 512), layers), start=1):
+            setattr(self, f"layer{i}", self._make_layer(block, expansion, planes, n, 1 if i == 1 else 2))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(512 * expansion, num_classes)
+        init_resnet_style(self)
+
+    def _make_layer(self, block, expansion, planes, blocks, stride) -> nn.Sequential:
+        out = planes * expansion
+        downsample = None
+        if stride != 1 or self.inplanes != out:
+            downsample = nn.Sequential(nn.Conv2d(self.inplanes, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+        layers = [block(self.inplanes, planes, stride, downsample)]
+        self.inplanes = out
+        layers += [block(out, planes, 1, None) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.avgpool(self.forward_features(x)), 1))
+
+
 def init_resnet_style(model: nn.Module) -> None:
     """Kaiming-normal convolutions, unit BatchNorm, as the ResNet family initialises."""
     for m in model.modules():

@@ -18,10 +18,12 @@ Module names, key order and shapes follow timm's ``res2net50_26w_4s`` (``convs.i
 """
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
-from edgeexport.zoo.layers import init_resnet_style
+from edgeexport.zoo.layers import ResNetLayout
 from edgeexport.zoo.registry import register_model
 
 PAPER = "Gao et al., Res2Net: A New Multi-scale Backbone Architecture, TPAMI 2019"
@@ -72,38 +74,12 @@ class Bottle2neck(nn.Module):
 # ---------------------------------------------------------------- classifier
 
 
-class Res2Net(nn.Module):
+class Res2Net(ResNetLayout):
     """The ResNet-50 layout (7x7 stem, max-pool, strided 1x1 shortcuts) with Bottle2neck blocks."""
 
     def __init__(self, layers, num_classes: int = 1000, base_width: int = 26, scale: int = 4):
-        super().__init__()
-        self.inplanes = 64
-        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        for i, (planes, n) in enumerate(zip((64, 128, 256, 512), layers), start=1):
-            setattr(self, f"layer{i}", self._make_layer(planes, n, 1 if i == 1 else 2, base_width, scale))
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(512 * Bottle2neck.expansion, num_classes)
-        init_resnet_style(self)
-
-    def _make_layer(self, planes, blocks, stride, base_width, scale) -> nn.Sequential:
-        out = planes * Bottle2neck.expansion
-        downsample = None
-        if stride != 1 or self.inplanes != out:
-            downsample = nn.Sequential(nn.Conv2d(self.inplanes, out, 1, stride, bias=False), nn.BatchNorm2d(out))
-        layers = [Bottle2neck(self.inplanes, planes, stride, downsample, base_width, scale)]
-        self.inplanes = out
-        layers += [Bottle2neck(out, planes, base_width=base_width, scale=scale) for _ in range(1, blocks)]
-        return nn.Sequential(*layers)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.avgpool(self.forward_features(x)), 1))
+        block = partial(Bottle2neck, base_width=base_width, scale=scale)
+        super().__init__(block, Bottle2neck.expansion, layers, num_classes)
 
 
 # ---------------------------------------------------------------- builders

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgeexport.zoo.layers import init_resnet_style
+from edgeexport.zoo.layers import ResNetLayout
 from edgeexport.zoo.registry import register_model
 
 PAPER = "Liu et al., Improving Convolutional Networks with Self-Calibrated Convolutions, CVPR 2020"
@@ -103,38 +103,11 @@ class SCBottleneck(nn.Module):
 # ---------------------------------------------------------------- classifier
 
 
-class SCNet(nn.Module):
+class SCNet(ResNetLayout):
     """The ResNet-50/101 layout (7x7 stem, max-pool, strided 1x1 shortcuts) with SCBottlenecks."""
 
-    def __init__(self, layers, num_classes: int = 1000, block=SCBottleneck):
-        super().__init__()
-        self.inplanes = 64
-        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        for i, (planes, n) in enumerate(zip((64, 128, 256, 512), layers), start=1):
-            setattr(self, f"layer{i}", self._make_layer(block, planes, n, stride=1 if i == 1 else 2))
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(512 * block.expansion, num_classes)
-        init_resnet_style(self)
-
-    def _make_layer(self, block, planes, blocks, stride=1) -> nn.Sequential:
-        out = planes * block.expansion
-        downsample = None
-        if stride != 1 or self.inplanes != out:
-            downsample = nn.Sequential(conv1x1(self.inplanes, out, stride), nn.BatchNorm2d(out))
-        layers = [block(self.inplanes, planes, stride, downsample)]
-        self.inplanes = out
-        layers += [block(out, planes) for _ in range(1, blocks)]
-        return nn.Sequential(*layers)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.avgpool(self.forward_features(x)), 1))
+    def __init__(self, layers, num_classes: int = 1000):
+        super().__init__(SCBottleneck, SCBottleneck.expansion, layers, num_classes)
 
 
 # ---------------------------------------------------------------- builders

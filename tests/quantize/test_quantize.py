@@ -8,7 +8,7 @@ import pytest
 
 from edgeexport.cli import parse_budget
 from edgeexport.errors import UserError
-from edgeexport.quantize.int8 import Int8Builder, Int8Options
+from edgeexport.quantize.int8 import Int8Builder
 from tests.conftest import assert_one_line_error
 
 
