@@ -82,12 +82,20 @@ def benchmark_interleaved(runners: dict[str, object], feed: dict[str, np.ndarray
     samples: dict[str, list[float]] = {name: [] for name in runners}
     spent = {name: 0.0 for name in runners}
     per_round = max(1, -(-runs // rounds))
+    def done(name: str) -> bool:
+        n = len(samples[name])
+        return n >= runs or (budget_s is not None and n >= min_runs and spent[name] >= budget_s)
+
     for _ in range(rounds):
         for name, r in runners.items():
+            if done(name):
+                continue
+            # One untimed call per block: the previous runner's idle threads (ONNX Runtime spin-waits,
+            # OpenMP) keep a core busy for a while after its last call, which doubled the first
+            # measured call after a switch here.
+            r.infer(feed)
             for _ in range(per_round):
-                if len(samples[name]) >= runs:
-                    break
-                if budget_s is not None and len(samples[name]) >= min_runs and spent[name] >= budget_s:
+                if done(name):
                     break
                 t0 = time.perf_counter_ns()
                 r.infer(feed)

@@ -62,7 +62,7 @@ class QuantizeStage(_Strict):
     format: Literal["qdq", "qoperator"] = "qdq"
     exclude: list[str] = Field(default_factory=list)
     budget: dict[Literal["snr_db", "agreement", "cosine"], float] | None = None
-    plans: list[Literal["all", "dense"]] | Literal["auto"] = "auto"
+    plans: list[Literal["all", "float_stem", "dense"]] | Literal["auto"] = "auto"
     target: Literal["cpu", "tensorrt"] = "cpu"  # tensorrt: symmetric int8 Q/DQ that TensorRT can import
 
 

@@ -63,4 +63,6 @@ def test_interleaved_alternates_between_runners():
     stats = benchmark_interleaved({"a": R("a"), "b": R("b")}, {}, warmup=1, runs=6, rounds=3)
     assert stats["a"].runs == 6 and stats["b"].runs == 6
     timed = order[2:]
-    assert timed == ["a", "a", "b", "b"] * 3  # two runs of each per round, alternating
+    # per round: one untimed call after each switch (the previous runner's idle threads may still
+    # spin), then two timed runs; alternating
+    assert timed == ["a", "a", "a", "b", "b", "b"] * 3

@@ -7,14 +7,16 @@ builder therefore does not stop at "quantize everything":
    keep ONNX Runtime from fusing and pre-packing the int8 kernels).
 2. **Graph preparation** (``prep.py``, exact): GlobalAveragePool instead of ReduceMean,
    BatchNorm after Concat folded into the convolutions, grouped convolutions densified to
-   block-diagonal form, every node named.
+   block-diagonal form, HardSigmoid / HardSwish decomposed into operators with int8 kernels,
+   every node named; after quantization, scalar Muls absorbed into dequantization scales.
 3. **One calibration** over real photographs (disjoint from the evaluation photographs),
    cached, so every candidate below re-quantizes in about a second.
 4. **Candidate plans**, each a choice of what stays in float, measured here (latency
    interleaved with the fp32 graph, accuracy against eager PyTorch); the fastest plan that
-   meets the accuracy floor wins. ``all`` quantizes everything but the output tail; ``dense``
-   also keeps depthwise and stem convolutions and the activations ONNX Runtime has no int8
-   kernel for (HardSigmoid / HardSwish) in float.
+   meets the accuracy floor wins (when none does, the most accurate plan that is at least 10%
+   faster than fp32). ``all`` quantizes everything but the output tail; ``float_stem`` also keeps
+   the stem convolution (3 input channels) in float; ``dense`` also keeps depthwise
+   convolutions, and activations ONNX Runtime has no int8 kernel for, in float.
 5. **Accuracy budget** (optional): while the budget (e.g. ``snr_db=25``) is missed, the node
    that adds the most error (per-layer SNR drop, ``debug.py``) goes back to float.
 6. **Truth from the runtime**: the final graph is optimised by ONNX Runtime and inspected, so
@@ -39,6 +41,8 @@ from edgeexport.quantize.debug import per_layer_errors, top_drops
 
 NO_INT8_KERNEL = {"HardSigmoid", "HardSwish", "Elu", "Selu", "Gelu", "Erf", "Tanh", "Exp", "Log", "Pow", "Div",
                   "Sqrt", "Reciprocal", "Softplus", "Mish", "LayerNormalization", "ReduceMean"}
+WORTHWHILE_RATIO = 0.9  # when no plan is accurate enough, only plans at least this much faster than fp32 compete
+PLANS = ("all", "float_stem", "dense")  # candidate splits, from most to least int8
 COMPUTE_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 REASONS = {
     "user": "excluded with --exclude",
@@ -177,6 +181,10 @@ class Int8Builder:
             args["quant_format"] = QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator
         quantize_static(str(src), str(dst), reader, nodes_to_exclude=sorted(exclude),
                         calibration_cache_path=str(self.cache), **args)
+        if args["quant_format"].name == "QDQ":
+            model = onnx.load(str(dst))
+            if prep.absorb_scalar_muls(model):
+                onnx.save(model, str(dst))
         return dst
 
     # ---------------------------------------------------------------- plans
@@ -241,16 +249,18 @@ class Int8Builder:
         base = {n for n, r in why.items() if r == "tail"} | set(self.opts.exclude)
         if plan == "all":
             return self.close_islands(base)
+        if plan == "float_stem":
+            return self.close_islands(base | {n for n, r in why.items() if r == "stem"})
         if plan == "dense":
             return self.close_islands(base | {n for n, r in why.items() if r in ("depthwise", "stem", "no_kernel")})
-        raise UserError(f"unknown int8 plan {plan!r} (known: all, dense)")
+        raise UserError(f"unknown int8 plan {plan!r} (known: {', '.join(PLANS)})")
 
     def choose_plan(self, floor: dict[str, float]) -> tuple[str, set[str], list[dict]]:
         why = self.classify()
         self.why = why
         if self.opts.target == "tensorrt":  # TensorRT chooses its own kernels; CPU plans do not apply
             return "all", set(self.opts.exclude), []
-        plans = ["all", "dense"] if self.opts.plans == "auto" else list(self.opts.plans)
+        plans = list(PLANS) if self.opts.plans == "auto" else list(self.opts.plans)
         candidates = []
         for plan in plans:
             excl = self.plan_exclusions(plan, why)
@@ -268,7 +278,16 @@ class Int8Builder:
                          **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in acc.items()},
                          "float_nodes": len(c["exclude"])})
         ok = [c for c in candidates if self.meets(c["acc"], floor, missing_ok=True)]
-        best = min(ok, key=lambda c: c["ms"]) if ok else max(candidates, key=lambda c: c["acc"]["snr_db"])
+        if ok:
+            best = min(ok, key=lambda c: c["ms"])
+            self.info["plan_choice"] = "the fastest plan that meets the int8 tolerances"
+        else:  # an int8 graph that is not clearly faster than fp32 has no reason to exist
+            faster = [c for c in candidates if c["ms"] <= WORTHWHILE_RATIO * fp32_ms]
+            best = max(faster or candidates, key=lambda c: c["acc"]["snr_db"])
+            self.info["plan_choice"] = (
+                "no plan meets the int8 tolerances: the most accurate plan "
+                + (f"among those at most {WORTHWHILE_RATIO}x the fp32 latency" if faster
+                   else f"(none is at most {WORTHWHILE_RATIO}x the fp32 latency)"))
         self.info["fp32_ms_during_planning"] = round(fp32_ms, 2)
         return best["plan"], best["exclude"], rows
 

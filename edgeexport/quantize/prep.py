@@ -176,8 +176,127 @@ def densify_grouped_convs(model: onnx.ModelProto, max_groups: int = 64) -> int:
     return count
 
 
+def _const(model, name, value) -> str:
+    model.graph.initializer.append(numpy_helper.from_array(np.asarray(value, np.float32), name))
+    return name
+
+
+def decompose_hardsigmoid(model: onnx.ModelProto) -> int:
+    """``HardSigmoid(x) = Clip(alpha * x + beta, 0, 1)`` in operators that have int8 kernels.
+
+    ONNX Runtime has no int8 HardSigmoid (nor HardSwish, which the exporters inline as
+    ``x * HardSigmoid(x)``), so each one was a float island: dequantize, HardSigmoid, Mul,
+    quantize, and around it the layout transposes of the NHWC int8 convolutions (measured on
+    LR-ASPP: 46 Transposes and 36 DequantizeLinear costing more than every QLinearConv together).
+    Decomposed, the quantizer maps Mul / Add to ``QLinearMul`` / ``QLinearAdd`` and removes the
+    Clip into the [0, 1] range of its quantized output, so the activation stays in int8. Where
+    ``x`` comes from a Conv used by nothing else (the squeeze-excite gate), ``alpha`` and ``beta``
+    are folded into that Conv's weights and bias instead, leaving a bare Clip. Exact in real
+    arithmetic (float rounding only).
+    """
+    inits = _initializers(model)
+    consumers = _consumers(model)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    graph_outputs = {o.name for o in model.graph.output}
+    nodes = list(model.graph.node)
+    new_nodes, count = [], 0
+    for node in nodes:
+        if node.op_type != "HardSigmoid":
+            new_nodes.append(node)
+            continue
+        alpha, beta = float(_attr(node, "alpha", 0.2)), float(_attr(node, "beta", 0.5))
+        x, y, name = node.input[0], node.output[0], node.name or f"HardSigmoid_{node.output[0]}"
+        lo, hi = _const(model, f"{name}_lo", 0.0), _const(model, f"{name}_hi", 1.0)
+        conv = producers.get(x)
+        if (conv is not None and conv.op_type == "Conv" and len(consumers.get(x, [])) == 1
+                and x not in graph_outputs and conv.input[1] in inits
+                and (len(conv.input) < 3 or conv.input[2] in inits)):
+            w = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
+            b = (numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64) if len(conv.input) > 2
+                 else np.zeros(w.shape[0]))
+            conv.input[1] = _const(model, f"{conv.name}_hsig_w", w * alpha)
+            bias = _const(model, f"{conv.name}_hsig_b", b * alpha + beta)
+            if len(conv.input) > 2:
+                conv.input[2] = bias
+            else:
+                conv.input.append(bias)
+            new_nodes.append(helper.make_node("Clip", [x, lo, hi], [y], name=name))
+        else:
+            a = _const(model, f"{name}_alpha", alpha)
+            b = _const(model, f"{name}_beta", beta)
+            new_nodes += [helper.make_node("Mul", [x, a], [f"{name}_ax"], name=f"{name}_mul"),
+                          helper.make_node("Add", [f"{name}_ax", b], [f"{name}_axb"], name=f"{name}_add"),
+                          helper.make_node("Clip", [f"{name}_axb", lo, hi], [y], name=name)]
+        count += 1
+    if count:
+        del model.graph.node[:]
+        model.graph.node.extend(new_nodes)
+        _drop_unused_initializers(model)
+    return count
+
+
+def _dequantized_constant(node, inits, producers):
+    """The float value of a tensor that is an initializer, or a DequantizeLinear of initializers."""
+    if node in inits:
+        return numpy_helper.to_array(inits[node]).astype(np.float64)
+    dq = producers.get(node)
+    if dq is None or dq.op_type != "DequantizeLinear" or not all(i in inits for i in dq.input if i):
+        return None
+    q, scale = (numpy_helper.to_array(inits[i]).astype(np.float64) for i in dq.input[:2])
+    zp = numpy_helper.to_array(inits[dq.input[2]]).astype(np.float64) if len(dq.input) > 2 and dq.input[2] else 0.0
+    return (q - zp) * scale
+
+
+def absorb_scalar_muls(model: onnx.ModelProto) -> int:
+    """In a quantized QDQ graph, ``DQ(a) -> Mul(c) -> Q(b)`` with ``c`` a positive scalar becomes a
+    rescaled ``DQ(a)``: the integers of ``b`` are those of ``a``, and the factor moves into the
+    dequantization scale. Exact (it even skips a re-quantization) and it removes an int8 Mul per
+    HardSigmoid decomposed by ``decompose_hardsigmoid``.
+    """
+    inits = _initializers(model)
+    consumers = _consumers(model)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    graph_outputs = {o.name for o in model.graph.output}
+    drop, count = set(), 0
+    for mul in model.graph.node:
+        if mul.op_type != "Mul" or mul.output[0] in graph_outputs:
+            continue
+        for k in (0, 1):
+            c = _dequantized_constant(mul.input[1 - k], inits, producers)
+            dq = producers.get(mul.input[k])
+            if c is not None and c.size == 1 and float(c.reshape(())) > 0 and dq is not None:
+                break
+        else:
+            continue
+        if dq.op_type != "DequantizeLinear" or len(dq.input) < 3 or dq.input[1] not in inits:
+            continue
+        scale = numpy_helper.to_array(inits[dq.input[1]])
+        users = consumers.get(mul.output[0], [])
+        if scale.size != 1 or len(users) != 1 or users[0].op_type != "QuantizeLinear":
+            continue
+        q = users[0]
+        if q.output[0] in graph_outputs or not all(u.op_type == "DequantizeLinear" for u in consumers.get(q.output[0], [])):
+            continue
+        name = f"{mul.name}_absorbed_scale"
+        model.graph.initializer.append(
+            numpy_helper.from_array((scale.astype(np.float64) * float(c.reshape(()))).astype(scale.dtype), name))
+        for user in consumers[q.output[0]]:
+            user.input[0], user.input[1], user.input[2] = dq.input[0], name, dq.input[2]
+        drop |= {id(mul), id(q)}
+        count += 1
+    if count:
+        keep = [n for n in model.graph.node if id(n) not in drop]
+        used = {i for n in keep for i in n.input} | graph_outputs
+        keep = [n for n in keep if n.op_type != "DequantizeLinear" or any(o in used for o in n.output)]
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+        _drop_unused_initializers(model)
+    return count
+
+
 PASSES = {"name_nodes": name_nodes, "reduce_mean_to_gap": reduce_mean_to_gap,
-          "fold_bn_after_concat": fold_bn_after_concat, "densify_grouped_convs": densify_grouped_convs}
+          "fold_bn_after_concat": fold_bn_after_concat, "densify_grouped_convs": densify_grouped_convs,
+          "decompose_hardsigmoid": decompose_hardsigmoid}
 
 
 def prepare_for_int8(model: onnx.ModelProto) -> dict[str, int]:
