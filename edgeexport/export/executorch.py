@@ -6,6 +6,7 @@ calibrated on the same calibration photographs as the ONNX int8 path, then lower
 """
 from __future__ import annotations
 
+import operator
 import time
 from pathlib import Path
 
@@ -65,6 +66,12 @@ def lower(module: torch.nn.Module, sample: torch.Tensor, out: Path, *, quantize:
             if quantize == "int8":
                 module = _quantize_pt2e(module, sample, calibration or [sample])
             program = torch.export.export(module, (sample,))
+            if quantize != "int8":
+                # Weights computed from parameters in forward (HetConv's dense / grouped forms, folded
+                # BatchNorm) become constants, so XNNPACK can take the convolutions that use them.
+                from executorch.exir.passes.constant_prop_pass import constant_prop_pass
+
+                program = constant_prop_pass(program)
             edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
             delegated, total = _delegation(edge)
             et = edge.to_executorch()
@@ -87,6 +94,6 @@ def lower(module: torch.nn.Module, sample: torch.Tensor, out: Path, *, quantize:
 def _delegation(edge) -> tuple[int, int]:
     """How many call nodes went to XNNPACK delegates vs stayed portable."""
     gm = edge.exported_program().graph_module
-    calls = [n for n in gm.graph.nodes if n.op == "call_function"]
+    calls = [n for n in gm.graph.nodes if n.op == "call_function" and n.target is not operator.getitem]
     delegated = sum(1 for n in calls if "executorch_call_delegate" in str(n.target))
     return delegated, len(calls)
