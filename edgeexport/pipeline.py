@@ -340,7 +340,7 @@ def evaluator(ctx: Context):
         with contextlib.ExitStack() as stack:
             for r in runners.values():
                 stack.enter_context(r)
-            stats = benchmark_interleaved(runners, refs.feed(), warmup=2, runs=20, budget_s=3.0, rounds=5, min_runs=5)
+            stats = benchmark_interleaved(runners, refs.feed(), warmup=1, runs=20, budget_s=2.0, rounds=5, min_runs=5)
         return [stats[str(i)].median_ms for i in range(len(paths))]
 
     return Evaluator(refs.input_name, shape, ctx.handle.preprocess, accuracy, latency,

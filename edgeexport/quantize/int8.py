@@ -122,6 +122,7 @@ class Int8Builder:
         ort.set_default_logger_severity(3)  # the quantizer's own sessions warn about unused initializers
         self.fp32_path, self.opts, self.ev, self.log = Path(fp32_path), opts, ev, log
         self.tmp = Path(tempfile.mkdtemp(prefix="edgeexport-int8-"))
+        self.plan_paths: dict[frozenset, Path] = {}  # QDQ graph of each measured plan, by its exclusions
         self.info: dict = {"target": opts.target, "format": opts.format, "method": opts.method,
                            "per_channel": opts.per_channel,
                            "calib_size": opts.calib_size,
@@ -289,6 +290,7 @@ class Int8Builder:
                 + (f"among those at most {WORTHWHILE_RATIO}x the fp32 latency" if faster
                    else f"(none is at most {WORTHWHILE_RATIO}x the fp32 latency)"))
         self.info["fp32_ms_during_planning"] = round(fp32_ms, 2)
+        self.plan_paths = {frozenset(c["exclude"]): c["path"] for c in candidates if self.opts.format == "qdq"}
         return best["plan"], best["exclude"], rows
 
     # ---------------------------------------------------------------- accuracy budget
@@ -359,18 +361,29 @@ class Int8Builder:
         from edgeexport.util import atomic_path
 
         t0 = time.perf_counter()
+        phases: dict[str, float] = {}
+
+        def lap(name: str) -> None:
+            phases[name] = round(time.perf_counter() - t0 - sum(phases.values()), 1)
+
         self.prepare()
+        lap("prepare")
         self.calibrate()
+        lap("calibrate")
         plan, exclude, plan_rows = self.choose_plan(floor)
         self.info.update(plan=plan, plans=plan_rows)
+        lap("plans")
         met = None
         if self.opts.budget:
             exclude, steps, met = self.budget_loop(exclude, self.opts.budget)
             self.info["budget"] = {"target": self.opts.budget, "met": met, "steps": steps,
                                    "kept_float": [s["excluded"] for s in steps if s.get("excluded")]}
-        qdq = self._quantize(self.prepared, self.tmp / "final-qdq.onnx", exclude, fmt="qdq")
+            lap("budget")
+        qdq = (self.plan_paths.get(frozenset(exclude))
+               or self._quantize(self.prepared, self.tmp / "final-qdq.onnx", exclude, fmt="qdq"))
         rows = per_layer_errors(self.prepared, qdq, self.ev.input_name, self.ev.debug_batches[:1])
         self.info["per_layer"] = top_drops(rows, self.opts.table_rows)
+        lap("per_layer")
         final = qdq if self.opts.format == "qdq" else self._quantize(self.prepared, self.tmp / "final.onnx", exclude)
         floats, counts = self.float_nodes(final)
         self.info["float_nodes"] = floats
@@ -378,6 +391,8 @@ class Int8Builder:
         self.info["excluded"] = {n: REASONS.get(self.why.get(n, "user"), "") for n in sorted(exclude)}
         with atomic_path(out) as tmp:
             shutil.copy(final, tmp)
+        lap("final")
+        self.info["phase_s"] = phases
         self.info["build_s"] = round(time.perf_counter() - t0, 1)
         self.info["budget_met"] = met
         return self.info
