@@ -290,6 +290,10 @@ class Int8Builder:
                 + (f"among those at most {WORTHWHILE_RATIO}x the fp32 latency" if faster
                    else f"(none is at most {WORTHWHILE_RATIO}x the fp32 latency)"))
         self.info["fp32_ms_during_planning"] = round(fp32_ms, 2)
+        if best["ms"] >= fp32_ms:
+            self.info.setdefault("notes", []).append(
+                f"the chosen int8 plan measured no faster than the fp32 graph here ({best['ms'] / fp32_ms:.2f}x): "
+                "on this machine the fp32 graph is the better artifact")
         self.plan_paths = {frozenset(c["exclude"]): c["path"] for c in candidates if self.opts.format == "qdq"}
         return best["plan"], best["exclude"], rows
 

@@ -116,19 +116,8 @@ def fold_bn_after_concat(model: onnx.ModelProto) -> int:
         shift = beta - mean * scale
         start = 0
         for conv in convs:
-            w = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
-            cout = w.shape[0]
-            s, t = scale[start:start + cout], shift[start:start + cout]
-            b = numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64) if len(conv.input) > 2 else 0.0
-            w_name, b_name = f"{conv.name}_bnfold_w", f"{conv.name}_bnfold_b"
-            model.graph.initializer.extend([
-                numpy_helper.from_array((w * s[:, None, None, None]).astype(np.float32), w_name),
-                numpy_helper.from_array((b * s + t).astype(np.float32), b_name)])
-            conv.input[1] = w_name
-            if len(conv.input) > 2:
-                conv.input[2] = b_name
-            else:
-                conv.input.append(b_name)
+            cout = inits[conv.input[1]].dims[0]
+            _affine_into_conv(model, inits, conv, scale[start:start + cout], shift[start:start + cout], "bnfold")
             start += cout
         if start != len(scale):
             raise ValueError(f"{bn.name}: concatenated channels ({start}) != BatchNorm channels ({len(scale)})")
@@ -140,6 +129,18 @@ def fold_bn_after_concat(model: onnx.ModelProto) -> int:
     if count:
         _drop_unused_initializers(model)
     return count
+
+
+def _affine_into_conv(model, inits: dict, conv, scale: np.ndarray, shift: np.ndarray, tag: str) -> None:
+    """Make ``conv`` compute ``conv(x) * scale + shift`` (per output channel) with new weight and bias."""
+    w = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
+    b = numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64) if len(conv.input) > 2 else 0.0
+    conv.input[1] = _const(model, f"{conv.name}_{tag}_w", w * scale.reshape(-1, *[1] * (w.ndim - 1)))
+    bias = _const(model, f"{conv.name}_{tag}_b", b * scale + shift)
+    if len(conv.input) > 2:
+        conv.input[2] = bias
+    else:
+        conv.input.append(bias)
 
 
 def _drop_unused_initializers(model) -> None:
@@ -211,15 +212,8 @@ def decompose_hardsigmoid(model: onnx.ModelProto) -> int:
         if (conv is not None and conv.op_type == "Conv" and len(consumers.get(x, [])) == 1
                 and x not in graph_outputs and conv.input[1] in inits
                 and (len(conv.input) < 3 or conv.input[2] in inits)):
-            w = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
-            b = (numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64) if len(conv.input) > 2
-                 else np.zeros(w.shape[0]))
-            conv.input[1] = _const(model, f"{conv.name}_hsig_w", w * alpha)
-            bias = _const(model, f"{conv.name}_hsig_b", b * alpha + beta)
-            if len(conv.input) > 2:
-                conv.input[2] = bias
-            else:
-                conv.input.append(bias)
+            cout = inits[conv.input[1]].dims[0]
+            _affine_into_conv(model, inits, conv, np.full(cout, alpha), np.full(cout, beta), "hsig")
             new_nodes.append(helper.make_node("Clip", [x, lo, hi], [y], name=name))
         else:
             a = _const(model, f"{name}_alpha", alpha)

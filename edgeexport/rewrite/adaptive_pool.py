@@ -104,6 +104,9 @@ class AdaptiveMaxPool2dMasked(nn.Module):
         squeeze = x.dim() == 3
         if squeeze:
             x = x[None]
+        if (oh, ow) == (1, 1):  # global: a plain reduction (ExecuTorch has no adaptive_max_pool2d kernel)
+            x = x.amax(dim=(-2, -1), keepdim=True)
+            return x[0] if squeeze else x
         fill = x.amin(dim=(-2, -1), keepdim=True)  # [N, C, 1, 1]: <= every element, finite
         if oh is not None:
             x = _masked_max(x, bin_mask(x.shape[-2], oh, x.device), fill, -2)
@@ -118,8 +121,7 @@ class AdaptiveMaxPool2dMasked(nn.Module):
 def _needs_max_rewrite(m: nn.Module) -> bool:
     if not isinstance(m, nn.AdaptiveMaxPool2d) or m.return_indices:
         return False
-    size = m.output_size if isinstance(m.output_size, tuple) else (m.output_size, m.output_size)
-    return size != (1, 1)  # global pooling exports as GlobalMaxPool everywhere
+    return True
 
 
 def rewrite_adaptive_max_pool(model: nn.Module) -> int:

@@ -105,3 +105,19 @@ def test_reduce_mean_to_gap_and_densify_are_exact():
     assert prep.densify_grouped_convs(m) == 1 and prep.reduce_mean_to_gap(m) == 1
     assert _ops(m) == ["Conv", "GlobalAveragePool"]
     np.testing.assert_allclose(_run(m, x), before, rtol=1e-5, atol=1e-5)
+
+
+def test_fold_bn_after_concat_is_exact():
+    nodes = [helper.make_node("Conv", ["x", "wa", "ba"], ["a"], name="conv_a", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["x", "wb"], ["b"], name="conv_b"),
+             helper.make_node("Concat", ["a", "b"], ["cat"], name="cat", axis=1),
+             helper.make_node("BatchNormalization", ["cat", "g", "beta", "mu", "var"], ["y"], name="bn")]
+    inits = {"wa": RNG.normal(0, 1, (4, 8, 3, 3)), "ba": RNG.normal(0, 1, 4), "wb": RNG.normal(0, 1, (6, 8, 1, 1)),
+             "g": RNG.normal(1, 0.3, 10), "beta": RNG.normal(0, 1, 10), "mu": RNG.normal(0, 1, 10),
+             "var": RNG.uniform(0.5, 2, 10)}
+    m = _model(nodes, inits, (1, 10, 6, 6))
+    x = RNG.normal(0, 1, (1, 8, 6, 6)).astype(np.float32)
+    before = _run(m, x)
+    assert prep.fold_bn_after_concat(m) == 1
+    assert _ops(m) == ["Conv", "Conv", "Concat"]
+    np.testing.assert_allclose(_run(m, x), before, rtol=1e-4, atol=1e-4)

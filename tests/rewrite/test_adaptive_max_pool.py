@@ -29,14 +29,20 @@ def test_bins_are_torch_adaptive_bins():
     assert bin_mask(3, 4).sum(1).min() >= 1  # more bins than rows: never empty
 
 
-def test_rewrite_keeps_global_pooling_indices_and_state_dict():
+def test_rewrite_covers_global_pooling_keeps_indices_and_state_dict():
     m = nn.Sequential(nn.Conv2d(3, 4, 1), nn.AdaptiveMaxPool2d(1), nn.AdaptiveMaxPool2d(4),
                       nn.AdaptiveMaxPool2d(2, return_indices=True), nn.AdaptiveAvgPool2d(3))
     before = {k: v.clone() for k, v in m.state_dict().items()}
-    assert rewrite_adaptive_max_pool(m) == 1
-    assert isinstance(m[1], nn.AdaptiveMaxPool2d) and isinstance(m[2], AdaptiveMaxPool2dMasked)
+    x = torch.randn(1, 3, 9, 7)
+    with torch.no_grad():
+        ref = m[1](m[0](x))
+    # global pooling too: ExecuTorch has no adaptive_max_pool2d kernel; it becomes a plain amax
+    assert rewrite_adaptive_max_pool(m) == 2
+    assert isinstance(m[1], AdaptiveMaxPool2dMasked) and isinstance(m[2], AdaptiveMaxPool2dMasked)
     assert isinstance(m[3], nn.AdaptiveMaxPool2d) and isinstance(m[4], nn.AdaptiveAvgPool2d)
-    assert m[2].output_size == (4, 4)
+    assert m[1].output_size == (1, 1) and m[2].output_size == (4, 4)
+    with torch.no_grad():
+        assert torch.equal(m[1](m[0](x)), ref)
     assert m.state_dict().keys() == before.keys()
 
 
