@@ -82,6 +82,7 @@ def benchmark_interleaved(runners: dict[str, object], feed: dict[str, np.ndarray
     samples: dict[str, list[float]] = {name: [] for name in runners}
     spent = {name: 0.0 for name in runners}
     per_round = max(1, -(-runs // rounds))
+
     def done(name: str) -> bool:
         n = len(samples[name])
         return n >= runs or (budget_s is not None and n >= min_runs and spent[name] >= budget_s)

@@ -165,12 +165,10 @@ class Int8Builder:
     # ---------------------------------------------------------------- calibration
 
     def calibrate(self) -> None:
-        t0 = time.perf_counter()
         batches = calibration_batches(self.ev.shape, self.opts.calib_size, self.ev.calib_preprocess,
                                       self.opts.calib_folder, self.ev.eval_folder)
         self.cache = self.tmp / "calibration.json"
         self._quantize(self.prepared, self.tmp / "calibrated.onnx", set(), BatchReader(self.ev.input_name, batches))
-        self.info["calibration_s"] = round(time.perf_counter() - t0, 1)
 
     def _quantize(self, src: Path, dst: Path, exclude: set[str], reader=None, fmt: str | None = None) -> Path:
         from onnxruntime.quantization import quantize_static

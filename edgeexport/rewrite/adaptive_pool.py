@@ -119,9 +119,7 @@ class AdaptiveMaxPool2dMasked(nn.Module):
 
 
 def _needs_max_rewrite(m: nn.Module) -> bool:
-    if not isinstance(m, nn.AdaptiveMaxPool2d) or m.return_indices:
-        return False
-    return True
+    return isinstance(m, nn.AdaptiveMaxPool2d) and not m.return_indices
 
 
 def rewrite_adaptive_max_pool(model: nn.Module) -> int:
