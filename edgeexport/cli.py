@@ -143,13 +143,28 @@ def info(name: str = typer.Argument(..., help="zoo model name"),
          "num_classes": meta.num_classes, "published_params": meta.published_params, "resize": meta.resize,
          "notes": meta.notes}
     d["weights"] = "default: seeded, BatchNorm re-estimated on the bundled photos (use --weights for yours)"
+    from edgeexport.zoo.pretrained import trained_for
+
+    d["trained_weights"] = [w.describe() for w in trained_for(handle.origin.removeprefix("zoo:"))]
     if as_json:
         print(json.dumps(d, indent=2))
         return
     for k, v in d.items():
+        if k == "trained_weights":
+            continue
         if isinstance(v, int) and k in ("params", "macs", "published_params"):
             v = f"{v:,}"
         print(f"{k:>17}: {v}")
+    for w in d["trained_weights"]:
+        ev = w["eval"] or {}
+        where = "shipped" if w["shipped"] else "trained on demand into the cache"
+        state = ("; eager " + ", ".join(f"{k} {ev[k]:.4f}" for k in ("miou", "pixel_accuracy", "top1", "top5")
+                                       if ev.get(k) is not None) + f" on {ev.get('images')} {w['dataset']} eval images"
+                 if ev else "; not on this machine yet")
+        r = w["recipe"]
+        print(f"{'--weights':>17}: {w['weights']} ({where}{state})")
+        print(f"{'':>17}  recipe: {r['steps']} steps x {r['batch']} at {r['size']}px, AdamW lr {r['lr']:g}, "
+              f"seed {r['seed']}: edgeexport train {w['weights'].split(':')[0]} --tag {w['weights'].split(':')[1]}")
 
 
 @app.command()
@@ -168,6 +183,10 @@ def onnx(name: Optional[str] = typer.Argument(None, help="zoo model name (or the
          images: int = typer.Option(4, "--images", help="evaluation images at the main shape"),
          input_folder: Optional[str] = typer.Option(None, "--input-folder", help="your own evaluation images"),
          random_inputs: bool = typer.Option(False, "--random-inputs", help="random tensors instead of photos"),
+         eval_data: Optional[str] = typer.Option(None, "--eval-data", help="labeled data for task metrics: a folder "
+                                                 "(ImageFolder, or images/ + masks/) or a built-in task (shapes_seg, "
+                                                 "shapes_cls[:SPLIT[:SEED]]); default: the task of trained weights"),
+         eval_images: Optional[int] = typer.Option(None, "--eval-images", help="labeled images to use"),
          runs: int = typer.Option(30, "--runs", help="timed runs"),
          threads: Optional[int] = typer.Option(None, "--threads", help="threads for every backend (default: all cores)"),
          no_bench: bool = typer.Option(False, "--no-bench"),
@@ -177,7 +196,8 @@ def onnx(name: Optional[str] = typer.Argument(None, help="zoo model name (or the
     recipe = _recipe_from_flags(name, model, weights, shape, dynamic.value, output, num_classes, task, images,
                                 input_folder, random_inputs, runs, threads, no_bench,
                                 stages={"onnx": {"opset": opset, "exporter": exporter.value,
-                                                 "simplify": not no_simplify}})
+                                                 "simplify": not no_simplify}},
+                                eval_data=eval_data, eval_images=eval_images)
     _execute(recipe, quiet, as_json)
 
 
@@ -199,14 +219,16 @@ class QFormat(str, Enum):
 
 
 def parse_budget(items: list[str]) -> dict[str, float] | None:
-    """``["snr_db=25", "agreement=0.99"]`` -> {"snr_db": 25.0, "agreement": 0.99}."""
+    """``["snr_db=25", "miou_drop=0.5"]`` -> {"snr_db": 25.0, "miou_drop": 0.5}."""
+    from edgeexport.recipe import BUDGET_METRICS
+
     if not items:
         return None
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or key not in ("snr_db", "agreement", "cosine"):
-            raise UserError(f"--budget {item!r}: expected METRIC=VALUE with METRIC one of snr_db, agreement, cosine")
+        if not sep or key not in BUDGET_METRICS:
+            raise UserError(f"--budget {item!r}: expected METRIC=VALUE with METRIC one of {', '.join(BUDGET_METRICS)}")
         try:
             out[key] = float(value)
         except ValueError:
@@ -225,7 +247,8 @@ def quantize(name_or_onnx: str = typer.Argument(..., metavar="NAME_OR_ONNX", hel
              per_channel: bool = typer.Option(True, "--per-channel/--per-tensor"),
              qformat: QFormat = typer.Option(QFormat.qdq, "--format"),
              exclude: Optional[list[str]] = typer.Option(None, "--exclude", help="node to keep in float (repeatable)"),
-             budget: Optional[list[str]] = typer.Option(None, "--budget", help="e.g. snr_db=25 or agreement=0.99"),
+             budget: Optional[list[str]] = typer.Option(None, "--budget", help="e.g. miou_drop=0.5, top1_drop=0.5, "
+                                                                               "snr_db=25 or agreement=0.99"),
              weights: Optional[str] = typer.Option(None, "--weights"),
              model: Optional[str] = typer.Option(None, "--model", help="user model as package.module:factory"),
              shape: Optional[str] = typer.Option(None, "--shape"),
@@ -235,6 +258,10 @@ def quantize(name_or_onnx: str = typer.Argument(..., metavar="NAME_OR_ONNX", hel
              task: Optional[str] = typer.Option(None, "--task"),
              images: int = typer.Option(4, "--images"),
              input_folder: Optional[str] = typer.Option(None, "--input-folder", help="your own evaluation images"),
+             eval_data: Optional[str] = typer.Option(None, "--eval-data", help="labeled data for task metrics: a folder "
+                                                                     "(ImageFolder, or images/ + masks/) or a built-in task (shapes_seg, "
+                                                                     "shapes_cls[:SPLIT[:SEED]]); default: the task of trained weights"),
+             eval_images: Optional[int] = typer.Option(None, "--eval-images", help="labeled images to use"),
              runs: int = typer.Option(30, "--runs"),
              threads: Optional[int] = typer.Option(None, "--threads"),
              no_bench: bool = typer.Option(False, "--no-bench"),
@@ -247,14 +274,15 @@ def quantize(name_or_onnx: str = typer.Argument(..., metavar="NAME_OR_ONNX", hel
     is_onnx = name_or_onnx.endswith(".onnx")
     stages = {"onnx": None if is_onnx else {"exporter": exporter.value}, "quantize": [stage]}
     recipe = _recipe_from_flags(None if model else name_or_onnx, model or None, weights, shape, "none", output,
-                                num_classes, task, images, input_folder, False, runs, threads, no_bench, stages)
+                                num_classes, task, images, input_folder, False, runs, threads, no_bench, stages,
+                                eval_data=eval_data, eval_images=eval_images)
     if model:
         recipe.name = name_or_onnx
     _execute(recipe, quiet, as_json)
 
 
 def _recipe_from_flags(name, model, weights, shape, dynamic, output, num_classes, task, images, input_folder,
-                       random_inputs, runs, threads, no_bench, stages):
+                       random_inputs, runs, threads, no_bench, stages, eval_data=None, eval_images=None):
     from edgeexport.recipe import Recipe
 
     if not name and not model:
@@ -265,7 +293,8 @@ def _recipe_from_flags(name, model, weights, shape, dynamic, output, num_classes
         "model": model or name, "name": name if model else None, "weights": weights, "input_shape": shape,
         "dynamic": dynamic, "output": output, "num_classes": num_classes, "task": task,
         "inputs": {"source": "folder" if input_folder else "random" if random_inputs else "photos",
-                   "folder": input_folder, "images": images},
+                   "folder": input_folder, "images": images, "eval_data": eval_data or "auto",
+                   "eval_images": eval_images},
         "stages": stages, "bench": {"enabled": not no_bench, "runs": runs, "threads": threads},
     }
     return Recipe.from_dict(data, source="options")
@@ -363,12 +392,17 @@ def executorch(name: str = typer.Argument(..., help="zoo model (or the artifact 
                runs: int = typer.Option(30, "--runs"),
                threads: Optional[int] = typer.Option(None, "--threads"),
                no_bench: bool = typer.Option(False, "--no-bench"),
+               eval_data: Optional[str] = typer.Option(None, "--eval-data", help="labeled data for task metrics: a folder "
+                                                                               "(ImageFolder, or images/ + masks/) or a built-in task (shapes_seg, "
+                                                                               "shapes_cls[:SPLIT[:SEED]]); default: the task of trained weights"),
+               eval_images: Optional[int] = typer.Option(None, "--eval-images", help="labeled images to use"),
                quiet: bool = typer.Option(False, "--quiet", "-q"),
                as_json: bool = typer.Option(False, "--json")):
     """Lower to an ExecuTorch program (NAME.pte) with the XNNPACK delegate; parity and latency here."""
     stages = {"onnx": None, "executorch": [{"quantize": quantize, "calib_size": calib_size}]}
     recipe = _recipe_from_flags(None if model else name, model, weights, shape, "none", output, None, None, images,
-                                None, False, runs, threads, no_bench, stages)
+                                None, False, runs, threads, no_bench, stages, eval_data=eval_data,
+                                eval_images=eval_images)
     if model:
         recipe.name = name
     _execute(recipe, quiet, as_json)
@@ -447,6 +481,51 @@ def run(recipe_path: Path = typer.Argument(..., metavar="RECIPE", help="recipe Y
     if weights:
         recipe.weights = weights
     _execute(recipe, quiet, as_json)
+
+
+@app.command()
+@handle_errors
+def data(name: str = typer.Argument(..., help="built-in labeled task: shapes_seg | shapes_cls"),
+         split: str = typer.Option("eval", "--split", help="train | calib | val | eval"),
+         count: int = typer.Option(40, "--count", min=1, help="images to write"),
+         seed: int = typer.Option(0, "--seed", help="a seed no reference result used gives a fresh set"),
+         size: Optional[str] = typer.Option(None, "--size", help="HxW (default: the task's own, e.g. 520x520)"),
+         output: Path = typer.Option(..., "--output", "-o", help="folder to write (must not exist or be empty)")):
+    """Write a built-in labeled task as a folder (ImageFolder, or images/ + masks/) for --eval-data."""
+    from edgeexport.datasets import get_dataset
+    from edgeexport.datasets.labeled import from_builtin, write_folder
+    from edgeexport.datasets.shapes import SPLITS
+
+    ds = get_dataset(name)
+    if split not in SPLITS:
+        raise UserError(f"--split must be one of {', '.join(SPLITS)}")
+    hw = None
+    if size:
+        try:
+            hw = tuple(int(v) for v in size.lower().split("x"))
+        except ValueError:
+            hw = ()
+        if len(hw) != 2 or min(hw) < 16 or max(hw) > 4096:
+            raise UserError(f"--size {size!r}: expected HxW between 16 and 4096, e.g. 520x520")
+    out = write_folder(from_builtin(ds, split, seed, count, hw), output,
+                       {"generator": f"edgeexport data {name} --split {split} --count {count} --seed {seed}"})
+    print(f"wrote {count} {ds.task} images of {name} ({split}, seed {seed}) to {out}; "
+          f"use it with --eval-data {out}")
+
+
+@app.command()
+@handle_errors
+def train(name: str = typer.Argument(..., help="zoo model with a training recipe"),
+          tag: str = typer.Option("shapes", "--tag"),
+          output: Optional[str] = typer.Option(None, "--output", "-o",
+                                               help="safetensors file (default: where --weights NAME:TAG finds it)"),
+          steps: Optional[int] = typer.Option(None, "--steps", help="fewer steps for a quick try (not the recipe)"),
+          threads: Optional[int] = typer.Option(None, "--threads")):
+    """Train reference weights on a built-in task from their recipe (CPU, or a CUDA GPU when visible)."""
+    from edgeexport.training import run_training
+    from edgeexport.zoo import resolve_name
+
+    run_training(resolve_name(name), tag, output, steps, threads, log=lambda m: print(m, file=sys.stderr))
 
 
 @app.command()

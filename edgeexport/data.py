@@ -25,7 +25,7 @@ EVAL_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.pn
 CALIB_PHOTOS = ("rocket.jpg", "hubble_deep_field.jpg", "retina.jpg", "ihc.png", "camera.png", "coins.png",
                 "moon.png", "grass.png", "gravel.png", "brick.png", "cell.png", "color.png")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
-SOURCES = ("photos", "folder", "random")
+SOURCES = ("photos", "folder", "random", "eval_data")
 
 
 def _pil():
@@ -91,24 +91,43 @@ class Preprocess:
 
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    resize: str = "resize"  # "resize" | "center_crop"
+    resize_mode: str = "resize"  # "resize" | "center_crop"
     crop_fraction: float = 0.875
 
     def __call__(self, image: np.ndarray, height: int, width: int) -> np.ndarray:
         """HxWx3 uint8 -> 3xHxW float32, resized and normalised."""
+        return self.normalize(self.resize(image, height, width))
+
+    def _geometry(self, size: tuple[int, int], height: int, width: int):
+        """(resized W, H) and the crop box applied after resizing, for an image of ``size`` (W, H)."""
+        if self.resize_mode == "center_crop":
+            scale = max(height, width) / self.crop_fraction / min(size)
+            rw, rh = max(width, round(size[0] * scale)), max(height, round(size[1] * scale))
+            left, top = (rw - width) // 2, (rh - height) // 2
+            return (rw, rh), (left, top, left + width, top + height)
+        return (width, height), None
+
+    def resize(self, image: np.ndarray, height: int, width: int) -> np.ndarray:
+        """HxWx3 uint8 -> height x width x 3 uint8 (bilinear resize, then the centre crop if any)."""
         Image = _pil()
         im = Image.fromarray(image)
-        if self.resize == "center_crop":
-            scale = max(height, width) / self.crop_fraction / min(im.size)
-            im = im.resize((max(width, round(im.size[0] * scale)), max(height, round(im.size[1] * scale))),
-                           Image.BILINEAR)
-            left, top = (im.size[0] - width) // 2, (im.size[1] - height) // 2
-            im = im.crop((left, top, left + width, top + height))
-        else:
-            im = im.resize((width, height), Image.BILINEAR)
-        x = np.asarray(im, dtype=np.float32) / 255.0
+        size, box = self._geometry(im.size, height, width)
+        im = im.resize(size, Image.BILINEAR)
+        return np.asarray(im.crop(box) if box else im)
+
+    def resize_mask(self, mask: np.ndarray, height: int, width: int) -> np.ndarray:
+        """A label map through the same geometry as its image, by nearest neighbour."""
+        Image = _pil()
+        im = Image.fromarray(np.asarray(mask, dtype=np.uint8))
+        size, box = self._geometry(im.size, height, width)
+        im = im.resize(size, Image.NEAREST)
+        return np.asarray(im.crop(box) if box else im)
+
+    def normalize(self, image: np.ndarray) -> np.ndarray:
+        """HxWx3 uint8 (or NxHxWx3) -> 3xHxW (Nx3xHxW) float32 with the model's mean and std."""
+        x = np.asarray(image, dtype=np.float32) / 255.0
         x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return np.ascontiguousarray(x.transpose(2, 0, 1))
+        return np.ascontiguousarray(np.moveaxis(x, -1, -3))
 
 
 def augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -133,6 +152,10 @@ class InputSource:
     def images(self) -> list[tuple[str, np.ndarray]]:
         if self.source == "photos":
             return photos(self.split)
+        if self.source == "eval_data":  # the images of a labeled set (a folder or a built-in task)
+            from edgeexport.datasets import open_labeled
+
+            return [(name, image) for name, image, _ in open_labeled(self.folder, count=64)]
         if self.source == "folder":
             if not self.folder:
                 raise UserError("input source 'folder' needs a folder path")

@@ -20,7 +20,8 @@ import torch
 from edgeexport.bench import LatencyStats, benchmark_interleaved
 from edgeexport.data import InputSource
 from edgeexport.errors import EdgeExportError, UserError
-from edgeexport.parity import ParityCheck, ParityResult
+from edgeexport.metrics import TaskMetrics
+from edgeexport.parity import ParityCheck, ParityResult, Tolerance
 from edgeexport.recipe import Recipe
 from edgeexport.runners.base import Runner
 from edgeexport.source import ModelHandle, load_model, load_onnx
@@ -50,6 +51,9 @@ class Artifact:
     compare_to: str | None = None  # also compared against this artifact's kind (e.g. int8 vs fp32 ONNX)
     extra_parity: dict = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)  # build-time verdicts (e.g. an accuracy budget missed)
+    task: TaskMetrics | None = None  # task metric on the labeled data
+    task_drop: float | None = None  # points below eager
+    task_issue: str | None = None  # the drop exceeds the tolerance
 
     @property
     def ok(self) -> bool:
@@ -148,10 +152,22 @@ class Context:
     eager_latency: LatencyStats | None = None
     rewrites: dict = field(default_factory=dict)
     rewritten: torch.nn.Module | None = None
+    task_data: object = None  # TaskData when the recipe has labeled data
+    eager_task: TaskMetrics | None = None
 
     @property
     def name(self) -> str:
         return self.recipe.name or self.handle.name
+
+    def tolerance(self, precision: str) -> Tolerance:
+        """The limits an artifact of ``precision`` is judged by (task-metric drops when data is labeled)."""
+        return self.recipe.tolerance(precision, labeled=self.task_data is not None)
+
+    def calib_spec(self, cfg_folder: str | None) -> str | None:
+        """Calibration images: the stage's folder, else the calibration split of the weights' own task."""
+        if cfg_folder:
+            return cfg_folder
+        return f"{self.handle.trained.dataset}:calib" if self.handle.trained is not None else None
 
     def artifact_path(self, suffix: str) -> Path:
         return self.out_dir / f"{self.name}{suffix}"
@@ -201,14 +217,16 @@ def prepare(recipe: Recipe, log=print, status=_noop_status) -> Context:
         raise UserError(f"{handle.name} needs H and W that are multiples of {m}; got {shape[2]}x{shape[3]}")
     if recipe.dynamic in ("hw", "all") and not handle.meta.dynamic_hw:
         raise UserError(f"{handle.name} cannot take dynamic H/W: {handle.meta.notes or 'fixed-size graph'}")
+    eval_spec = resolve_eval_data(recipe, handle)
     for q in recipe.stages.quantize:  # bad calibration input fails before anything is built
         if q.calib_folder:
-            from edgeexport.data import folder_images
+            from edgeexport.quantize.calib import check_calibration_source
 
-            if recipe.inputs.folder and Path(q.calib_folder).resolve() == Path(recipe.inputs.folder).resolve():
-                raise UserError("calibration and evaluation images must be different folders")
-            folder_images(q.calib_folder)
-    source = InputSource(recipe.inputs.source, "eval", recipe.inputs.folder)
+            check_calibration_source(q.calib_folder, recipe.inputs.folder, eval_spec)
+    if recipe.inputs.source == "eval_data" and not eval_spec:
+        raise UserError("inputs.source is 'eval_data' but there is no labeled data (inputs.eval_data)")
+    source = InputSource(recipe.inputs.source, "eval", eval_spec if recipe.inputs.source == "eval_data"
+                         else recipe.inputs.folder)
     source_images = None if source.source == "random" else source.images()
     if source_images is not None and not source_images:
         raise UserError("no evaluation images")
@@ -228,7 +246,26 @@ def prepare(recipe: Recipe, log=print, status=_noop_status) -> Context:
         for s in extra:
             _check_extra_shape(s, shape, recipe.dynamic)
     refs = References(handle, shape, recipe.inputs.images, source, extra, threads)
-    return Context(recipe, handle, shape, out_dir, threads, refs, log, status)
+    ctx = Context(recipe, handle, shape, out_dir, threads, refs, log, status)
+    if eval_spec:
+        from edgeexport.taskeval import open_task_data
+
+        with status(f"Reading labeled data {eval_spec}"):
+            ctx.task_data = open_task_data(eval_spec, recipe.inputs.eval_images, handle, shape, log)
+        with status(f"Task metrics of {handle.reference_label} on {ctx.task_data.count} labeled images"):
+            with refs.eager_runner() as r:
+                ctx.eager_task, _ = ctx.task_data.evaluate(r, refs.input_name)
+    return ctx
+
+
+def resolve_eval_data(recipe: Recipe, handle: ModelHandle) -> str | None:
+    """The labeled-data spec a run uses: the recipe's, or (``auto``) the built-in task of trained weights."""
+    spec = recipe.inputs.eval_data
+    if spec == "none":
+        return None
+    if spec == "auto":
+        return f"{handle.trained.dataset}:eval" if handle.trained is not None else None
+    return spec
 
 
 def _check_extra_shape(s, shape, dynamic):
@@ -295,13 +332,15 @@ def stage_quantize(ctx: Context, only_last: bool = False) -> list[Artifact]:
         with ctx.status(f"Building {path.name}"):
             try:
                 if cfg.mode == "int8":
-                    opts = Int8Options(calib_size=cfg.calib_size, calib_folder=cfg.calib_folder, method=cfg.method,
-                                       per_channel=cfg.per_channel, format=cfg.format, exclude=list(cfg.exclude),
-                                       budget=dict(cfg.budget) if cfg.budget else None, plans=cfg.plans,
-                                       target=cfg.target)
-                    tol = ctx.recipe.tolerance("int8")
+                    opts = Int8Options(calib_size=cfg.calib_size, calib_folder=ctx.calib_spec(cfg.calib_folder),
+                                       method=cfg.method, per_channel=cfg.per_channel, format=cfg.format,
+                                       exclude=list(cfg.exclude), budget=task_budget(ctx, cfg.budget),
+                                       plans=cfg.plans, target=cfg.target)
+                    tol = ctx.tolerance("int8")
                     floor = {k: v for k, v in (("snr_db", tol.min_snr_db), ("agreement", tol.min_agreement),
                                                ("cosine", tol.min_cosine)) if v is not None}
+                    if ctx.task_data is not None and tol.max_task_drop is not None:
+                        floor["task_drop"] = tol.max_task_drop
                     art.build = build_int8(fp32, path, opts, evaluator(ctx), floor, log=ctx.log)
                     if art.build.get("budget_met") is False:
                         art.failures.append(f"accuracy budget {cfg.budget} not met; kept the most accurate graph found")
@@ -326,14 +365,19 @@ def evaluator(ctx: Context):
     from edgeexport.runners.onnxruntime import OnnxRuntimeRunner
 
     refs, shape = ctx.refs, ctx.shape
-    tol = ctx.recipe.tolerance("int8")
+    tol = ctx.tolerance("int8")
 
     def accuracy(path: Path) -> dict:
         with OnnxRuntimeRunner(path, threads=ctx.threads) as r:
             res = check_parity(r, refs, [shape], "int8", tol)[0]
+            task = ctx.task_data.evaluate(r, refs.input_name)[0] if ctx.task_data is not None else None
         ms = [o.metrics for o in res.outputs]
         worst = lambda k: min((m[k] for m in ms if m.get(k) is not None), default=None)  # noqa: E731
-        return {"snr_db": worst("snr_db"), "agreement": worst("agreement"), "cosine": worst("cosine")}
+        acc = {"snr_db": worst("snr_db"), "agreement": worst("agreement"), "cosine": worst("cosine")}
+        if task is not None:
+            acc[task.primary] = task.value
+            acc["task_drop"] = task.drop_points(ctx.eager_task)
+        return acc
 
     def latency(paths: list[Path]) -> list[float]:
         runners = {str(i): OnnxRuntimeRunner(p, threads=ctx.threads) for i, p in enumerate(paths)}
@@ -345,6 +389,25 @@ def evaluator(ctx: Context):
 
     return Evaluator(refs.input_name, shape, ctx.handle.preprocess, accuracy, latency,
                      [b for _, b in refs.batches[shape]], ctx.recipe.inputs.folder)
+
+
+def task_budget(ctx: Context, budget: dict | None) -> dict | None:
+    """The int8 accuracy budget with ``miou_drop`` / ``top1_drop`` checked against the labeled data
+    and mapped to the builder's ``task_drop``."""
+    if not budget:
+        return None
+    out = {}
+    for key, value in budget.items():
+        if key in ("miou_drop", "top1_drop"):
+            need = {"miou_drop": "segmentation", "top1_drop": "classification"}[key]
+            if ctx.task_data is None:
+                raise UserError(f"--budget {key}={value:g} needs labeled data (--eval-data)")
+            if ctx.task_data.task != need:
+                raise UserError(f"--budget {key} is a {need} metric; the labeled data is {ctx.task_data.task}")
+            out["task_drop"] = value
+        else:
+            out[key] = value
+    return out
 
 
 def _rewritten(ctx: Context) -> torch.nn.Module:
@@ -362,7 +425,8 @@ def _rewritten(ctx: Context) -> torch.nn.Module:
 def _calibration_tensors(ctx: Context, count: int) -> list[torch.Tensor]:
     from edgeexport.quantize.calib import calibration_batches
 
-    return [torch.from_numpy(b) for b in calibration_batches(ctx.shape, count, ctx.handle.preprocess)]
+    return [torch.from_numpy(b) for b in calibration_batches(ctx.shape, count, ctx.handle.preprocess,
+                                                             ctx.calib_spec(None))]
 
 
 def _needs_torch_model(ctx: Context, art: Artifact) -> bool:
@@ -548,12 +612,20 @@ def check_artifact(ctx: Context, art: Artifact) -> None:
 
 def _check_with(ctx: Context, art: Artifact, runner: Runner) -> None:
     recipe = ctx.recipe
-    tol = recipe.tolerance(art.precision)
+    tol = ctx.tolerance(art.precision)
     with runner:
+        if ctx.task_data is not None:
+            with ctx.status(f"Task metrics: {art.kind} on {ctx.task_data.count} labeled images"):
+                art.task, _ = ctx.task_data.evaluate(runner, ctx.refs.input_name)
+            art.task_drop = art.task.drop_points(ctx.eager_task)
+            if tol.max_task_drop is not None and art.task_drop is not None and art.task_drop > tol.max_task_drop:
+                art.task_issue = (f"{art.task.primary} {100 * art.task.value:.2f} is {art.task_drop:.2f} points below "
+                                  f"eager, limit {tol.max_task_drop:g}")
         if recipe.parity.enabled:
             with ctx.status(f"Parity: {art.kind} vs eager on {recipe.inputs.source}"):
                 art.parity = check_parity(runner, ctx.refs, ctx.refs.shapes_for(art), art.precision, tol)
-            art.parity_status = "passed" if all(p.passed for p in art.parity) and not art.failures else "failed"
+            art.parity_status = ("passed" if all(p.passed for p in art.parity) and not art.failures
+                                 and art.task_issue is None else "failed")
             base = ctx.find(art.compare_to) if art.compare_to else None
             if base is not None and base.make_runner is not None:
                 with base.make_runner(ctx.threads) as b:
@@ -562,7 +634,7 @@ def _check_with(ctx: Context, art: Artifact, runner: Runner) -> None:
                 res = check_parity(runner, ctx.refs, [ctx.shape], art.precision, tol, against=lambda s: outs[s])
                 art.extra_parity[f"vs_{art.compare_to}"] = [r.to_dict() for r in res]
         else:
-            art.parity_status = "skipped"
+            art.parity_status = "failed" if art.task_issue else "skipped"
 
 
 def time_all(ctx: Context) -> None:

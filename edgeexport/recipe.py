@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edgeexport.errors import UserError
-from edgeexport.parity import DEFAULT_TOLERANCES, Tolerance
+from edgeexport.parity import DEFAULT_TOLERANCES, TASK_JUDGED, Tolerance
 from edgeexport.util import parse_shape
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -32,9 +32,13 @@ class _Strict(BaseModel):
 class InputsConfig(_Strict):
     """Evaluation inputs: the bundled photographs by default, or a folder of the user's images."""
 
-    source: Literal["photos", "folder", "random"] = "photos"
+    source: Literal["photos", "folder", "random", "eval_data"] = "photos"
     folder: str | None = None
     images: int = Field(4, ge=1, le=256, description="evaluation images at the main shape")
+    # Labeled data for task metrics: a folder (ImageFolder, or images/ + masks/), a built-in task
+    # (NAME[:SPLIT[:SEED]], e.g. shapes_seg:eval), "auto" (the built-in task of trained weights), or "none".
+    eval_data: str = "auto"
+    eval_images: int | None = Field(None, ge=1, description="labeled images to use (default: all, at most 500)")
 
 
 class ToleranceConfig(_Strict):
@@ -42,6 +46,10 @@ class ToleranceConfig(_Strict):
     min_cosine: float | None = Field(None, ge=-1, le=1)
     min_snr_db: float | None = None
     min_agreement: float | None = Field(None, ge=0, le=1)
+    max_task_drop: float | None = Field(None, ge=0, description="points of mIoU / top-1 below eager")
+
+
+BUDGET_METRICS = ("snr_db", "agreement", "cosine", "miou_drop", "top1_drop")
 
 
 class OnnxStage(_Strict):
@@ -56,12 +64,12 @@ class QuantizeStage(_Strict):
 
     mode: Literal["int8", "int8-dynamic", "fp16"] = "int8"
     calib_size: int = Field(8, ge=1, le=4096)
-    calib_folder: str | None = None
+    calib_folder: str | None = None  # a folder of images, or a built-in task's split (e.g. shapes_seg:calib)
     method: Literal["minmax", "entropy", "percentile"] = "minmax"
     per_channel: bool = True
     format: Literal["qdq", "qoperator"] = "qdq"
     exclude: list[str] = Field(default_factory=list)
-    budget: dict[Literal["snr_db", "agreement", "cosine"], float] | None = None
+    budget: dict[Literal[BUDGET_METRICS], float] | None = None
     plans: list[Literal["all", "float_stem", "dense"]] | Literal["auto"] = "auto"
     target: Literal["cpu", "tensorrt"] = "cpu"  # tensorrt: symmetric int8 Q/DQ that TensorRT can import
 
@@ -149,9 +157,15 @@ class Recipe(_Strict):
             raise ValueError("must name a zoo model or package.module:factory")
         return v.strip()
 
-    def tolerance(self, precision: str) -> Tolerance:
-        """The recipe's limits for ``precision``, falling back to the defaults per field."""
+    def tolerance(self, precision: str, labeled: bool = False) -> Tolerance:
+        """The recipe's limits for ``precision``, falling back to the defaults per field.
+
+        With labeled data (``labeled``), precisions in ``TASK_JUDGED`` (int8) are judged by the task
+        metric's drop: their default tensor limits are dropped, the recipe's own ones still apply.
+        """
         base = DEFAULT_TOLERANCES[precision]
+        if labeled and precision in TASK_JUDGED:
+            base = Tolerance(max_task_drop=base.max_task_drop)
         over = self.tolerances.get(precision)
         if over is None:
             return base

@@ -56,6 +56,8 @@ def _artifact_dict(ctx, art) -> dict:
         "latency": art.latency.to_dict() if art.latency else None,
         "ratio_to_eager": (art.latency.median_ms / eager.median_ms) if art.latency and eager else None,
         "failures": art.failures,
+        "task": ({**art.task.to_dict(), "drop_points": art.task_drop, "issue": art.task_issue}
+                 if art.task is not None else None),
     }
     base = ctx.find(art.compare_to) if art.compare_to else None
     if art.latency and base is not None and base.latency:
@@ -80,7 +82,9 @@ def build_report(ctx, elapsed_s: float) -> dict:
                    "shapes": [list(s) for s in ctx.refs.batches],
                    "images": sorted({n for b in ctx.refs.batches.values() for names, _ in b for n in names})},
         "recipe": ctx.recipe.model_dump(mode="json"),
-        "eager": {"backend": "torch", "latency": ctx.eager_latency.to_dict() if ctx.eager_latency else None},
+        "eager": {"backend": "torch", "latency": ctx.eager_latency.to_dict() if ctx.eager_latency else None,
+                  "task": ctx.eager_task.to_dict() if ctx.eager_task is not None else None},
+        "eval_data": ctx.task_data.describe() if ctx.task_data is not None else None,
         "artifacts": arts,
         "verdict": "failed" if failed else "passed",
         "failed": failed,
@@ -116,13 +120,34 @@ def _size(n):
         n /= 1024
 
 
+def task_label(report: dict) -> str | None:
+    """'mIoU' / 'top-1' when the run had labeled data."""
+    task = report.get("eager", {}).get("task")
+    return None if not task else {"miou": "mIoU", "top1": "top-1"}[task["metric"]]
+
+
+def headers(report: dict) -> list[str]:
+    label = task_label(report)
+    return HEADERS[:8] + ([label, "drop pts"] if label else []) + HEADERS[8:]
+
+
+def _task_cells(report: dict, task: dict | None, eager: bool = False) -> list[str]:
+    if not task_label(report):
+        return []
+    if task is None:
+        return ["–", "–"]
+    value = _fmt(100 * task["value"], ".2f") if task["value"] is not None else "–"
+    return [value, "–" if eager else _fmt(task.get("drop_points"), "+.2f")]
+
+
 def summary_rows(report: dict) -> list[list[str]]:
-    """One row per artifact (plus eager): backend, precision, size, parity, errors, latency, ratio."""
+    """One row per artifact (plus eager): backend, precision, size, parity, errors, task metric, latency, ratio."""
     rows = []
     eager = report["eager"]["latency"]
     ref_kind = "reference" if report["model"]["origin"].startswith("onnx:") else "eager"
     ref_backend = "onnxruntime" if ref_kind == "reference" else "torch"
     rows.append([ref_kind, ref_backend, "fp32", "–", "reference", "–", "–", "–",
+                 *_task_cells(report, report["eager"].get("task"), eager=True),
                  _fmt(eager["median_ms"], ".1f") if eager else "–", "1.00" if eager else "–", "–"])
     for a in report["artifacts"]:
         main = a["parity"]["checks"][0]["outputs"] if a["parity"]["checks"] else []
@@ -136,7 +161,7 @@ def summary_rows(report: dict) -> list[list[str]]:
         rows.append([
             a["kind"], a["backend"], a["precision"], _size(a["size_bytes"]), status,
             _fmt(worst("max_abs_scaled", max), ".2e"), _fmt(worst("snr_db", min), ".1f"),
-            _fmt(worst("agreement", min), ".4f"),
+            _fmt(worst("agreement", min), ".4f"), *_task_cells(report, a.get("task")),
             _fmt(lat["median_ms"], ".1f") if lat else "–", _fmt(a["ratio_to_eager"], ".2f"),
             _fmt(a.get("ratio_to_fp32"), ".2f"),
         ])
@@ -184,6 +209,34 @@ def _build_lines(build: dict) -> list[str]:
     return lines + tables
 
 
+def _eval_data_lines(report: dict) -> list[str]:
+    ed, task = report.get("eval_data"), report["eager"].get("task")
+    if not ed or not task:
+        return []
+    where = ed.get("path") or ed.get("spec")
+    line = (f"- labeled data: {where} ({ed['task']}, {ed['images_used']} images at {format_shape(ed['input_shape'])},"
+            f" output `{ed['output']}`); eager {task_label(report)} {100 * task['value']:.2f}")
+    if task["task"] == "segmentation":
+        line += f", pixel accuracy {100 * task['pixel_accuracy']:.2f}"
+    else:
+        line += f", top-5 {100 * task['top5']:.2f}"
+    return [line]
+
+
+def _task_lines(a: dict) -> list[str]:
+    t = a.get("task")
+    if not t:
+        return []
+    label = {"miou": "mIoU", "top1": "top-1"}[t["metric"]]
+    line = f"- task: {label} {100 * t['value']:.2f} ({_fmt(t['drop_points'], '+.2f')} points against eager"
+    line += f"; {t['issue']})" if t.get("issue") else ")"
+    out = [line]
+    if t["task"] == "segmentation" and t.get("per_class_iou"):
+        names = t.get("classes") or [str(i) for i in range(len(t["per_class_iou"]))]
+        out.append("- per-class IoU: " + ", ".join(f"{n} {_fmt(v, '.3f')}" for n, v in zip(names, t["per_class_iou"])))
+    return out
+
+
 def to_markdown(report: dict) -> str:
     m = report["model"]
     lines = [f"# edgeexport report: {m['name']}", "",
@@ -194,8 +247,9 @@ def to_markdown(report: dict) -> str:
              f"- machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, "
              f"{report['machine']['threads']} threads for every backend",
              "- versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v),
+             *_eval_data_lines(report),
              f"- verdict: **{report['verdict']}**", "",
-             "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+             "| " + " | ".join(headers(report)) + " |", "|" + "---|" * len(headers(report))]
     lines += ["| " + " | ".join(r) + " |" for r in summary_rows(report)]
     for a in report["artifacts"]:
         lines += ["", f"## {a['kind']} ({a['backend']}, {a['precision']})", ""]
@@ -207,6 +261,7 @@ def to_markdown(report: dict) -> str:
             lines.append(f"- latency: {a['ratio_to_fp32']:.2f}x the fp32 ONNX graph, {a['ratio_to_eager']:.2f}x eager")
         for failure in a.get("failures", []):
             lines.append(f"- **failed**: {failure}")
+        lines += _task_lines(a)
         lines += _build_lines(a["build"])
         for note in a["notes"]:
             lines.append(f"- note: {note}")
@@ -243,7 +298,7 @@ def print_table(report: dict, console) -> None:
 
     t = Table(title=f"{report['model']['name']} {format_shape(report['model']['input_shape'])}"
                     f" · {report['machine']['threads']} threads · verdict: {report['verdict']}")
-    for h in HEADERS:
+    for h in headers(report):
         t.add_column(h, justify="right" if h not in ("artifact", "backend", "precision", "parity") else "left")
     for row in summary_rows(report):
         style = "red" if "FAILED" in row[4] else "yellow" if "not run" in row[4] else None
@@ -256,6 +311,8 @@ def print_table(report: dict, console) -> None:
             console.print(f"[yellow]{a['kind']}[/]: {a['parity']['reason']}")
         if a["error"]:
             console.print(f"[red]{a['kind']}[/]: {a['error']}")
+        if (a.get("task") or {}).get("issue"):
+            console.print(f"[red]{a['kind']}[/]: {a['task']['issue']}")
         for failure in a.get("failures", []):
             console.print(f"[red]{a['kind']}[/]: {failure}")
         for chk in a["parity"]["checks"]:

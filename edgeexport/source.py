@@ -77,6 +77,19 @@ class ModelHandle:
     output_kind: str = "tensor"
     tasks: dict[str, str] = field(default_factory=dict)
     input_names: list[str] = field(default_factory=lambda: [INPUT_NAME])
+    output_shapes: dict[str, list[int]] = field(default_factory=dict)
+    trained: object = None  # the TrainedWeights entry when the weights are reference weights trained here
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self.trained.classes if self.trained is not None else None
+
+    def num_classes_of(self, output: str) -> int:
+        """Classes an output predicts (its channel dimension, learned by :meth:`probe`)."""
+        shape = self.output_shapes.get(output)
+        if not shape or len(shape) < 2:
+            raise UserError(f"output {output!r} has no class dimension")
+        return int(shape[1])
 
     @property
     def preprocess(self) -> Preprocess:
@@ -111,6 +124,7 @@ class ModelHandle:
             with self.reference_runner(None) as r:
                 outs = r.infer({self.input_names[0]: x.numpy()})
             self.output_names, self.output_kind = list(outs), "sequence"
+            self.output_shapes = {n: list(t.shape) for n, t in outs.items()}
             self.tasks = {n: self.meta.task if self.meta.task != "features" else infer_task(torch.from_numpy(t))
                           for n, t in outs.items()}
             return
@@ -118,6 +132,7 @@ class ModelHandle:
             out = self.model(x)
         self.output_names, self.output_kind = describe_outputs(out, self.meta.output_names)
         tensors = list(out.values()) if isinstance(out, dict) else list(out) if isinstance(out, (tuple, list)) else [out]
+        self.output_shapes = {n: list(t.shape) for n, t in zip(self.output_names, tensors)}
         declared = self.meta.output_names
         self.tasks = {}
         for i, (name, t) in enumerate(zip(self.output_names, tensors)):
@@ -194,17 +209,21 @@ def load_model(model: str, weights: str | None = None, num_classes: int | None =
         handle = ModelHandle(model.rsplit(":", 1)[1], module.eval(), meta, f"user:{model}",
                              weights or "the factory's own")
     else:
+        from edgeexport.zoo.pretrained import resolve_weights
+
         name = resolve_name(model)
+        trained = resolve_weights(name, weights) if weights not in (None, "init") else None
         try:
             module = create_model(name, weights=weights, num_classes=num_classes, **kwargs)
         except TypeError as exc:
             raise UserError(f"model {name}: {exc}") from None
-        meta = get_meta(name, num_classes)
+        meta = get_meta(name, trained.num_classes if trained is not None else num_classes)
         if task is not None and task != meta.task:
             meta = replace(meta, task=task, output_tasks=())
         label = {None: "default (seeded, BatchNorm re-estimated on the bundled photos)", "init": "seeded init"}
-        handle = ModelHandle(model, module, meta, f"zoo:{name}",
-                             label.get(weights, str(weights)))
+        desc = (f"{trained.spec} (trained here on the built-in {trained.dataset} task)" if trained is not None
+                else label.get(weights, str(weights)))
+        handle = ModelHandle(model, module, meta, f"zoo:{name}", desc, trained=trained)
     return handle
 
 

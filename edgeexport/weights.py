@@ -136,7 +136,12 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not p.is_file():
         raise UserError(f"weights path {p} is not a file")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj = load_file(str(p))
+        else:
+            obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot read weights {p}: {first[:200]} (expected a torch.save'd state dict "
@@ -171,8 +176,11 @@ def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], limit: in
 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
     """Load a checkpoint strictly; a mismatch is a ``UserError`` listing what does not fit."""
-    state = read_state_dict(path)
+    load_state(model, read_state_dict(path), f"checkpoint {path}")
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], label: str) -> None:
     problems = check_state_dict(model, state)
     if problems:
-        raise UserError(f"checkpoint {path} does not fit the model: " + "; ".join(problems))
+        raise UserError(f"{label} does not fit the model: " + "; ".join(problems))
     model.load_state_dict(state, strict=True)

@@ -14,7 +14,7 @@ builder therefore does not stop at "quantize everything":
 4. **Candidate plans**, each a choice of what stays in float, measured here (latency
    interleaved with the fp32 graph, accuracy against eager PyTorch); the fastest plan that
    meets the accuracy floor wins (when none does, the most accurate plan that is at least 10%
-   faster than fp32). ``all`` quantizes everything but the output tail; ``float_stem`` also keeps
+   faster than fp32). With labeled data the floor is the task metric's drop (mIoU / top-1 points). ``all`` quantizes everything but the output tail; ``float_stem`` also keeps
    the stem convolution (3 input channels) in float; ``dense`` also keeps depthwise
    convolutions, and activations ONNX Runtime has no int8 kernel for, in float.
 5. **Accuracy budget** (optional): while the budget (e.g. ``snr_db=25``) is missed, the node
@@ -24,6 +24,8 @@ builder therefore does not stop at "quantize everything":
 """
 from __future__ import annotations
 
+import json
+import math
 import shutil
 import tempfile
 import time
@@ -77,7 +79,7 @@ class Evaluator:
     input_name: str
     shape: tuple[int, int, int, int]
     calib_preprocess: object
-    accuracy: Callable[[Path], dict]  # path -> {"snr_db", "agreement", "cosine"} (worst output) vs eager
+    accuracy: Callable[[Path], dict]  # path -> {"snr_db", "agreement", "cosine"[, "task_drop"]} vs eager
     latency: Callable[[list[Path]], list[float]]  # paths -> median ms, measured interleaved
     debug_batches: list[np.ndarray]
     eval_folder: str | None = None
@@ -276,17 +278,7 @@ class Int8Builder:
             rows.append({"plan": c["plan"], "median_ms": round(ms, 2), "ratio_to_fp32": round(ms / fp32_ms, 3),
                          **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in acc.items()},
                          "float_nodes": len(c["exclude"])})
-        ok = [c for c in candidates if self.meets(c["acc"], floor, missing_ok=True)]
-        if ok:
-            best = min(ok, key=lambda c: c["ms"])
-            self.info["plan_choice"] = "the fastest plan that meets the int8 tolerances"
-        else:  # an int8 graph that is not clearly faster than fp32 has no reason to exist
-            faster = [c for c in candidates if c["ms"] <= WORTHWHILE_RATIO * fp32_ms]
-            best = max(faster or candidates, key=lambda c: c["acc"]["snr_db"])
-            self.info["plan_choice"] = (
-                "no plan meets the int8 tolerances: the most accurate plan "
-                + (f"among those at most {WORTHWHILE_RATIO}x the fp32 latency" if faster
-                   else f"(none is at most {WORTHWHILE_RATIO}x the fp32 latency)"))
+        best, self.info["plan_choice"] = pick_plan(candidates, floor, fp32_ms)
         self.info["fp32_ms_during_planning"] = round(fp32_ms, 2)
         if best["ms"] >= fp32_ms:
             self.info.setdefault("notes", []).append(
@@ -296,12 +288,6 @@ class Int8Builder:
         return best["plan"], best["exclude"], rows
 
     # ---------------------------------------------------------------- accuracy budget
-
-    def meets(self, acc: dict, budget: dict[str, float], missing_ok: bool = False) -> bool:
-        """Every metric in ``budget`` reached. A metric the outputs do not have (agreement of a feature
-        map) fails an explicit budget, and is skipped for the tolerance floor (``missing_ok``)."""
-        return all((acc.get(k) is None and missing_ok) or (acc.get(k) is not None and acc[k] >= v)
-                   for k, v in budget.items())
 
     def budget_loop(self, exclude: set[str], budget: dict[str, float]) -> tuple[set[str], list[dict], bool]:
         """Keep the node that adds the most error in float, re-measure, repeat until the budget holds.
@@ -314,7 +300,7 @@ class Int8Builder:
         steps = [{"step": 0, "excluded": None, "op": None, "drop_db": None, **acc}]
         best = (acc, set(exclude))
         for i in range(1, self.opts.max_budget_steps + 1):
-            if self.meets(acc, budget):
+            if meets(acc, budget):
                 return exclude, steps, True
             rows = per_layer_errors(self.prepared, path, self.ev.input_name, self.ev.debug_batches[:1])
             ranked = [r for r in sorted(rows, key=lambda r: -r["drop_db"]) if r["node"] not in exclude and r["drop_db"] > 0]
@@ -326,9 +312,9 @@ class Int8Builder:
             path = self._quantize(self.prepared, self.tmp / f"budget-{i}.onnx", exclude, fmt="qdq")
             acc = self.ev.accuracy(path)
             steps.append({"step": i, "excluded": row["node"], "op": row["op"], "drop_db": row["drop_db"], **acc})
-            if acc["snr_db"] > best[0]["snr_db"]:
+            if accuracy_key(acc) > accuracy_key(best[0]):
                 best = (acc, set(exclude))
-        if self.meets(acc, budget):
+        if meets(acc, budget):
             return exclude, steps, True
         return best[1], steps, False
 
@@ -398,6 +384,41 @@ class Int8Builder:
         self.info["build_s"] = round(time.perf_counter() - t0, 1)
         self.info["budget_met"] = met
         return self.info
+
+
+def meets(acc: dict, budget: dict[str, float], missing_ok: bool = False) -> bool:
+    """Every metric in ``budget`` reached (``*_drop`` metrics are upper bounds, the others lower
+    bounds). A metric the outputs do not have (agreement of a feature map) fails an explicit
+    budget, and is skipped for the tolerance floor (``missing_ok``)."""
+    def ok(k, v):
+        if acc.get(k) is None:
+            return missing_ok
+        return acc[k] <= v if k.endswith("_drop") else acc[k] >= v
+
+    return all(ok(k, v) for k, v in budget.items())
+
+
+def pick_plan(candidates: list[dict], floor: dict[str, float], fp32_ms: float) -> tuple[dict, str]:
+    """The plan rule. Each candidate has ``ms`` (median latency) and ``acc`` (accuracy metrics).
+
+    The fastest plan that meets every limit in ``floor`` wins. When none does, an int8 graph that
+    is not clearly faster than fp32 has no reason to exist: the most accurate plan among those at
+    most ``WORTHWHILE_RATIO`` x the fp32 latency (or among all, when none is that fast).
+    """
+    ok = [c for c in candidates if meets(c["acc"], floor, missing_ok=True)]
+    if ok:
+        return min(ok, key=lambda c: c["ms"]), "the fastest plan that meets the int8 tolerances " + json.dumps(floor)
+    faster = [c for c in candidates if c["ms"] <= WORTHWHILE_RATIO * fp32_ms]
+    best = max(faster or candidates, key=lambda c: accuracy_key(c["acc"]))
+    return best, ("no plan meets the int8 tolerances: the most accurate plan "
+                  + (f"among those at most {WORTHWHILE_RATIO}x the fp32 latency" if faster
+                     else f"(none is at most {WORTHWHILE_RATIO}x the fp32 latency)"))
+
+
+def accuracy_key(acc: dict) -> tuple:
+    """Ranks graphs by accuracy: the task metric's drop when there is labeled data, then logit SNR."""
+    drop = acc.get("task_drop")
+    return (-drop if drop is not None else 0.0, acc.get("snr_db") or -math.inf)
 
 
 def build_int8(fp32_path: Path, out: Path, opts: Int8Options, ev: Evaluator, floor: dict[str, float],

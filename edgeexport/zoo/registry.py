@@ -135,17 +135,26 @@ def create_model(name: str, weights: str | None = None, num_classes: int | None 
 
     ``weights``: None -> deterministic default weights (seeded init, BatchNorm statistics
     re-estimated on the bundled photographs); ``"init"`` -> seeded plain initialisation;
+    ``"MODEL:TAG"`` or ``"TAG"`` -> reference weights trained here (:mod:`edgeexport.zoo.pretrained`);
     a path -> a state dict or full checkpoint, loaded strictly.
     """
     from edgeexport import weights as W
+    from edgeexport.zoo.pretrained import resolve_weights
 
-    model = build_model(name, num_classes=num_classes, **kwargs)
     entry = get_entry(name)
+    trained = resolve_weights(entry.name, weights) if weights not in (None, "init") else None
+    if trained is not None:
+        if num_classes is not None and num_classes != trained.num_classes:
+            raise UserError(f"weights {trained.spec} have {trained.num_classes} classes, not {num_classes}")
+        num_classes = trained.num_classes
+    model = build_model(name, num_classes=num_classes, **kwargs)
     meta = get_meta(name, num_classes)
     if weights is None:
         W.apply_default_weights(model, entry.name, meta, build_kwargs=dict(kwargs, num_classes=num_classes))
     elif weights == "init":
         pass
+    elif trained is not None:
+        W.load_state(model, trained.state_dict(), trained.spec)
     else:
         W.load_weights(model, weights)
     return model.eval()

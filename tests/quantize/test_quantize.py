@@ -8,7 +8,7 @@ import pytest
 
 from edgeexport.cli import parse_budget
 from edgeexport.errors import UserError
-from edgeexport.quantize.int8 import Int8Builder
+from edgeexport.quantize.int8 import meets, pick_plan
 from tests.conftest import assert_one_line_error
 
 
@@ -26,10 +26,43 @@ def test_budget_parsing_and_check():
     for bad in (["snr=3"], ["snr_db"], ["agreement=high"]):
         with pytest.raises(UserError):
             parse_budget(bad)
-    meets = Int8Builder.meets
-    assert meets(None, {"snr_db": 25.0, "agreement": 0.99}, {"snr_db": 25.0, "agreement": 0.98})
-    assert not meets(None, {"snr_db": 24.9, "agreement": 1.0}, {"snr_db": 25.0})
-    assert not meets(None, {"snr_db": 30.0, "agreement": None}, {"agreement": 0.5})
+    assert parse_budget(["miou_drop=0.5"]) == {"miou_drop": 0.5}
+    assert meets({"snr_db": 25.0, "agreement": 0.99}, {"snr_db": 25.0, "agreement": 0.98})
+    assert not meets({"snr_db": 24.9, "agreement": 1.0}, {"snr_db": 25.0})
+    assert not meets({"snr_db": 30.0, "agreement": None}, {"agreement": 0.5})
+    assert meets({"snr_db": 30.0, "agreement": None}, {"agreement": 0.5}, missing_ok=True)
+    # drops are upper bounds
+    assert meets({"task_drop": 0.4}, {"task_drop": 0.5}) and not meets({"task_drop": 0.6}, {"task_drop": 0.5})
+    assert meets({"task_drop": -0.2}, {"task_drop": 0.0})  # better than eager
+
+
+def _plan(name, ms, **acc):
+    return {"plan": name, "ms": ms, "acc": acc}
+
+
+def test_plan_rule_fastest_accurate_plan_wins():
+    plans = [_plan("all", 10.0, snr_db=18.0, task_drop=0.3), _plan("float_stem", 11.0, snr_db=22.0, task_drop=0.1),
+             _plan("dense", 14.0, snr_db=30.0, task_drop=0.0)]
+    best, why = pick_plan(plans, {"task_drop": 0.5}, fp32_ms=20.0)
+    assert best["plan"] == "all" and "fastest plan that meets" in why
+    best, _ = pick_plan(plans, {"task_drop": 0.2}, fp32_ms=20.0)
+    assert best["plan"] == "float_stem"  # "all" is faster but drops too much
+    best, _ = pick_plan(plans, {"snr_db": 25.0}, fp32_ms=20.0)
+    assert best["plan"] == "dense"
+
+
+def test_plan_rule_when_nothing_is_accurate_enough():
+    plans = [_plan("all", 10.0, snr_db=15.0, task_drop=3.0), _plan("float_stem", 12.0, snr_db=17.0, task_drop=2.0),
+             _plan("dense", 19.0, snr_db=25.0, task_drop=1.5)]
+    # dense is the most accurate but no faster than 0.9x fp32 (20 ms): the most accurate *worthwhile* plan wins
+    best, why = pick_plan(plans, {"task_drop": 1.0}, fp32_ms=20.0)
+    assert best["plan"] == "float_stem" and "most accurate plan among those at most 0.9x" in why
+    # when no plan is worthwhile, the most accurate of all
+    best, why = pick_plan(plans, {"task_drop": 1.0}, fp32_ms=10.0)
+    assert best["plan"] == "dense" and "none is at most" in why
+    # without task metrics, logit SNR ranks them
+    best, _ = pick_plan([_plan("a", 1.0, snr_db=10.0), _plan("b", 1.0, snr_db=12.0)], {"snr_db": 20.0}, 10.0)
+    assert best["plan"] == "b"
 
 
 @pytest.fixture(scope="module")
