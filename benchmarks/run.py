@@ -130,11 +130,11 @@ def zoo_matrix(args) -> str:
         r.inputs.images = 2
         r.bench.runs, r.bench.warmup, r.bench.budget_s = args.matrix_runs, 2, 15.0
         r.stages.quantize = [q for q in r.stages.quantize if q.mode != "int8"]
-        from edgeexport.recipe import CoreMLStage, ExecuTorchStage, QuantizeStage
+        from edgeexport.targets import get_target
 
-        r.stages.quantize.insert(0, QuantizeStage(mode="int8"))
-        r.stages.executorch = [ExecuTorchStage()]
-        r.stages.coreml = [CoreMLStage()]
+        r.stages.quantize.insert(0, get_target("quantize").Options(mode="int8"))
+        r.stages.executorch = [get_target("executorch").Options()]
+        r.stages.coreml = [get_target("coreml").Options()]
         t0 = time.perf_counter()
         try:
             rep = pipeline.run(r)
@@ -211,9 +211,9 @@ def rewrite_section(args) -> str:
     import torch
 
     from edgeexport.bench import benchmark_interleaved
-    from edgeexport.export.onnx import ExportFailed, export_onnx, simplify_onnx
+    from edgeexport.targets.onnx import ExportFailed, export_onnx, simplify_onnx
     from edgeexport.rewrite import apply_rewrites
-    from edgeexport.runners.onnxruntime import OnnxRuntimeRunner
+    from edgeexport.targets.onnx import OnnxRuntimeRunner
     from edgeexport.source import NamedOutputs
     from edgeexport.util import default_threads
 

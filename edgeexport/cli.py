@@ -1,8 +1,12 @@
 """The ``edgeexport`` command line: a thin typer layer over the library.
 
-Each export command builds a :class:`~edgeexport.recipe.Recipe` from its flags and runs
-the same pipeline as ``edgeexport run RECIPE``. Exit codes: 0 parity holds, 1 parity (or
-a build) failed with the report still written, 2 bad input (one line on stderr).
+One command per registered target (``edgeexport onnx``, ``quantize``, ``trt``, ``coreml``,
+``executorch``, ...) is generated from the target registry: its options come from the target's
+typed options, the rest from one shared :class:`Common` object. Each builds a
+:class:`~edgeexport.recipe.Recipe` and runs the same pipeline as ``edgeexport run RECIPE``.
+
+Exit codes: 0 parity holds, 1 parity (or a build) failed with the report still written,
+2 bad input or a backend this machine lacks (one line on stderr).
 """
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ import functools
 import json
 import os
 import sys
+import types
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -74,12 +80,17 @@ def _console(quiet: bool = False, stderr: bool = True):
     return Console(stderr=stderr, quiet=quiet, width=None if probe.is_terminal else 200)
 
 
-def _execute(recipe, quiet: bool, as_json: bool) -> None:
-    """Run a recipe, print the table (or JSON), exit with the verdict."""
+def _execute(recipe, quiet: bool, as_json: bool, target=None) -> None:
+    """Run a recipe, print the table (or JSON), exit with the verdict.
+
+    When ``target``'s converter is missing here (nothing could be built), the table still shows
+    what ran (e.g. TensorRT's pre-flight), then the command exits 2 with the install hint.
+    """
     import contextlib
 
     from edgeexport import pipeline
     from edgeexport import report as R
+    from edgeexport.errors import BackendMissing
 
     err = _console(quiet)
 
@@ -91,10 +102,33 @@ def _execute(recipe, quiet: bool, as_json: bool) -> None:
     if as_json:
         print(json.dumps(rep, indent=2, default=str))
     elif not quiet:
-        R.print_table(rep, _console(stderr=False))
+        out = _console(stderr=False)
+        R.print_table(rep, out)
         name = recipe.name or rep["model"]["name"]
-        err.print(f"report: {Path(recipe.output) / (name + '.report.md')}")
+        out.print(f"report: {Path(recipe.output) / (name + '.report.md')}", markup=False, highlight=False)
+    unbuilt = pipeline.unbuilt(rep, target.name) if target is not None else []
+    if unbuilt and not any(a["error"] for a in unbuilt):
+        ok, reason = target.build_availability()
+        raise BackendMissing(target.title, reason, target.install)
     raise typer.Exit(0 if rep["verdict"] == "passed" else 1)
+
+
+def parse_budget(items: list[str]) -> dict[str, float] | None:
+    """``["snr_db=25", "miou_drop=0.5"]`` -> {"snr_db": 25.0, "miou_drop": 0.5}."""
+    from edgeexport.targets.quantize import BUDGET_METRICS
+
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in BUDGET_METRICS:
+            raise UserError(f"--budget {item!r}: expected METRIC=VALUE with METRIC one of {', '.join(BUDGET_METRICS)}")
+        try:
+            out[key] = float(value)
+        except ValueError:
+            raise UserError(f"--budget {item!r}: {value!r} is not a number") from None
+    return out
 
 
 # ---------------------------------------------------------------- commands
@@ -167,278 +201,218 @@ def info(name: str = typer.Argument(..., help="zoo model name"),
               f"seed {r['seed']}: edgeexport train {w['weights'].split(':')[0]} --tag {w['weights'].split(':')[1]}")
 
 
-@app.command()
-@handle_errors
-def onnx(name: Optional[str] = typer.Argument(None, help="zoo model name (or the artifact name with --model)"),
-         weights: Optional[str] = typer.Option(None, "--weights", help="state dict or checkpoint (.pt/.pth)"),
-         model: Optional[str] = typer.Option(None, "--model", help="user model as package.module:factory"),
-         shape: Optional[str] = typer.Option(None, "--shape", help="input shape NxCxHxW, e.g. 1x3x520x520"),
-         dynamic: Dynamic = typer.Option(Dynamic.none, "--dynamic", help="dynamic axes"),
-         opset: int = typer.Option(18, "--opset"),
-         exporter: Exporter = typer.Option(Exporter.dynamo, "--exporter"),
-         no_simplify: bool = typer.Option(False, "--no-simplify", help="skip onnxsim"),
-         output: str = typer.Option("out", "--output", "-o", help="output folder"),
-         num_classes: Optional[int] = typer.Option(None, "--num-classes"),
-         task: Optional[str] = typer.Option(None, "--task", help="classification | segmentation | features"),
-         images: int = typer.Option(4, "--images", help="evaluation images at the main shape"),
-         input_folder: Optional[str] = typer.Option(None, "--input-folder", help="your own evaluation images"),
-         random_inputs: bool = typer.Option(False, "--random-inputs", help="random tensors instead of photos"),
-         eval_data: Optional[str] = typer.Option(None, "--eval-data", help="labeled data for task metrics: a folder "
-                                                 "(ImageFolder, or images/ + masks/) or a built-in task (shapes_seg, "
-                                                 "shapes_cls[:SPLIT[:SEED]]); default: the task of trained weights"),
-         eval_images: Optional[int] = typer.Option(None, "--eval-images", help="labeled images to use"),
-         runs: int = typer.Option(30, "--runs", help="timed runs"),
-         threads: Optional[int] = typer.Option(None, "--threads", help="threads for every backend (default: all cores)"),
-         no_bench: bool = typer.Option(False, "--no-bench"),
-         quiet: bool = typer.Option(False, "--quiet", "-q"),
-         as_json: bool = typer.Option(False, "--json", help="print the report as JSON")):
-    """Export to ONNX, check it, simplify it, compare it with eager PyTorch and time both."""
-    recipe = _recipe_from_flags(name, model, weights, shape, dynamic.value, output, num_classes, task, images,
-                                input_folder, random_inputs, runs, threads, no_bench,
-                                stages={"onnx": {"opset": opset, "exporter": exporter.value,
-                                                 "simplify": not no_simplify}},
-                                eval_data=eval_data, eval_images=eval_images)
-    _execute(recipe, quiet, as_json)
+# ---------------------------------------------------------------- per-target commands (from the registry)
 
 
-class Mode(str, Enum):
-    int8 = "int8"
-    int8_dynamic = "int8-dynamic"
-    fp16 = "fp16"
+@dataclass
+class Common:
+    """The options every export command shares (one object, not fifteen positional arguments)."""
+
+    weights: Optional[str] = None
+    model: Optional[str] = None
+    shape: Optional[str] = None
+    dynamic: str = "none"
+    output: str = "out"
+    num_classes: Optional[int] = None
+    task: Optional[str] = None
+    images: int = 4
+    input_folder: Optional[str] = None
+    random_inputs: bool = False
+    eval_data: Optional[str] = None
+    eval_images: Optional[int] = None
+    exporter: Optional[str] = None
+    runs: int = 30
+    threads: Optional[int] = None
+    no_bench: bool = False
+    quiet: bool = False
+    as_json: bool = False
+
+    def recipe(self, name: str, stages: dict):
+        from edgeexport.recipe import Recipe
+
+        if self.input_folder and self.random_inputs:
+            raise UserError("--input-folder and --random-inputs exclude each other")
+        data = {
+            "model": self.model or name, "name": name if self.model else None, "weights": self.weights,
+            "input_shape": self.shape, "dynamic": self.dynamic, "output": self.output,
+            "num_classes": self.num_classes, "task": self.task,
+            "inputs": {"source": "folder" if self.input_folder else "random" if self.random_inputs else "photos",
+                       "folder": self.input_folder, "images": self.images, "eval_data": self.eval_data or "auto",
+                       "eval_images": self.eval_images},
+            "stages": stages, "bench": {"enabled": not self.no_bench, "runs": self.runs, "threads": self.threads},
+        }
+        return Recipe.from_dict(data, source="options")
 
 
-class Method(str, Enum):
-    minmax = "minmax"
-    entropy = "entropy"
-    percentile = "percentile"
+def _opt(default, *decls, **kw):
+    return typer.Option(default, *decls, **kw)
 
 
-class QFormat(str, Enum):
-    qdq = "qdq"
-    qoperator = "qoperator"
+COMMON_PARAMS = [
+    ("weights", Optional[str], _opt(None, "--weights", help="trained weights (MODEL:TAG, e.g. "
+                                    "lraspp_mobilenetv3:shapes), or a state dict / checkpoint file")),
+    ("model", Optional[str], _opt(None, "--model", help="user model as package.module:factory (NAME is then "
+                                  "the artifact name)")),
+    ("shape", Optional[str], _opt(None, "--shape", help="input shape NxCxHxW, e.g. 1x3x520x520")),
+    ("dynamic", Dynamic, _opt(Dynamic.none, "--dynamic", help="dynamic axes")),
+    ("output", str, _opt("out", "--output", "-o", help="output folder")),
+    ("num_classes", Optional[int], _opt(None, "--num-classes")),
+    ("task", Optional[str], _opt(None, "--task", help="classification | segmentation | features")),
+    ("images", int, _opt(4, "--images", help="evaluation images at the main shape")),
+    ("input_folder", Optional[str], _opt(None, "--input-folder", help="your own evaluation images")),
+    ("random_inputs", bool, _opt(False, "--random-inputs", help="random tensors instead of photos")),
+    ("eval_data", Optional[str], _opt(None, "--eval-data", help="labeled data for task metrics: a folder "
+                                      "(ImageFolder, or images/ + masks/) or a built-in task (shapes_seg, "
+                                      "shapes_cls[:SPLIT[:SEED]]); default: the task of trained weights")),
+    ("eval_images", Optional[int], _opt(None, "--eval-images", help="labeled images to use")),
+    ("exporter", Optional[Exporter], _opt(None, "--exporter", help="ONNX exporter for the fp32 graph")),
+    ("runs", int, _opt(30, "--runs", help="timed runs")),
+    ("threads", Optional[int], _opt(None, "--threads", help="threads for every backend (default: all cores)")),
+    ("no_bench", bool, _opt(False, "--no-bench")),
+    ("quiet", bool, _opt(False, "--quiet", "-q")),
+    ("as_json", bool, _opt(False, "--json", help="print the report as JSON")),
+]
 
 
-def parse_budget(items: list[str]) -> dict[str, float] | None:
-    """``["snr_db=25", "miou_drop=0.5"]`` -> {"snr_db": 25.0, "miou_drop": 0.5}."""
-    from edgeexport.recipe import BUDGET_METRICS
+def _field_param(name: str, field) -> tuple[str, object, object] | None:
+    """A typer option for one pydantic field of a target's options (None: not on the command line)."""
+    import typing
 
-    if not items:
+    extra = field.json_schema_extra or {}
+    if extra.get("cli") is False:
         return None
+    flag = extra.get("flag") or "--" + name.replace("_", "-")
+    help_ = field.description or ""
+    ann = field.annotation
+    args = [a for a in typing.get_args(ann) if a is not type(None)]
+    base = args[0] if typing.get_origin(ann) in (typing.Union, types.UnionType) and len(args) == 1 else ann
+    parse = extra.get("parse")
+    if parse in ("budget", "shape"):
+        typ = Optional[list[str]] if parse == "budget" else Optional[str]
+        return name, typ, typer.Option(None, flag, help=help_)
+    if base is bool:
+        decl = flag if "/" in flag else f"{flag}/--no-{flag[2:]}"
+        return name, Optional[bool], typer.Option(None, decl, help=help_ or None)
+    if typing.get_origin(base) is typing.Literal:  # validated by the recipe: one line with the path and the choices
+        choices = " | ".join(str(c) for c in typing.get_args(base))
+        return name, Optional[str], typer.Option(None, flag, help=f"{help_} ({choices})" if help_ else choices)
+    if typing.get_origin(base) is list:
+        return name, Optional[list[str]], typer.Option(None, flag, help=help_ or None)
+    if base in (int, float, str):
+        return name, Optional[base], typer.Option(None, flag, help=help_ or None)
+    return None
+
+
+def _target_options(target, values: dict) -> dict:
+    """The options the user gave (None: not given), parsed like a recipe's."""
+    from edgeexport.util import parse_shape
+
     out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or key not in BUDGET_METRICS:
-            raise UserError(f"--budget {item!r}: expected METRIC=VALUE with METRIC one of {', '.join(BUDGET_METRICS)}")
-        try:
-            out[key] = float(value)
-        except ValueError:
-            raise UserError(f"--budget {item!r}: {value!r} is not a number") from None
+    for name, field in target.Options.model_fields.items():
+        v = values.get(name)
+        if v is None:
+            continue
+        if isinstance(v, Enum):
+            v = v.value
+        parse = (field.json_schema_extra or {}).get("parse")
+        if parse == "budget":
+            v = parse_budget(list(v))
+        elif parse == "shape":
+            v = list(parse_shape(v))
+        out[name] = v
     return out
 
 
-@app.command()
-@handle_errors
-def quantize(name_or_onnx: str = typer.Argument(..., metavar="NAME_OR_ONNX", help="zoo model, or an fp32 .onnx file"),
-             mode: Mode = typer.Option(Mode.int8, "--mode"),
-             calib: Optional[str] = typer.Option(None, "--calib", help="folder of calibration images "
-                                                                       "(default: the bundled calibration photos)"),
-             calib_size: int = typer.Option(8, "--calib-size", help="calibration batches"),
-             method: Method = typer.Option(Method.minmax, "--method"),
-             per_channel: bool = typer.Option(True, "--per-channel/--per-tensor"),
-             qformat: QFormat = typer.Option(QFormat.qdq, "--format"),
-             exclude: Optional[list[str]] = typer.Option(None, "--exclude", help="node to keep in float (repeatable)"),
-             budget: Optional[list[str]] = typer.Option(None, "--budget", help="e.g. miou_drop=0.5, top1_drop=0.5, "
-                                                                               "snr_db=25 or agreement=0.99"),
-             weights: Optional[str] = typer.Option(None, "--weights"),
-             model: Optional[str] = typer.Option(None, "--model", help="user model as package.module:factory"),
-             shape: Optional[str] = typer.Option(None, "--shape"),
-             exporter: Exporter = typer.Option(Exporter.dynamo, "--exporter", help="for the fp32 export"),
-             output: str = typer.Option("out", "--output", "-o"),
-             num_classes: Optional[int] = typer.Option(None, "--num-classes"),
-             task: Optional[str] = typer.Option(None, "--task"),
-             images: int = typer.Option(4, "--images"),
-             input_folder: Optional[str] = typer.Option(None, "--input-folder", help="your own evaluation images"),
-             eval_data: Optional[str] = typer.Option(None, "--eval-data", help="labeled data for task metrics: a folder "
-                                                                     "(ImageFolder, or images/ + masks/) or a built-in task (shapes_seg, "
-                                                                     "shapes_cls[:SPLIT[:SEED]]); default: the task of trained weights"),
-             eval_images: Optional[int] = typer.Option(None, "--eval-images", help="labeled images to use"),
-             runs: int = typer.Option(30, "--runs"),
-             threads: Optional[int] = typer.Option(None, "--threads"),
-             no_bench: bool = typer.Option(False, "--no-bench"),
-             quiet: bool = typer.Option(False, "--quiet", "-q"),
-             as_json: bool = typer.Option(False, "--json")):
-    """Build NAME.int8.onnx / NAME.fp16.onnx and check it against eager PyTorch and the fp32 graph."""
-    stage = {"mode": mode.value, "calib_folder": calib, "calib_size": calib_size, "method": method.value,
-             "per_channel": per_channel, "format": qformat.value, "exclude": list(exclude or []),
-             "budget": parse_budget(list(budget or []))}
-    is_onnx = name_or_onnx.endswith(".onnx")
-    stages = {"onnx": None if is_onnx else {"exporter": exporter.value}, "quantize": [stage]}
-    recipe = _recipe_from_flags(None if model else name_or_onnx, model or None, weights, shape, "none", output,
-                                num_classes, task, images, input_folder, False, runs, threads, no_bench, stages,
-                                eval_data=eval_data, eval_images=eval_images)
-    if model:
-        recipe.name = name_or_onnx
-    _execute(recipe, quiet, as_json)
+def _make_target_command(target) -> None:
+    """Register ``edgeexport <target.name>``: the target's options plus the shared ones."""
+    import inspect
+
+    arg_help = "zoo model, or an fp32 .onnx file" if target.from_onnx_file else "zoo model (or the artifact name with --model)"
+    own = [p for p in (_field_param(n, f) for n, f in target.Options.model_fields.items()) if p]
+    taken = {n for n, _, _ in own}
+    params = [inspect.Parameter("name", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Optional[str],
+                                default=typer.Argument(None, metavar="NAME_OR_ONNX" if target.from_onnx_file else "NAME",
+                                                       help=arg_help))]
+    for n, typ, opt in own + [c for c in COMMON_PARAMS if c[0] not in taken]:
+        params.append(inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=typ, default=opt))
+
+    def command(**kwargs):
+        common = Common(**{k: (v.value if isinstance(v, Enum) else v) for k, v in kwargs.items()
+                           if k in Common.__dataclass_fields__ and k not in taken})
+        name = kwargs["name"]
+        if not name and not common.model:
+            raise UserError("give a zoo model name, or --model package.module:factory")
+        is_onnx = bool(name) and name.endswith(".onnx") and not common.model
+        if is_onnx and not target.from_onnx_file:
+            raise UserError(f"{target.name} converts from the PyTorch model; give a zoo model, not an ONNX file")
+        opts = _target_options(target, kwargs)
+        stages = {"onnx": None}
+        if target.name == "onnx" or (common.exporter and not is_onnx):
+            stages["onnx"] = {**({"exporter": common.exporter} if common.exporter else {}),
+                              **(opts if target.name == "onnx" else {})}
+        if target.name != "onnx":
+            stages[target.name] = [opts] if target.multiple else opts
+        _execute(common.recipe(name, stages), common.quiet, common.as_json, target=target)
+
+    command.__signature__ = inspect.Signature(params)
+    command.__name__ = f"{target.name}_command"
+    command.__doc__ = target.help
+    app.command(name=target.name, help=target.help)(handle_errors(command))
 
 
-def _recipe_from_flags(name, model, weights, shape, dynamic, output, num_classes, task, images, input_folder,
-                       random_inputs, runs, threads, no_bench, stages, eval_data=None, eval_images=None):
-    from edgeexport.recipe import Recipe
+def _register_target_commands() -> None:
+    from edgeexport.targets import list_targets
 
-    if not name and not model:
-        raise UserError("give a zoo model name, or --model package.module:factory")
-    if input_folder and random_inputs:
-        raise UserError("--input-folder and --random-inputs exclude each other")
-    data = {
-        "model": model or name, "name": name if model else None, "weights": weights, "input_shape": shape,
-        "dynamic": dynamic, "output": output, "num_classes": num_classes, "task": task,
-        "inputs": {"source": "folder" if input_folder else "random" if random_inputs else "photos",
-                   "folder": input_folder, "images": images, "eval_data": eval_data or "auto",
-                   "eval_images": eval_images},
-        "stages": stages, "bench": {"enabled": not no_bench, "runs": runs, "threads": threads},
-    }
-    return Recipe.from_dict(data, source="options")
-
-
-@app.command()
-@handle_errors
-def trt(name_or_onnx: str = typer.Argument(..., metavar="NAME_OR_ONNX", help="zoo model, or an .onnx file"),
-        fp16: bool = typer.Option(False, "--fp16"),
-        int8: bool = typer.Option(False, "--int8", help="explicit quantization from the symmetric int8 QDQ graph"),
-        min_shape: Optional[str] = typer.Option(None, "--min-shape"),
-        opt_shape: Optional[str] = typer.Option(None, "--opt-shape"),
-        max_shape: Optional[str] = typer.Option(None, "--max-shape"),
-        workspace: int = typer.Option(2048, "--workspace", help="MiB"),
-        timing_cache: Optional[str] = typer.Option(None, "--timing-cache", help="reused across builds"),
-        weights: Optional[str] = typer.Option(None, "--weights"),
-        model: Optional[str] = typer.Option(None, "--model"),
-        shape: Optional[str] = typer.Option(None, "--shape"),
-        dynamic: Dynamic = typer.Option(Dynamic.none, "--dynamic"),
-        output: str = typer.Option("out", "--output", "-o"),
-        images: int = typer.Option(4, "--images"),
-        runs: int = typer.Option(30, "--runs"),
-        quiet: bool = typer.Option(False, "--quiet", "-q"),
-        as_json: bool = typer.Option(False, "--json")):
-    """Build NAME.engine with TensorRT (pre-flight of the ONNX graph first, on any machine)."""
-    from edgeexport.errors import BackendMissing
-    from edgeexport.export.tensorrt import INSTALL_HINT, tensorrt_available
-    from edgeexport.util import parse_shape
-
-    shapes = {k: list(parse_shape(v)) if v else None
-              for k, v in (("min_shape", min_shape), ("opt_shape", opt_shape), ("max_shape", max_shape))}
-    stage = {"fp16": fp16, "int8": int8, "workspace_mib": workspace, "timing_cache": timing_cache, **shapes}
-    is_onnx = name_or_onnx.endswith(".onnx")
-    stages = {"onnx": None if is_onnx else {}, "trt": stage}
-    available, reason = tensorrt_available()
-    recipe = _recipe_from_flags(None if model else name_or_onnx, model, weights, shape, dynamic.value, output, None,
-                                None, images, None, False, runs, None, not available, stages)
-    if model:
-        recipe.name = name_or_onnx
-    if available:
-        _execute(recipe, quiet, as_json)
-    recipe.parity.enabled = False  # without TensorRT: export and pre-flight only, then refuse
-    from edgeexport import pipeline
-
-    rep = pipeline.run(recipe)
-    art = next(a for a in rep["artifacts"] if a["kind"] == "tensorrt")
-    pre = art["build"].get("preflight")
-    if pre and not quiet:
-        verdict = "would parse" if pre["parses"] else "would NOT parse"
-        print(f"TensorRT pre-flight of {art['build']['source']}: {verdict} "
-              f"({len(pre['errors'])} errors, {pre['warning_count']} warnings)")
-        for f in pre["errors"] + pre["warnings"]:
-            print(f"  {f['severity']:<7} {f['node']} ({f['op']}): {f['message']}")
-    if art["error"]:
-        raise typer.Exit(1) if "pre-flight" in art["error"] else UserError(art["error"])
-    raise BackendMissing("TensorRT", reason, INSTALL_HINT)
-
-
-@app.command()
-@handle_errors
-def coreml(name: str = typer.Argument(..., help="zoo model (or the artifact name with --model)"),
-           precision: str = typer.Option("fp16", "--precision", help="fp32 | fp16"),
-           compress: str = typer.Option("none", "--compress", help="none | int8 | palettize4 | palettize6"),
-           deployment_target: str = typer.Option("iOS17", "--deployment-target"),
-           compute_units: str = typer.Option("cpu_only", "--compute-units",
-                                             help="cpu_only | cpu_and_gpu | all | cpu_and_ne (macOS)"),
-           weights: Optional[str] = typer.Option(None, "--weights"),
-           model: Optional[str] = typer.Option(None, "--model"),
-           shape: Optional[str] = typer.Option(None, "--shape"),
-           output: str = typer.Option("out", "--output", "-o"),
-           images: int = typer.Option(4, "--images"),
-           runs: int = typer.Option(30, "--runs"),
-           quiet: bool = typer.Option(False, "--quiet", "-q"),
-           as_json: bool = typer.Option(False, "--json")):
-    """Convert to a CoreML ML program (NAME.mlpackage); parity and latency on macOS, validation elsewhere."""
-    stage = {"precision": precision, "compress": compress, "deployment_target": deployment_target,
-             "compute_units": compute_units}
-    recipe = _recipe_from_flags(None if model else name, model, weights, shape, "none", output, None, None, images,
-                                None, False, runs, None, False, {"onnx": None, "coreml": [stage]})
-    if model:
-        recipe.name = name
-    _execute(recipe, quiet, as_json)
-
-
-@app.command()
-@handle_errors
-def executorch(name: str = typer.Argument(..., help="zoo model (or the artifact name with --model)"),
-               quantize: str = typer.Option("none", "--quantize", help="none | int8 (PT2E, XNNPACK quantizer)"),
-               calib_size: int = typer.Option(8, "--calib-size"),
-               weights: Optional[str] = typer.Option(None, "--weights"),
-               model: Optional[str] = typer.Option(None, "--model"),
-               shape: Optional[str] = typer.Option(None, "--shape"),
-               output: str = typer.Option("out", "--output", "-o"),
-               images: int = typer.Option(4, "--images"),
-               runs: int = typer.Option(30, "--runs"),
-               threads: Optional[int] = typer.Option(None, "--threads"),
-               no_bench: bool = typer.Option(False, "--no-bench"),
-               eval_data: Optional[str] = typer.Option(None, "--eval-data", help="labeled data for task metrics: a folder "
-                                                                               "(ImageFolder, or images/ + masks/) or a built-in task (shapes_seg, "
-                                                                               "shapes_cls[:SPLIT[:SEED]]); default: the task of trained weights"),
-               eval_images: Optional[int] = typer.Option(None, "--eval-images", help="labeled images to use"),
-               quiet: bool = typer.Option(False, "--quiet", "-q"),
-               as_json: bool = typer.Option(False, "--json")):
-    """Lower to an ExecuTorch program (NAME.pte) with the XNNPACK delegate; parity and latency here."""
-    stages = {"onnx": None, "executorch": [{"quantize": quantize, "calib_size": calib_size}]}
-    recipe = _recipe_from_flags(None if model else name, model, weights, shape, "none", output, None, None, images,
-                                None, False, runs, threads, no_bench, stages, eval_data=eval_data,
-                                eval_images=eval_images)
-    if model:
-        recipe.name = name
-    _execute(recipe, quiet, as_json)
+    for t in list_targets():
+        _make_target_command(t)
 
 
 @app.command()
 @handle_errors
 def bundle(name: str = typer.Argument(..., help="zoo model the artifact was built from"),
-           artifact: Path = typer.Option(..., "--artifact", help=".onnx / .engine / .mlpackage / .pte"),
+           artifact: Path = typer.Option(..., "--artifact", help="an artifact file edgeexport built (see "
+                                                                 "`edgeexport targets` for the formats)"),
            output: Optional[str] = typer.Option(None, "--output", "-o", help="bundle folder to write"),
-           precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | fp16 | int8 (default: from "
-                                                                             "the file name)"),
+           precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | fp16 | int8 (default: the "
+                                                                             "format's, from the file name)"),
+           runner_option: Optional[str] = typer.Option(None, "--option", help="runner option KEY=VALUE recorded in "
+                                                                              "the bundle (e.g. compute_units=all)"),
            weights: Optional[str] = typer.Option(None, "--weights"),
            model: Optional[str] = typer.Option(None, "--model"),
            shape: Optional[str] = typer.Option(None, "--shape"),
            images: int = typer.Option(4, "--images")):
-    """Write a self-contained parity bundle: artifact, inputs, eager outputs, tolerances, manifest."""
+    """Write a self-contained parity bundle: artifact, inputs, eager outputs, tolerances, how to run it."""
     from edgeexport import pipeline
-    from edgeexport.formats import format_for_path
-    from edgeexport.pipeline import Artifact
+    from edgeexport.targets import format_for_path
 
-    fmt = format_for_path(str(artifact))
-    if fmt is None:
-        raise UserError(f"{artifact}: unknown artifact type (.onnx, .engine, .mlpackage or .pte)")
+    found = format_for_path(str(artifact))
+    if found is None:
+        from edgeexport.targets import all_formats
+
+        raise UserError(f"{artifact}: unknown artifact type ({', '.join(sorted({f.suffix for _, f in all_formats()}))})")
+    target, fmt = found
     if not artifact.exists():
         raise UserError(f"artifact {artifact} does not exist")
-    if precision is None:
-        precision = next((p for p in ("int8", "fp16") if f".{p}" in artifact.name),
-                         "fp16" if fmt.backend == "coreml" else "fp32")
-    recipe = _recipe_from_flags(None if model else name, model, weights, shape, "none", str(artifact.parent), None,
-                                None, images, None, False, 1, None, True, {"onnx": None})
-    ctx = pipeline.prepare(recipe)
-    art = Artifact(fmt.name, fmt.backend, precision, artifact)
-    out = Path(output) if output else artifact.parent / f"{ctx.name}.{fmt.name}.bundle"
+    if precision not in (None, "fp32", "fp16", "int8"):
+        raise UserError(f"--precision {precision!r}: expected fp32, fp16 or int8")
+    options = {}
+    if runner_option:
+        key, sep, value = runner_option.partition("=")
+        if not sep:
+            raise UserError(f"--option {runner_option!r}: expected KEY=VALUE")
+        options[key] = value
+    common = Common(weights=weights, model=model, shape=shape, output=str(artifact.parent), images=images, runs=1,
+                    no_bench=True, eval_data="none")
+    ctx = pipeline.prepare(common.recipe(name, {"onnx": None}))
+    companions = [artifact.with_name(artifact.name[:-len(fmt.suffix)] + c) for c in fmt.companions]
+    missing = [c for c in companions if not c.exists()]
+    if missing:
+        raise UserError(f"{artifact} needs {missing[0].name} beside it")
+    art = pipeline.Artifact(fmt.kind, target.name, target.backend, precision or fmt.precision, artifact)
+    art.runner = ctx.runner_spec(target, artifact, companions, **options)
+    out = Path(output) if output else artifact.parent / f"{ctx.name}.{fmt.kind}.bundle"
     manifest = pipeline.write_bundle_for(ctx, art, out)
-    print(f"wrote {out} ({manifest['artifact']['backend']}, {precision}, {len(manifest['input_shapes'])} "
+    print(f"wrote {out} ({manifest['artifact']['backend']}, {art.precision}, {len(manifest['input_shapes'])} "
           f"input batch(es)); check it on the target with: edgeexport verify {out}")
 
 
@@ -530,6 +504,26 @@ def train(name: str = typer.Argument(..., help="zoo model with a training recipe
 
 @app.command()
 @handle_errors
+def targets(as_json: bool = typer.Option(False, "--json")):
+    """Every registered target: its formats, whether it can build and run here, and how to install it."""
+    from edgeexport.doctor import target_rows
+
+    rows = target_rows()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        build = "builds here" if r["build"]["ok"] else f"cannot build here ({r['build']['reason']})"
+        run_ = "runs here" if r["run"]["ok"] else f"cannot run here ({r['run']['reason']})"
+        print(f"{r['name']:<11} {r['title']:<13} {build}; {run_}")
+        for f in r["formats"]:
+            print(f"{'':<11}   {f['kind']:<20} NAME{f['suffix']:<24} {f['precision']:<5} {f['runs_on']}")
+        if not (r["build"]["ok"] and r["run"]["ok"]):
+            print(f"{'':<11}   install: {r['install']}")
+
+
+@app.command()
+@handle_errors
 def doctor(as_json: bool = typer.Option(False, "--json")):
     """Which backends are installed here, their versions, and how to install the missing ones."""
     from edgeexport.doctor import doctor as check
@@ -545,6 +539,9 @@ def doctor(as_json: bool = typer.Option(False, "--json")):
         if r["install"]:
             line += f"  -> {r['install']}"
         print(line.rstrip())
+
+
+_register_target_commands()
 
 
 def main(argv: list[str] | None = None) -> None:

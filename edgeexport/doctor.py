@@ -1,64 +1,65 @@
-"""Which backends are installed here, with versions and install hints (``edgeexport doctor``)."""
+"""What this machine can do (``edgeexport doctor`` and ``edgeexport targets``), from the target registry.
+
+``doctor`` lists the core packages and, for every registered target, whether it can convert
+and run here, with versions and the install hint when something is missing. Nothing here names
+a backend: targets declare their modules, availability probes and install hints.
+"""
 from __future__ import annotations
 
-import importlib
 import importlib.metadata as md
 
-from edgeexport.formats import BACKENDS
-
-_DIST = {"onnxsim": "onnxsim", "onnxruntime": "onnxruntime", "torch": "torch", "onnx": "onnx",
-         "onnxscript": "onnxscript", "coremltools": "coremltools", "executorch": "executorch",
-         "tensorrt": "tensorrt", "onnxconverter_common": "onnxconverter-common"}
+CORE = {"torch": "torch", "onnx": "onnx", "onnxruntime": "onnxruntime", "onnxsim": "onnxsim",
+        "onnxscript": "onnxscript", "onnxconverter_common": "onnxconverter-common", "safetensors": "safetensors"}
 
 
-def _version(module: str) -> str | None:
+def _version(dist: str) -> str | None:
     try:
-        return md.version(_DIST.get(module, module))
+        return md.version(dist)
     except md.PackageNotFoundError:
         return None
 
 
 def installed_versions() -> dict[str, str | None]:
-    return {name: _version(module) for name, (module, _) in BACKENDS.items()}
+    """Versions of the core packages and of every target's modules (None: not installed)."""
+    from edgeexport.targets import list_targets
+
+    out = {name: _version(dist) for name, dist in CORE.items()}
+    for t in list_targets():
+        for module, version in t.versions().items():
+            out.setdefault(module.split(".")[0], version)
+    return out
 
 
-def check_backend(name: str) -> dict:
-    module, hint = BACKENDS[name]
-    version = _version(module)
-    status, reason = "available", ""
-    if version is None:
-        status, reason = "missing", f"{module} is not installed"
-    else:
-        try:
-            from edgeexport.util import quiet
+def target_rows() -> list[dict]:
+    from edgeexport.targets import list_targets
 
-            with quiet():  # coremltools / executorch print warnings at import
-                importlib.import_module("executorch.runtime" if module == "executorch" else module)
-        except Exception as exc:  # installed but broken (e.g. missing shared libraries, PyPI stub)
-            status, reason = "broken", f"import {module} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
-    probe = _RUNTIME_PROBES.get(name)
-    if status == "available" and probe is not None:
-        ok, why = probe()
-        if not ok:
-            status, reason = "installed, cannot run here", why
-    return {"backend": name, "status": status, "version": version, "reason": reason,
-            "install": hint if status in ("missing", "broken") else ""}
-
-
-def _coreml_probe():
-    from edgeexport.runners.coreml import CoreMLRunner
-
-    return CoreMLRunner.availability()
-
-
-def _tensorrt_probe():
-    from edgeexport.export.tensorrt import tensorrt_available
-
-    return tensorrt_available()
-
-
-_RUNTIME_PROBES: dict = {"coremltools": _coreml_probe, "tensorrt": _tensorrt_probe}
+    rows = []
+    for t in list_targets():
+        build, run = t.build_availability(), t.run_availability()
+        rows.append({"name": t.name, "title": t.title, "backend": t.backend, "help": t.help,
+                     "build": {"ok": build.ok, "reason": build.reason}, "run": {"ok": run.ok, "reason": run.reason},
+                     "versions": t.versions(), "install": t.install, "extra": t.extra,
+                     "formats": [f.model_dump() for f in t.formats],
+                     "options": list(t.Options.model_fields)})
+    return rows
 
 
 def doctor() -> list[dict]:
-    return [check_backend(name) for name in BACKENDS]
+    rows = []
+    for name, dist in CORE.items():
+        v = _version(dist)
+        rows.append({"backend": name, "status": "available" if v else "missing", "version": v,
+                     "reason": "" if v else f"{dist} is not installed", "install": "" if v else f"pip install {dist}"})
+    for r in target_rows():
+        if r["build"]["ok"] and r["run"]["ok"]:
+            status, reason = "available", ""
+        elif r["build"]["ok"]:
+            status, reason = "converts, cannot run here", r["run"]["reason"]
+        elif r["run"]["ok"]:
+            status, reason = "runs, cannot convert here", r["build"]["reason"]
+        else:
+            status, reason = "missing", r["build"]["reason"]
+        version = next((v for v in r["versions"].values() if v), None)
+        rows.append({"backend": f"{r['name']} ({r['title']})", "status": status, "version": version,
+                     "reason": reason, "install": "" if status == "available" else r["install"]})
+    return rows

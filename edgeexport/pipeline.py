@@ -1,9 +1,11 @@
-"""The pipeline: build artifacts stage by stage, then check every artifact the same way.
+"""The pipeline: prepare, build, check, time, report. It names no backend.
 
-``run(recipe)`` loads the model, builds the artifacts its stages ask for, then for every
-artifact (whatever the backend) runs parity against eager PyTorch on real photographs at
-the main shape and, for dynamic exports, at other shapes, and times it beside eager with
-the same thread count. Stages only build; checking goes through the runner interface.
+``run(recipe)`` loads the model and its evaluation data (:func:`prepare`), asks every target the
+recipe's stages name to build its artifacts, building first what a target requires from other
+targets (:func:`plan`, :func:`build`), then checks every artifact the same way through its
+runner (:func:`check_artifact`: task metrics on labeled data, parity against eager PyTorch on
+real photographs at the main shape and, for dynamic exports, at other shapes), times them all
+beside eager with the same thread count (:func:`time_all`) and writes the report.
 """
 from __future__ import annotations
 
@@ -19,13 +21,19 @@ import torch
 
 from edgeexport.bench import LatencyStats, benchmark_interleaved
 from edgeexport.data import InputSource
-from edgeexport.errors import EdgeExportError, UserError
+from edgeexport.errors import BackendMissing, EdgeExportError, UserError
 from edgeexport.metrics import TaskMetrics
 from edgeexport.parity import ParityCheck, ParityResult, Tolerance
 from edgeexport.recipe import Recipe
 from edgeexport.runners.base import Runner
 from edgeexport.source import ModelHandle, load_model, load_onnx
+from edgeexport.targets import RunnerSpec, Target, TargetOptions, get_target, list_targets, make_runner
+from edgeexport.targets.base import BuildRecord, Format
 from edgeexport.util import default_threads, ensure_output_dir, file_size
+
+
+class BuildFailed(EdgeExportError):
+    """A target could not build its artifact; the artifact is reported as a failed build."""
 
 
 # ---------------------------------------------------------------- artifacts
@@ -33,15 +41,19 @@ from edgeexport.util import default_threads, ensure_output_dir, file_size
 
 @dataclass
 class Artifact:
-    """One built file (or package) with how to run it and what its checks found."""
+    """One built file (or package), how to run it (a :class:`RunnerSpec`), what was built (a typed
+    :class:`BuildRecord`) and what its checks found."""
 
     kind: str  # e.g. "onnx", "onnx-int8"
-    backend: str
+    target: str  # the registered target that built it
+    backend: str  # the runtime that runs it
     precision: str
     path: Path | None
-    make_runner: Callable[[int], Runner] | None = None
     dynamic: str = "none"
-    build: dict = field(default_factory=dict)
+    runner: RunnerSpec | None = None
+    record: BuildRecord | None = None
+    required_by: str | None = None  # built because that target needs it
+    built: bool = True  # False: this machine lacks the target's converter, nothing was built
     error: str | None = None  # build failure
     parity: list[ParityResult] = field(default_factory=list)
     parity_status: str = "not_run"  # passed | failed | not_run | skipped
@@ -55,13 +67,24 @@ class Artifact:
     task_drop: float | None = None  # points below eager
     task_issue: str | None = None  # the drop exceeds the tolerance
 
+    def finish(self, record: BuildRecord, runner: RunnerSpec | None) -> None:
+        """What a target calls when the artifact is written: its record and how to run it."""
+        self.record, self.runner = record, runner
+
     @property
     def ok(self) -> bool:
         return self.error is None and not self.failures and self.parity_status in ("passed", "not_run", "skipped")
 
     @property
     def size(self) -> int | None:
-        return file_size(self.path) if self.path is not None and self.path.exists() else None
+        if self.path is None or not self.path.exists():
+            return None
+        extra = [Path(f) for f in (self.runner.files if self.runner else []) if Path(f).exists()]
+        return file_size(self.path) + sum(file_size(f) for f in extra)
+
+    @property
+    def all_notes(self) -> list[str]:
+        return (self.record.notes if self.record else []) + self.notes
 
 
 # ---------------------------------------------------------------- evaluation inputs and references
@@ -114,7 +137,7 @@ class References:
                 self._outputs[shape] = [r.infer({self.input_name: x}) for _, x in self.batches[shape]]
         return self._outputs[shape]
 
-    def shapes_for(self, artifact: Artifact) -> list[tuple]:
+    def shapes_for(self, artifact: "Artifact") -> list[tuple]:
         shapes = list(self.batches)
         return shapes if artifact.dynamic != "none" else [self.main_shape]
 
@@ -179,8 +202,49 @@ class Context:
         art = self.find("onnx")
         return art.path if art is not None else None
 
-    def find(self, kind: str) -> Artifact | None:
+    def find(self, kind: str) -> "Artifact | None":
         return next((a for a in self.artifacts if a.kind == kind and a.error is None), None)
+
+    def require(self, kind: str) -> "Artifact":
+        """A built artifact this target needs (see ``Target.requires``), or a BuildFailed saying why not."""
+        art = next((a for a in self.artifacts if a.kind == kind), None)
+        if art is None:
+            raise BuildFailed(f"needs the {kind} artifact, which was not built")
+        if art.error is not None or art.path is None:
+            raise BuildFailed(f"needs the {kind} artifact, which failed: {art.error or art.not_run_reason}")
+        return art
+
+    # ---- what targets use to build
+    def new_artifact(self, target: type[Target], fmt: Format, **kw) -> "Artifact":
+        kw.setdefault("dynamic", "none")
+        return Artifact(fmt.kind, target.name, target.backend, fmt.precision, self.artifact_path(fmt.suffix), **kw)
+
+    def runner_spec(self, target: type[Target], path: Path, files=(), **options) -> RunnerSpec:
+        return RunnerSpec(target=target.name, artifact=str(path), files=[str(f) for f in files],
+                          input_names=list(self.handle.input_names), output_names=list(self.handle.output_names),
+                          options=options)
+
+    def sample(self) -> torch.Tensor:
+        """One input batch at the main shape (a real photograph), as a tensor."""
+        return torch.from_numpy(self.refs.feed()[self.refs.input_name])
+
+    def torch_model(self) -> torch.nn.Module:
+        """The eager model with the recipe's export rewrites applied, wrapped to return a tuple
+        in output-name order (cached; shared by every target that converts from PyTorch)."""
+        if self.rewritten is None:
+            from edgeexport.rewrite import DEFAULT_REWRITES, apply_rewrites
+
+            names = self.recipe.stages.onnx.rewrites if self.recipe.stages.onnx else list(DEFAULT_REWRITES)
+            model, self.rewrites = apply_rewrites(self.handle.model, names)
+            self.rewritten = self.handle.wrapped(model)
+        return self.rewritten
+
+    def calibration(self, count: int, folder: str | None = None) -> list[np.ndarray]:
+        """``count`` calibration batches at the main shape, never the evaluation images."""
+        from edgeexport.quantize.calib import calibration_batches
+
+        return calibration_batches(self.shape, count, self.handle.preprocess, self.calib_spec(folder),
+                                   self.recipe.inputs.folder)
 
 
 def _noop_status(msg):
@@ -277,92 +341,82 @@ def _check_extra_shape(s, shape, dynamic):
             raise UserError(f"parity.extra_shapes: {list(s)} changes axis {axis}, which is not dynamic ({dynamic})")
 
 
-# ---------------------------------------------------------------- stages
+
+# ---------------------------------------------------------------- build
 
 
-def stage_onnx(ctx: Context) -> Artifact:
-    from edgeexport.export.onnx import ExportFailed, export_onnx, simplify_onnx
-    from edgeexport.rewrite import apply_rewrites
-    from edgeexport.runners.onnxruntime import OnnxRuntimeRunner
+def plan(ctx: Context) -> list[tuple[type[Target], TargetOptions, str | None]]:
+    """(target, options, required_by) in build order: the recipe's stages in registry order, each
+    preceded by what it requires from other targets (built once, whether the recipe asks for it or not)."""
+    def kind_of(t, o):
+        return t.format_for(o).kind
 
-    cfg = ctx.recipe.stages.onnx
-    path = ctx.artifact_path(".onnx")
-    art = Artifact("onnx", "onnxruntime", "fp32", path, dynamic=ctx.recipe.dynamic)
-    model, counts = apply_rewrites(ctx.handle.model, cfg.rewrites)
-    art.build["rewrites"] = counts
-    sample = torch.from_numpy(ctx.refs.feed()[ctx.refs.input_name])
-    with ctx.status(f"Exporting {ctx.name} to ONNX ({cfg.exporter}, opset {cfg.opset}, dynamic={ctx.recipe.dynamic})"):
-        try:
-            art.build.update(export_onnx(ctx.handle.wrapped(model), sample, path, input_name=ctx.refs.input_name,
-                                         output_names=ctx.handle.output_names, opset=cfg.opset,
-                                         dynamic=ctx.recipe.dynamic, exporter=cfg.exporter))
-        except ExportFailed as exc:
-            art.error = str(exc)
-            return art
-    if cfg.simplify:
-        with ctx.status("Simplifying with onnxsim"):
-            art.build["simplify"] = simplify_onnx(path, ctx.refs.feed())
-        if not art.build["simplify"]["applied"]:
-            art.notes.append(art.build["simplify"]["reason"])
-    else:
-        art.build["simplify"] = {"applied": False, "reason": "disabled"}
-    art.make_runner = lambda threads, p=path: OnnxRuntimeRunner(p, threads=threads)
-    return art
+    recipe_steps = []
+    for t in list_targets():
+        if t.name == "onnx" and ctx.handle.is_onnx:
+            continue  # the user's graph is the fp32 ONNX graph
+        cfg = getattr(ctx.recipe.stages, t.name, None)
+        for o in (cfg if t.multiple else [cfg] if cfg is not None else []):
+            kind = kind_of(t, o)
+            if any(kind_of(t2, o2) == kind for t2, o2, _ in recipe_steps):
+                raise UserError(f"stages.{t.name}: two option sets build the same artifact ({kind})")
+            recipe_steps.append((t, o, None))
+    steps: list[tuple[type[Target], TargetOptions, str | None]] = []
 
-
-def stage_quantize(ctx: Context, only_last: bool = False) -> list[Artifact]:
-    from edgeexport.quantize.fp16 import build_fp16
-    from edgeexport.quantize.int8 import Int8Options, build_int8, build_int8_dynamic
-    from edgeexport.runners.onnxruntime import OnnxRuntimeRunner
-
-    arts = []
-    fp32 = ctx.fp32_onnx()
-    configs = ctx.recipe.stages.quantize[-1:] if only_last else ctx.recipe.stages.quantize
-    for cfg in configs:
-        mode = "int8-tensorrt" if cfg.mode == "int8" and cfg.target == "tensorrt" else cfg.mode
-        suffix, precision = {"int8": (".int8.onnx", "int8"), "int8-dynamic": (".int8-dynamic.onnx", "int8"),
-                             "int8-tensorrt": (".int8-tensorrt.onnx", "int8"), "fp16": (".fp16.onnx", "fp16")}[mode]
-        path = ctx.artifact_path(suffix)
-        art = Artifact(f"onnx-{mode}", "onnxruntime", precision, path, compare_to="onnx",
-                       dynamic=ctx.recipe.dynamic if cfg.mode == "fp16" else "none")  # int8 graphs are static
-        arts.append(art)
-        if fp32 is None:
-            art.error = "no fp32 ONNX graph to start from (the onnx stage is disabled or failed)"
-            continue
-        with ctx.status(f"Building {path.name}"):
-            try:
-                if cfg.mode == "int8":
-                    opts = Int8Options(calib_size=cfg.calib_size, calib_folder=ctx.calib_spec(cfg.calib_folder),
-                                       method=cfg.method, per_channel=cfg.per_channel, format=cfg.format,
-                                       exclude=list(cfg.exclude), budget=task_budget(ctx, cfg.budget),
-                                       plans=cfg.plans, target=cfg.target)
-                    tol = ctx.tolerance("int8")
-                    floor = {k: v for k, v in (("snr_db", tol.min_snr_db), ("agreement", tol.min_agreement),
-                                               ("cosine", tol.min_cosine)) if v is not None}
-                    if ctx.task_data is not None and tol.max_task_drop is not None:
-                        floor["task_drop"] = tol.max_task_drop
-                    art.build = build_int8(fp32, path, opts, evaluator(ctx), floor, log=ctx.log)
-                    if art.build.get("budget_met") is False:
-                        art.failures.append(f"accuracy budget {cfg.budget} not met; kept the most accurate graph found")
-                elif cfg.mode == "int8-dynamic":
-                    art.build = build_int8_dynamic(fp32, path, ctx.shape, cfg.per_channel)
-                else:
-                    art.build = build_fp16(fp32, path, ctx.refs.input_name, [b for _, b in ctx.refs.batches[ctx.shape]])
-            except EdgeExportError:
-                raise
-            except Exception as exc:
-                art.error = f"{cfg.mode} build failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+    def add(t: type[Target], o: TargetOptions, by: str | None) -> None:
+        for req in t.requires(o, ctx):
+            rt = get_target(req.target)
+            ro = rt.Options(**req.options)
+            kind = kind_of(rt, ro)
+            if any(kind_of(t2, o2) == kind for t2, o2, _ in steps):
                 continue
-        art.notes += art.build.pop("notes", [])
-        art.make_runner = lambda threads, p=path: OnnxRuntimeRunner(p, threads=threads)
-    return arts
+            later = next((st for st in recipe_steps if kind_of(st[0], st[1]) == kind), None)
+            if later is not None:  # the recipe builds it anyway: now, before what needs it
+                recipe_steps.remove(later)
+                add(*later)
+            else:
+                add(rt, ro, t.name)
+        steps.append((t, o, by))
+
+    while recipe_steps:
+        add(*recipe_steps.pop(0))
+    return steps
+
+
+def build(ctx: Context, target_cls: type[Target], options: TargetOptions, required_by: str | None = None) -> Artifact:
+    """One artifact from one target and its options; failures become the artifact's error."""
+    fmt = target_cls.format_for(options)
+    target = target_cls()
+    art = ctx.new_artifact(target_cls, fmt, required_by=required_by)
+    if ctx.handle.model is None and not target_cls.from_onnx_file:
+        art.error = f"{target_cls.name} converts from the PyTorch model; an ONNX file was given"
+        return art
+    ok, reason = target_cls.build_availability()
+    if not ok:
+        art.built, art.path = False, None
+        art.parity_status = "not_run"
+        art.not_run_reason = f"not built on this machine: {reason} ({target_cls.install})"
+        target.unavailable(ctx, options, art, reason)
+        return art
+    try:
+        target.build(ctx, options, art)
+    except BuildFailed as exc:
+        art.error = str(exc)
+    except EdgeExportError:
+        raise  # bad input: one line, exit 2
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        art.error = f"{target_cls.name} build failed: {type(exc).__name__}: {first}"
+    if art.error is None and art.runner is None and art.built:
+        art.error = f"{target_cls.name} built nothing to run"
+    return art
 
 
 def evaluator(ctx: Context):
     """What the int8 builder may measure: accuracy against the reference, latency here."""
     from edgeexport.bench import benchmark_interleaved
     from edgeexport.quantize.int8 import Evaluator
-    from edgeexport.runners.onnxruntime import OnnxRuntimeRunner
+    from edgeexport.targets.onnx import OnnxRuntimeRunner
 
     refs, shape = ctx.refs, ctx.shape
     tol = ctx.tolerance("int8")
@@ -392,8 +446,8 @@ def evaluator(ctx: Context):
 
 
 def task_budget(ctx: Context, budget: dict | None) -> dict | None:
-    """The int8 accuracy budget with ``miou_drop`` / ``top1_drop`` checked against the labeled data
-    and mapped to the builder's ``task_drop``."""
+    """An accuracy budget with ``miou_drop`` / ``top1_drop`` checked against the labeled data
+    and mapped to ``task_drop``."""
     if not budget:
         return None
     out = {}
@@ -410,158 +464,20 @@ def task_budget(ctx: Context, budget: dict | None) -> dict | None:
     return out
 
 
-def _rewritten(ctx: Context) -> torch.nn.Module:
-    """The eager model with the recipe's export rewrites applied (cached; shared by every target)."""
-    if ctx.rewritten is None:
-        from edgeexport.rewrite import apply_rewrites
-
-        from edgeexport.rewrite import DEFAULT_REWRITES
-
-        names = ctx.recipe.stages.onnx.rewrites if ctx.recipe.stages.onnx else list(DEFAULT_REWRITES)
-        ctx.rewritten, ctx.rewrites = apply_rewrites(ctx.handle.model, names)
-    return ctx.rewritten
+# ---------------------------------------------------------------- bundles
 
 
-def _calibration_tensors(ctx: Context, count: int) -> list[torch.Tensor]:
-    from edgeexport.quantize.calib import calibration_batches
-
-    return [torch.from_numpy(b) for b in calibration_batches(ctx.shape, count, ctx.handle.preprocess,
-                                                             ctx.calib_spec(None))]
-
-
-def _needs_torch_model(ctx: Context, art: Artifact) -> bool:
-    if ctx.handle.model is None:
-        art.error = "this target converts from the PyTorch model; an ONNX file was given"
-        return False
-    return True
-
-
-def stage_trt(ctx: Context) -> list[Artifact]:
-    from edgeexport.export.tensorrt import TensorRTBuildFailed, build_engine, tensorrt_available
-    from edgeexport.export.trt_preflight import preflight, summarize
-    from edgeexport.runners.tensorrt import TensorRTRunner
-
-    cfg = ctx.recipe.stages.trt
-    precision = "int8" if cfg.int8 else "fp16" if cfg.fp16 else "fp32"
-    art = Artifact("tensorrt", "tensorrt", precision, ctx.artifact_path(".engine"), dynamic=ctx.recipe.dynamic)
-    source = ctx.fp32_onnx()
-    if cfg.int8:
-        qart = ctx.find("onnx-int8-tensorrt")
-        if qart is None:
-            from edgeexport.recipe import QuantizeStage
-
-            ctx.recipe.stages.quantize.append(QuantizeStage(mode="int8", target="tensorrt"))
-            built = stage_quantize(ctx, only_last=True)
-            ctx.artifacts.extend(built)
-            for a in built:
-                check_artifact(ctx, a)
-            qart = ctx.find("onnx-int8-tensorrt")
-        source = qart.path if qart is not None else None
-        art.dynamic = "none"
-    if source is None:
-        art.error = "no ONNX graph to build from"
-        return [art]
-    import onnx
-
-    art.build["source"] = str(source)
-    art.build["preflight"] = summarize(preflight(onnx.load(str(source), load_external_data=False)))
-    if not art.build["preflight"]["parses"]:
-        art.error = "pre-flight: TensorRT's ONNX parser would reject " + "; ".join(
-            f"{e['node']} ({e['op']}): {e['message']}" for e in art.build["preflight"]["errors"][:3])
-        return [art]
-    ok, reason = tensorrt_available()
-    if not ok:
-        art.path = None
-        art.parity_status, art.not_run_reason = "not_run", f"not run on this machine: {reason}"
-        art.notes.append(f"engine not built: {reason}; the pre-flight above ran here")
-        return [art]
-    n, c, h, w = ctx.shape
-    shapes = None
-    if art.dynamic != "none":
-        lo = tuple(cfg.min_shape or (1, c, max(32, h // 2) if "hw" in art.dynamic or art.dynamic == "all" else h,
-                                     max(32, w // 2) if art.dynamic in ("hw", "all") else w))
-        opt = tuple(cfg.opt_shape or ctx.shape)
-        hi = tuple(cfg.max_shape or (n * (4 if art.dynamic in ("batch", "all") else 1), c,
-                                     h * 2 if art.dynamic in ("hw", "all") else h,
-                                     w * 2 if art.dynamic in ("hw", "all") else w))
-        shapes = {ctx.refs.input_name: (lo, opt, hi)}
-    cache = Path(cfg.timing_cache) if cfg.timing_cache else ctx.out_dir / "tensorrt.timing.cache"
-    with ctx.status(f"Building TensorRT engine ({precision})"):
-        try:
-            art.build.update(build_engine(source, art.path, fp16=cfg.fp16, int8=cfg.int8, shapes=shapes,
-                                          workspace_mib=cfg.workspace_mib, timing_cache=cache))
-        except TensorRTBuildFailed as exc:
-            art.error = str(exc)
-            return [art]
-    art.make_runner = lambda threads, p=art.path: TensorRTRunner(p, threads=threads)
-    return [art]
-
-
-def stage_coreml(ctx: Context) -> list[Artifact]:
-    from edgeexport.export.coreml import CoreMLConversionFailed, convert
-    from edgeexport.runners.coreml import CoreMLRunner
-
-    arts = []
-    for cfg in ctx.recipe.stages.coreml:
-        suffix = ".mlpackage" if cfg.compress == "none" else f".{cfg.compress}.mlpackage"
-        kind = "coreml" if cfg.compress == "none" else f"coreml-{cfg.compress}"
-        art = Artifact(kind, "coreml", cfg.precision, ctx.artifact_path(suffix))
-        arts.append(art)
-        if not _needs_torch_model(ctx, art):
-            continue
-        sample = torch.from_numpy(ctx.refs.feed()[ctx.refs.input_name])
-        with ctx.status(f"Converting to CoreML ({cfg.precision}, compress={cfg.compress})"):
-            try:
-                art.build = convert(ctx.handle.wrapped(_rewritten(ctx)), sample, art.path,
-                                    input_name=ctx.refs.input_name, output_names=ctx.handle.output_names,
-                                    precision=cfg.precision, compress=cfg.compress,
-                                    deployment_target=cfg.deployment_target)
-            except CoreMLConversionFailed as exc:
-                art.error = str(exc)
-                continue
-        if art.build["validation_problems"]:
-            art.failures += art.build["validation_problems"]
-        art.make_runner = lambda threads, p=art.path, u=cfg.compute_units: CoreMLRunner(p, threads, u)
-    return arts
-
-
-def stage_executorch(ctx: Context) -> list[Artifact]:
-    from edgeexport.export.executorch import ExecuTorchLoweringFailed, lower
-    from edgeexport.runners.executorch import ExecuTorchRunner
-
-    arts = []
-    for cfg in ctx.recipe.stages.executorch:
-        int8 = cfg.quantize == "int8"
-        art = Artifact("executorch-int8" if int8 else "executorch", "executorch", "int8" if int8 else "fp32",
-                       ctx.artifact_path(".int8.pte" if int8 else ".pte"))
-        arts.append(art)
-        if not _needs_torch_model(ctx, art):
-            continue
-        sample = torch.from_numpy(ctx.refs.feed()[ctx.refs.input_name])
-        with ctx.status(f"Lowering to ExecuTorch / XNNPACK ({cfg.quantize})"):
-            try:
-                calib = _calibration_tensors(ctx, cfg.calib_size) if int8 else None
-                art.build = lower(ctx.handle.wrapped(_rewritten(ctx)), sample, art.path,
-                                  quantize="int8" if int8 else None, calibration=calib)
-            except ExecuTorchLoweringFailed as exc:
-                art.error = str(exc)
-                continue
-        names = (ctx.handle.input_names, ctx.handle.output_names)
-        art.make_runner = lambda threads, p=art.path, n=names: ExecuTorchRunner(p, threads, n[0], n[1])
-    return arts
-
-
-def stage_bundle(ctx: Context) -> list[Artifact]:
+def stage_bundle(ctx: Context) -> None:
     """Write a parity bundle for every built artifact the stage names (no new artifact)."""
     kinds = ctx.recipe.stages.bundle.artifacts
     for art in ctx.artifacts:
-        if art.error or art.path is None or not art.path.exists() or ("all" not in kinds and art.kind not in kinds):
+        if (art.error or art.path is None or art.runner is None or not art.path.exists()
+                or ("all" not in kinds and art.kind not in kinds)):
             continue
         out = ctx.out_dir / f"{ctx.name}.{art.kind}.bundle"
         with ctx.status(f"Bundling {art.kind}"):
             write_bundle_for(ctx, art, out)
-        art.build["bundle"] = str(out)
-    return []
+        art.notes.append(f"parity bundle: {out}")
 
 
 def write_bundle_for(ctx: Context, art: Artifact, out: Path) -> dict:
@@ -574,40 +490,30 @@ def write_bundle_for(ctx: Context, art: Artifact, out: Path) -> dict:
     inputs = [x for _, x in ctx.refs.batches[shape]]
     model = {**ctx.handle.info(shape), "dynamic": "none",
              "images": [n for names, _ in ctx.refs.batches[shape] for n in names]}
-    return write_bundle(out, artifact=art.path, backend=art.backend, precision=art.precision, kind=art.kind,
-                        input_name=ctx.refs.input_name, inputs=inputs, references=ctx.refs.outputs(shape),
-                        tasks=ctx.handle.tasks, tolerance=asdict(ctx.recipe.tolerance(art.precision)), model=model,
-                        versions=versions(), build_latency_ms=art.latency.median_ms if art.latency else None)
-
-
-STAGES: dict[str, Callable[[Context], Artifact | list[Artifact] | None]] = {
-    "onnx": stage_onnx,
-    "quantize": stage_quantize,
-    "trt": stage_trt,
-    "coreml": stage_coreml,
-    "executorch": stage_executorch,
-}
+    return write_bundle(out, runner=art.runner, kind=art.kind, precision=art.precision, inputs=inputs,
+                        references=ctx.refs.outputs(shape), tasks=ctx.handle.tasks,
+                        tolerance=asdict(ctx.recipe.tolerance(art.precision)), model=model, versions=versions(),
+                        build_latency_ms=art.latency.median_ms if art.latency else None)
 
 
 # ---------------------------------------------------------------- checks
 
 
 def check_artifact(ctx: Context, art: Artifact) -> None:
-    """Parity (main + dynamic shapes) and latency of one artifact, through its runner."""
-    if art.error is not None or art.make_runner is None:
+    """Task metrics, parity (main + dynamic shapes) and comparisons of one artifact, through its runner."""
+    if art.error is not None or art.runner is None:
         return
-    runner = art.make_runner(ctx.threads)
-    ok, reason = runner.availability()
+    ok, reason = get_target(art.runner.target).run_availability()
     if not ok:
         art.parity_status, art.not_run_reason = "not_run", f"not run on this machine: {reason}"
         return
     try:
-        _check_with(ctx, art, runner)
+        _check_with(ctx, art, make_runner(art.runner, ctx.threads))
     except EdgeExportError:
         raise
     except Exception as exc:  # a built artifact its runtime refuses or crashes on is a failed artifact
         art.error = f"{art.backend} could not run the artifact: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
-        art.make_runner = None
+        art.runner = None
 
 
 def _check_with(ctx: Context, art: Artifact, runner: Runner) -> None:
@@ -627,8 +533,8 @@ def _check_with(ctx: Context, art: Artifact, runner: Runner) -> None:
             art.parity_status = ("passed" if all(p.passed for p in art.parity) and not art.failures
                                  and art.task_issue is None else "failed")
             base = ctx.find(art.compare_to) if art.compare_to else None
-            if base is not None and base.make_runner is not None:
-                with base.make_runner(ctx.threads) as b:
+            if base is not None and base.runner is not None:
+                with make_runner(base.runner, ctx.threads) as b:
                     outs = {s: [b.infer({ctx.refs.input_name: x}) for _, x in ctx.refs.batches[s]]
                             for s in [ctx.shape]}
                 res = check_parity(runner, ctx.refs, [ctx.shape], art.precision, tol, against=lambda s: outs[s])
@@ -644,8 +550,8 @@ def time_all(ctx: Context) -> None:
         return
     runners: dict[str, Runner] = {"eager": ctx.refs.eager_runner()}
     for art in ctx.artifacts:
-        if art.error is None and art.make_runner is not None and art.parity_status != "not_run":
-            runners[art.kind] = art.make_runner(ctx.threads)
+        if art.error is None and art.runner is not None and art.parity_status != "not_run":
+            runners[art.kind] = make_runner(art.runner, ctx.threads)
     with contextlib.ExitStack() as stack:
         for r in runners.values():
             stack.enter_context(r)
@@ -656,22 +562,27 @@ def time_all(ctx: Context) -> None:
         art.latency = stats.get(art.kind, art.latency)
 
 
+# ---------------------------------------------------------------- run
+
+
 def run(recipe: Recipe, log=print, status=_noop_status) -> dict:
     """Run a recipe end to end and return the report (also written next to the artifacts)."""
     from edgeexport import report as R
 
     t0 = time.perf_counter()
     ctx = prepare(recipe, log, status)
-    stage_names = [name for name in STAGES if getattr(recipe.stages, name, None)
-                   and not (name == "onnx" and ctx.handle.is_onnx)]
-    for name in stage_names:
-        built = STAGES[name](ctx)
-        for art in built if isinstance(built, list) else [built] if built else []:
-            ctx.artifacts.append(art)
-            check_artifact(ctx, art)
+    for target_cls, options, required_by in plan(ctx):
+        art = build(ctx, target_cls, options, required_by)
+        ctx.artifacts.append(art)
+        check_artifact(ctx, art)
     time_all(ctx)
     if recipe.stages.bundle is not None:  # after timing, so bundles carry the build host's latency
         stage_bundle(ctx)
     rep = R.build_report(ctx, time.perf_counter() - t0)
     R.write_reports(rep, ctx.out_dir, ctx.name)
     return rep
+
+
+def unbuilt(report: dict, target: str) -> list[dict]:
+    """The artifacts of ``target`` that this machine could not build (its converter is missing)."""
+    return [a for a in report["artifacts"] if a["target"] == target and not a["built"]]

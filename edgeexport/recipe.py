@@ -7,7 +7,8 @@ latency is measured. Unknown keys are errors, reported with the key's path and w
     recipes/x.yaml: stages.onnx.simplfy: unknown key (known: opset, exporter, simplify, rewrites)
 
 Every CLI command builds a Recipe and hands it to :func:`edgeexport.pipeline.run`, so
-``edgeexport onnx NAME --shape ...`` and ``edgeexport run recipe.yaml`` share one path.
+``edgeexport onnx NAME --shape ...`` and ``edgeexport run recipe.yaml`` share one path. The
+``stages:`` keys and their options come from the target registry (``edgeexport targets``).
 Relative paths in a recipe (weights, folders, output) are relative to the working folder.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from edgeexport.errors import UserError
 from edgeexport.parity import DEFAULT_TOLERANCES, TASK_JUDGED, Tolerance
@@ -49,64 +50,32 @@ class ToleranceConfig(_Strict):
     max_task_drop: float | None = Field(None, ge=0, description="points of mIoU / top-1 below eager")
 
 
-BUDGET_METRICS = ("snr_db", "agreement", "cosine", "miou_drop", "top1_drop")
-
-
-class OnnxStage(_Strict):
-    opset: int = Field(18, ge=11, le=23)
-    exporter: Literal["dynamo", "torchscript"] = "dynamo"
-    simplify: bool = True
-    rewrites: list[str] = Field(default_factory=lambda: ["adaptive_pool", "adaptive_max_pool"])
-
-
-class QuantizeStage(_Strict):
-    """One reduced-precision build of the fp32 ONNX graph (``NAME.int8.onnx`` / ``NAME.fp16.onnx``)."""
-
-    mode: Literal["int8", "int8-dynamic", "fp16"] = "int8"
-    calib_size: int = Field(8, ge=1, le=4096)
-    calib_folder: str | None = None  # a folder of images, or a built-in task's split (e.g. shapes_seg:calib)
-    method: Literal["minmax", "entropy", "percentile"] = "minmax"
-    per_channel: bool = True
-    format: Literal["qdq", "qoperator"] = "qdq"
-    exclude: list[str] = Field(default_factory=list)
-    budget: dict[Literal[BUDGET_METRICS], float] | None = None
-    plans: list[Literal["all", "float_stem", "dense"]] | Literal["auto"] = "auto"
-    target: Literal["cpu", "tensorrt"] = "cpu"  # tensorrt: symmetric int8 Q/DQ that TensorRT can import
-
-
-class TensorRTStage(_Strict):
-    fp16: bool = False
-    int8: bool = False  # explicit quantization from the symmetric int8 QDQ graph
-    min_shape: list[int] | None = None
-    opt_shape: list[int] | None = None
-    max_shape: list[int] | None = None
-    workspace_mib: int = Field(2048, ge=16)
-    timing_cache: str | None = None  # default: OUTPUT/tensorrt.timing.cache, reused across builds
-
-
-class CoreMLStage(_Strict):
-    precision: Literal["fp32", "fp16"] = "fp16"
-    compress: Literal["none", "int8", "palettize4", "palettize6"] = "none"
-    deployment_target: str = "iOS17"
-    compute_units: Literal["cpu_only", "cpu_and_gpu", "all", "cpu_and_ne"] = "cpu_only"
-
-
-class ExecuTorchStage(_Strict):
-    quantize: Literal["none", "int8"] = "none"
-    calib_size: int = Field(8, ge=1, le=1024)
-
-
 class BundleStage(_Strict):
     artifacts: list[str] = Field(default_factory=lambda: ["all"])  # artifact kinds, or "all"
 
 
-class Stages(_Strict):
-    onnx: OnnxStage | None = Field(default_factory=OnnxStage)
-    quantize: list[QuantizeStage] = Field(default_factory=list)
-    trt: TensorRTStage | None = None
-    coreml: list[CoreMLStage] = Field(default_factory=list)
-    executorch: list[ExecuTorchStage] = Field(default_factory=list)
-    bundle: BundleStage | None = None
+def _stages_model() -> type[BaseModel]:
+    """``stages:`` of a recipe, one key per registered target (plus ``bundle``).
+
+    A target whose stage takes several option sets (``multiple``) is a list; ``onnx`` is on by
+    default (every other target starts from it or from the PyTorch model); the others are off
+    until a recipe names them.
+    """
+    from edgeexport.targets import list_targets
+
+    fields: dict = {}
+    for t in list_targets():
+        if t.multiple:
+            fields[t.name] = (list[t.Options], Field(default_factory=list, description=t.help))
+        elif t.name == "onnx":
+            fields[t.name] = (t.Options | None, Field(default_factory=t.Options, description=t.help))
+        else:
+            fields[t.name] = (t.Options | None, Field(None, description=t.help))
+    fields["bundle"] = (BundleStage | None, Field(None, description="a parity bundle per artifact"))
+    return create_model("Stages", __base__=_Strict, **fields)
+
+
+Stages = _stages_model()
 
 
 class ParityConfig(_Strict):

@@ -47,10 +47,12 @@ def _artifact_dict(ctx, art) -> dict:
     eager = ctx.eager_latency
     status = "build_failed" if art.error else art.parity_status
     d = {
-        "kind": art.kind, "backend": art.backend, "precision": art.precision,
+        "kind": art.kind, "target": art.target, "backend": art.backend, "precision": art.precision,
         "path": str(art.path) if art.path and art.error is None else None,
         "size_bytes": art.size if art.error is None else None,
-        "dynamic": art.dynamic, "build": art.build, "error": art.error, "notes": art.notes,
+        "dynamic": art.dynamic, "built": art.built, "required_by": art.required_by,
+        "runner": art.runner.model_dump() if art.runner else None,
+        "build": art.record.model_dump() if art.record else {}, "error": art.error, "notes": art.all_notes,
         "parity": {"status": status, "reason": art.not_run_reason,
                    "checks": [p.to_dict() for p in art.parity], **art.extra_parity},
         "latency": art.latency.to_dict() if art.latency else None,
@@ -172,7 +174,8 @@ HEADERS = ["artifact", "backend", "precision", "size", "parity", "max err / scal
            "median ms", "x eager", "x fp32"]
 
 
-def _table(rows: list[dict], columns: list[str] | None = None) -> list[str]:
+def md_table(rows: list[dict], columns: list[str] | None = None) -> list[str]:
+    """A Markdown table of dict rows (the columns of the first row unless given)."""
     if not rows:
         return []
     columns = columns or list(rows[0])
@@ -183,30 +186,21 @@ def _table(rows: list[dict], columns: list[str] | None = None) -> list[str]:
     return out
 
 
-TABLE_TITLES = {
-    "plans": "Candidate int8 plans, measured here (latency interleaved with the fp32 graph; accuracy vs the reference)",
-    "per_layer": "Where precision is lost: nodes ranked by the SNR they drop (int8 vs fp32 activations)",
-    "float_nodes": "Nodes that run in float in the optimised int8 graph, and why",
-    "largest_activations": "Largest activation magnitudes (fp16 overflows above 65504)",
-    "fp16_overflow": "Tensors that overflow fp16",
-}
+def record_of(a: dict):
+    """The typed build record of a report's artifact (None for entries no target built, e.g. bundles)."""
+    from edgeexport.targets import get_target
+
+    try:
+        return get_target(a["target"]).Record.model_validate(a["build"])
+    except Exception:
+        return None
 
 
-def _build_lines(build: dict) -> list[str]:
-    lines, tables = [], []
-    for k, v in build.items():
-        if k in TABLE_TITLES and isinstance(v, list):
-            if v:
-                tables += ["", f"{TABLE_TITLES[k]}:", ""] + _table(v)
-        elif k == "budget" and isinstance(v, dict):
-            lines.append(f"- accuracy budget {json.dumps(v['target'])}: {'met' if v['met'] else 'NOT met'}; "
-                         f"kept in float: {', '.join(v['kept_float']) or 'nothing'}")
-            tables += ["", "Accuracy-aware steps (each keeps one more node in float):", ""] + _table(v["steps"])
-        elif k == "excluded" and isinstance(v, dict):
-            lines.append(f"- nodes the quantizer left in float: {len(v)}")
-        else:
-            lines.append(f"- {k}: {json.dumps(v, default=str)}")
-    return lines + tables
+def _build_lines(a: dict) -> list[str]:
+    record = record_of(a)
+    if record is not None:
+        return [ln for ln in record.markdown()]
+    return [f"- {k}: {json.dumps(v, default=str)}" for k, v in a["build"].items()]
 
 
 def _eval_data_lines(report: dict) -> list[str]:
@@ -255,14 +249,17 @@ def to_markdown(report: dict) -> str:
         lines += ["", f"## {a['kind']} ({a['backend']}, {a['precision']})", ""]
         if a["error"]:
             lines.append(f"Build failed: {a['error']}")
+            lines += _build_lines(a) if a["build"] else []
             continue
         lines.append(f"- artifact: `{a['path']}` ({_size(a['size_bytes'])})")
         if a.get("ratio_to_fp32") is not None:
             lines.append(f"- latency: {a['ratio_to_fp32']:.2f}x the fp32 ONNX graph, {a['ratio_to_eager']:.2f}x eager")
         for failure in a.get("failures", []):
             lines.append(f"- **failed**: {failure}")
+        if a.get("required_by"):
+            lines.append(f"- built because {a['required_by']} needs it")
         lines += _task_lines(a)
-        lines += _build_lines(a["build"])
+        lines += _build_lines(a)
         for note in a["notes"]:
             lines.append(f"- note: {note}")
         if a["parity"]["status"] == "not_run":
@@ -294,27 +291,33 @@ def to_markdown(report: dict) -> str:
 
 
 def print_table(report: dict, console) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
-    t = Table(title=f"{report['model']['name']} {format_shape(report['model']['input_shape'])}"
-                    f" · {report['machine']['threads']} threads · verdict: {report['verdict']}")
+    t = Table(title=escape(f"{report['model']['name']} {format_shape(report['model']['input_shape'])}"
+                           f" · {report['machine']['threads']} threads · verdict: {report['verdict']}"))
     for h in headers(report):
         t.add_column(h, justify="right" if h not in ("artifact", "backend", "precision", "parity") else "left")
     for row in summary_rows(report):
         style = "red" if "FAILED" in row[4] else "yellow" if "not run" in row[4] else None
-        t.add_row(*row, style=style)
+        t.add_row(*[escape(c) for c in row], style=style)
     console.print(t)
     for a in report["artifacts"]:
+        kind = escape(a["kind"])
+        record = record_of(a)
+        for line in (record.terminal() if record is not None else []):
+            console.print(line, markup=False, highlight=False)
         for note in a["notes"]:
-            console.print(f"[yellow]note[/] {a['kind']}: {note}")
+            console.print(f"[yellow]note[/] {kind}: {escape(note)}")
         if a["parity"]["status"] == "not_run":
-            console.print(f"[yellow]{a['kind']}[/]: {a['parity']['reason']}")
+            console.print(f"[yellow]{kind}[/]: {escape(a['parity']['reason'])}")
         if a["error"]:
-            console.print(f"[red]{a['kind']}[/]: {a['error']}")
+            console.print(f"[red]{kind}[/]: {escape(a['error'])}")
         if (a.get("task") or {}).get("issue"):
-            console.print(f"[red]{a['kind']}[/]: {a['task']['issue']}")
+            console.print(f"[red]{kind}[/]: {escape(a['task']['issue'])}")
         for failure in a.get("failures", []):
-            console.print(f"[red]{a['kind']}[/]: {failure}")
+            console.print(f"[red]{kind}[/]: {escape(failure)}")
         for chk in a["parity"]["checks"]:
             for issue in chk["issues"] + [i for o in chk["outputs"] for i in o["issues"]]:
-                console.print(f"[red]{a['kind']} @ {format_shape(chk['shape'])}[/] {issue['output']}: {issue['message']}")
+                console.print(f"[red]{kind} @ {format_shape(chk['shape'])}[/] {escape(issue['output'])}: "
+                              f"{escape(issue['message'])}")

@@ -111,7 +111,7 @@ class ModelHandle:
     def reference_runner(self, threads: int | None):
         """The runner every artifact is compared with: eager PyTorch, or the user's fp32 ONNX graph."""
         if self.is_onnx:
-            from edgeexport.runners.onnxruntime import OnnxRuntimeRunner
+            from edgeexport.targets.onnx import OnnxRuntimeRunner
 
             return OnnxRuntimeRunner(self.onnx_path, threads=threads)
         from edgeexport.runners.torch_eager import TorchRunner

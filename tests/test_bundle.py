@@ -32,6 +32,9 @@ def test_bundle_contents(onnx_bundle):
     assert names == ["inputs.npz", "lraspp_mobilenetv3_small.onnx", "manifest.json", "reference.npz"]
     m = json.loads((onnx_bundle / "manifest.json").read_text())
     assert m["artifact"]["backend"] == "onnxruntime" and len(m["artifact"]["sha256"]) == 64
+    # how to run it is recorded as data, with file names relative to the bundle
+    assert m["runner"]["target"] == "onnx" and m["runner"]["artifact"] == "lraspp_mobilenetv3_small.onnx"
+    assert m["runner"]["input_names"] == ["input"] and m["runner"]["output_names"] == ["out"]
     assert m["input_shapes"] == [[1, 3, 64, 64], [1, 3, 64, 64]] and m["outputs"] == {"out": [1, 21, 64, 64]}
     assert m["tolerance"]["max_abs_scaled"] == 1e-4 and m["build_host_versions"]["torch"]
 
@@ -63,6 +66,26 @@ def test_tampered_bundle_is_refused(onnx_bundle, tmp_path, cli):
     assert_one_line_error(code, err, "not a parity bundle")
 
 
+@pytest.mark.parametrize("where", ["absolute", "parent"])
+def test_a_manifest_cannot_point_outside_the_bundle(onnx_bundle, tmp_path, cli, where):
+    """A bundle that names a file outside itself (with that file's hash) is refused, not verified."""
+    from edgeexport.bundle import sha256
+
+    bundle = tmp_path / "b"
+    shutil.copytree(onnx_bundle, bundle)
+    outside = tmp_path / "elsewhere.onnx"
+    shutil.copy(bundle / "lraspp_mobilenetv3_small.onnx", outside)
+    m = json.loads((bundle / "manifest.json").read_text())
+    name = str(outside) if where == "absolute" else "../elsewhere.onnx"
+    m["artifact"]["file"] = m["runner"]["artifact"] = name
+    m["artifact"]["sha256"] = sha256(outside)
+    (bundle / "lraspp_mobilenetv3_small.onnx").unlink()
+    (bundle / "manifest.json").write_text(json.dumps(m))
+    code, out, err = cli("verify", bundle)
+    assert_one_line_error(code, err, "not a file inside the bundle")
+    assert not (bundle / "verify.report.json").exists()
+
+
 def test_executorch_bundle_end_to_end(tmp_path, cli):
     pytest.importorskip("executorch")
     code, _, err = cli("executorch", "mobilenetv3_small", "--shape", "1x3x64x64", "--images", "1", "--no-bench",
@@ -82,12 +105,18 @@ def test_coreml_bundle_is_not_run_off_macos(tmp_path, cli):
 
     if platform.system() == "Darwin":  # pragma: no cover
         pytest.skip("on macOS the CoreML bundle runs; this checks the refusal elsewhere")
-    code, _, err = cli("coreml", "mobilenetv3_small", "--shape", "1x3x64x64", "--images", "1", "-o", tmp_path)
+    code, _, err = cli("coreml", "mobilenetv3_small", "--shape", "1x3x64x64", "--images", "1",
+                       "--compute-units", "cpu_and_ne", "-o", tmp_path)
     assert code == 0, err
+    report = json.loads((tmp_path / "mobilenetv3_small.report.json").read_text())
+    assert report["artifacts"][-1]["runner"]["options"] == {"compute_units": "cpu_and_ne"}
     code, _, err = cli("bundle", "mobilenetv3_small", "--artifact", tmp_path / "mobilenetv3_small.mlpackage",
-                       "--shape", "1x3x64x64", "--images", "1")
+                       "--shape", "1x3x64x64", "--images", "1", "--option", "compute_units=cpu_and_ne")
     assert code == 0, err
     bundle = tmp_path / "mobilenetv3_small.coreml.bundle"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["runner"]["options"] == {"compute_units": "cpu_and_ne"}  # verify on a Mac uses the same units
+    assert manifest["artifact"]["precision"] == "fp16"  # from the format table, not guessed
     code, out, err = cli("verify", bundle)
     assert_one_line_error(code, err, "macOS")
     rep = json.loads((bundle / "verify.report.json").read_text())

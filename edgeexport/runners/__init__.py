@@ -1,26 +1,11 @@
-"""Runners: one small module per backend, all implementing :class:`~edgeexport.runners.base.Runner`.
+"""Runners: the interface every backend implements, and the eager PyTorch reference.
 
-Backend modules are imported lazily through :func:`runner_class`, so a missing optional
-runtime disables only its own backend.
+The runner of each exported artifact lives with its target (``edgeexport/targets/<name>.py``);
+:func:`edgeexport.targets.make_runner` builds one from a serialisable runner spec and imports
+only that backend, so a missing optional runtime disables only its own target.
 """
 from __future__ import annotations
 
-import importlib
-
 from edgeexport.runners.base import Runner
 
-_RUNNERS = {
-    "torch": "edgeexport.runners.torch_eager:TorchRunner",
-    "onnxruntime": "edgeexport.runners.onnxruntime:OnnxRuntimeRunner",
-    "tensorrt": "edgeexport.runners.tensorrt:TensorRTRunner",
-    "coreml": "edgeexport.runners.coreml:CoreMLRunner",
-    "executorch": "edgeexport.runners.executorch:ExecuTorchRunner",
-}
-
-
-def runner_class(backend: str) -> type[Runner]:
-    module, _, attr = _RUNNERS[backend].partition(":")
-    return getattr(importlib.import_module(module), attr)
-
-
-__all__ = ["Runner", "runner_class"]
+__all__ = ["Runner"]

@@ -8,8 +8,12 @@ talk to this interface, so they never special-case a backend:
         outputs = r.infer({"input": x})         # dict[str, np.ndarray] -> dict[str, np.ndarray]
 
 A runner whose runtime cannot execute on this machine (CoreML off macOS, TensorRT
-without a GPU) reports it through ``availability()``; callers then record the check
-as "not run on this machine" instead of running it.
+without a GPU) reports it through ``availability()`` (its target's ``run_availability``);
+callers then record the check as "not run on this machine" instead of running it.
+
+Runners of exported artifacts live with their target (``edgeexport/targets/<name>.py``) and are
+made from a serialisable :class:`~edgeexport.targets.base.RunnerSpec`; this package holds the
+interface and the eager PyTorch reference.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import numpy as np
 
 class Runner(abc.ABC):
     backend: ClassVar[str] = "?"
+    target: ClassVar[str | None] = None  # the registered target whose artifacts it runs
 
     def __init__(self, threads: int | None = None):
         self.threads = threads
@@ -31,8 +36,12 @@ class Runner(abc.ABC):
     # ---- capability
     @classmethod
     def availability(cls) -> tuple[bool, str]:
-        """(True, "") when this runner can execute here, else (False, the reason)."""
-        return True, ""
+        """(True, "") when this runner can execute here, else (False, the reason): its target's answer."""
+        if cls.target is None:
+            return True, ""
+        from edgeexport.targets import get_target
+
+        return tuple(get_target(cls.target).run_availability())
 
     # ---- lifecycle
     def activate(self) -> "Runner":

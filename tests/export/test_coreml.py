@@ -39,7 +39,7 @@ def test_weight_compression_shrinks_the_package(cli, tmp_path):
     from edgeexport.util import file_size
 
     small = file_size(tmp_path / "mobilenetv3_small.int8.mlpackage")
-    full = file_size(tmp_path / "mobilenetv3_small.mlpackage")
+    full = file_size(tmp_path / "mobilenetv3_small.fp32.mlpackage")
     assert small < 0.4 * full
 
 

@@ -35,8 +35,8 @@ def test_computed_weights_become_constants_that_xnnpack_takes(form, tmp_path):
     import numpy as np
     import torch
 
-    from edgeexport.export.executorch import lower
-    from edgeexport.runners.executorch import ExecuTorchRunner
+    from edgeexport.targets.executorch import lower
+    from edgeexport.targets.executorch import ExecuTorchRunner
     from edgeexport.zoo.hetconv import HetConv
 
     torch.manual_seed(0)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from edgeexport.export.onnx import ExportFailed, export_onnx, simplify_onnx
+from edgeexport.targets.onnx import ExportFailed, export_onnx, simplify_onnx
 from edgeexport.source import NamedOutputs
 from tests.support.models import tiny_classifier
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeexport.export.tensorrt import tensorrt_available
-from edgeexport.export.trt_preflight import preflight, summarize
+from edgeexport.targets.tensorrt import tensorrt_available
+from edgeexport.targets.tensorrt_preflight import preflight, summarize
 from edgeexport.rewrite import apply_rewrites
 from edgeexport.source import NamedOutputs
 from edgeexport.zoo import create_model
@@ -72,6 +72,6 @@ def test_trt_command_refuses_cleanly_after_the_preflight(cli, tmp_path):
 
 @pytest.mark.skipif(not TRT_OK, reason=f"TensorRT cannot run here: {TRT_REASON}")
 def test_trt_engine_builds_and_matches(cli, tmp_path):  # pragma: no cover - needs an NVIDIA GPU with TensorRT
-    code, out, err = cli("trt", "mobilenetv3_small", "--shape", "1x3x64x64", "--fp16", "-o", tmp_path, "--runs", "5")
+    code, out, err = cli("trt", "mobilenetv3_small", "--shape", "1x3x64x64", "--precision", "fp16", "-o", tmp_path, "--runs", "5")
     assert code == 0, err
-    assert (tmp_path / "mobilenetv3_small.engine").exists() and (tmp_path / "mobilenetv3_small.engine.json").exists()
+    assert (tmp_path / "mobilenetv3_small.fp16.engine").exists() and (tmp_path / "mobilenetv3_small.fp16.engine.json").exists()

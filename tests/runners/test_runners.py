@@ -3,8 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgeexport.runners import runner_class
-from edgeexport.runners.onnxruntime import OnnxRuntimeRunner
+from edgeexport.targets.onnx import OnnxRuntimeRunner
 from edgeexport.runners.torch_eager import TorchRunner
 from edgeexport.source import NamedOutputs
 
@@ -49,6 +48,29 @@ def test_onnxruntime_runner_names_and_threads(onnx_path):
     assert not r.is_active and r.session is None
 
 
-def test_runner_registry_is_lazy():
-    assert runner_class("onnxruntime") is OnnxRuntimeRunner
-    assert runner_class("torch") is TorchRunner
+def test_runner_from_a_spec(onnx_path):
+    from edgeexport.targets import RunnerSpec, make_runner
+
+    spec = RunnerSpec(target="onnx", artifact=str(onnx_path), output_names=["double", "sum"],
+                      options={"optimization": "basic"})
+    r = make_runner(spec, threads=1)
+    assert isinstance(r, OnnxRuntimeRunner) and r.optimization == "basic" and r.threads == 1
+    assert RunnerSpec.model_validate_json(spec.model_dump_json()) == spec  # data, so a bundle can record it
+
+
+def test_registry_imports_no_backend_until_asked():
+    """Importing edgeexport, its CLI and every target module loads no optional backend (checked in a
+    fresh interpreter: sys.modules shows what really was imported)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, edgeexport.cli, edgeexport.pipeline\n"
+            "from edgeexport.targets import list_targets\n"
+            "names = [t.name for t in list_targets()]\n"
+            "heavy = ('tensorrt', 'coremltools', 'executorch', 'onnxruntime', 'openvino', 'ncnn', 'pnnx', "
+            "'ai_edge_litert', 'litert_torch', 'nncf', 'tensorflow', 'ray')\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy), len(names))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    loaded, count = out.stdout.strip().rsplit(" ", 1)
+    assert loaded == "[]" and int(count) >= 5

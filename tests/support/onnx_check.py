@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgeexport.runners.onnxruntime import OnnxRuntimeRunner
+from edgeexport.targets.onnx import OnnxRuntimeRunner
 from edgeexport.source import NamedOutputs
 
 

@@ -1,1 +1,0 @@
-"""Artifact builders, one module per target format."""

@@ -1,0 +1,87 @@
+"""The target registry: every backend is one registered :class:`~edgeexport.targets.base.Target`.
+
+>>> from edgeexport.targets import get_target, list_targets
+>>> [t.name for t in list_targets()]
+['onnx', 'quantize', 'trt', 'coreml', 'executorch', 'litert', 'ncnn', 'openvino']
+
+The recipe's stages, the CLI's per-target commands, ``doctor``, the format table and bundle
+verification all iterate over this registry. Adding a backend means one file here (its
+target) and importing it in :data:`TARGET_MODULES`.
+"""
+from __future__ import annotations
+
+import importlib
+
+from edgeexport.errors import UserError
+from edgeexport.targets.base import (  # noqa: F401
+    Availability,
+    BuildRecord,
+    Format,
+    Requirement,
+    RunnerSpec,
+    Target,
+    TargetOptions,
+)
+
+# Registration (and recipe stage) order: a target's requirements come before it.
+TARGET_MODULES = ("onnx", "quantize", "tensorrt", "coreml", "executorch")
+
+_TARGETS: dict[str, type[Target]] = {}
+
+
+def register_target(cls: type[Target]) -> type[Target]:
+    """Class decorator: register a target under ``cls.name``."""
+    if cls.name in _TARGETS and _TARGETS[cls.name] is not cls:
+        raise ValueError(f"target {cls.name!r} registered twice")
+    kinds = {f.kind for t in _TARGETS.values() for f in t.formats if t is not cls}
+    clash = kinds & {f.kind for f in cls.formats}
+    if clash:
+        raise ValueError(f"target {cls.name!r} declares artifact kinds another target has: {sorted(clash)}")
+    _TARGETS[cls.name] = cls
+    return cls
+
+
+def _ensure_loaded() -> None:
+    for m in TARGET_MODULES:
+        importlib.import_module(f"edgeexport.targets.{m}")
+
+
+def list_targets() -> list[type[Target]]:
+    _ensure_loaded()
+    order = {name: i for i, name in enumerate(_TARGETS)}
+    return sorted(_TARGETS.values(), key=lambda t: order[t.name])
+
+
+def get_target(name: str) -> type[Target]:
+    _ensure_loaded()
+    if name not in _TARGETS:
+        raise UserError(f"unknown target {name!r} (known: {', '.join(_TARGETS)})")
+    return _TARGETS[name]
+
+
+def all_formats() -> list[tuple[type[Target], Format]]:
+    return [(t, f) for t in list_targets() for f in t.formats]
+
+
+def target_for_kind(kind: str) -> tuple[type[Target], Format]:
+    for t, f in all_formats():
+        if f.kind == kind:
+            return t, f
+    raise UserError(f"unknown artifact kind {kind!r}")
+
+
+def format_for_path(path: str) -> tuple[type[Target], Format] | None:
+    """The target and format of an artifact file, by its name (the longest matching suffix wins)."""
+    name = str(path).rstrip("/")
+    matches = [(t, f) for t, f in all_formats() if name.endswith(f.suffix)]
+    return max(matches, key=lambda tf: len(tf[1].suffix)) if matches else None
+
+
+def make_runner(spec: RunnerSpec, threads: int | None):
+    """The runner a spec describes (imports only that target's runtime)."""
+    return get_target(spec.target).runner(spec, threads)
+
+
+__all__ = ["Availability", "BuildRecord", "Format", "Requirement", "RunnerSpec", "Target", "TargetOptions",
+           "all_formats", "format_for_path", "get_target", "list_targets", "make_runner", "register_target",
+           "target_for_kind"]

@@ -1,0 +1,234 @@
+"""ONNX: export (dynamo or TorchScript exporter), checking, onnxsim simplification, and the
+ONNX Runtime runner (CPU execution provider) that every ONNX artifact, of any precision, runs with.
+
+The ``onnx`` target builds ``NAME.onnx`` (fp32), the graph the ``quantize``, ``trt`` and
+``openvino`` targets start from.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from edgeexport.errors import EdgeExportError
+from edgeexport.runners.base import Runner
+from edgeexport.targets import register_target
+from edgeexport.targets.base import BuildRecord, Format, RunnerSpec, Target, TargetOptions
+from edgeexport.util import atomic_path, quiet
+
+DYNAMIC_AXES = {"none": (), "batch": (0,), "hw": (2, 3), "all": (0, 2, 3)}
+AXIS_NAMES = {0: "batch", 2: "height", 3: "width"}
+
+
+class ExportFailed(EdgeExportError):
+    """The exporter could not produce a valid graph for this model."""
+
+
+def _name_dynamic_dims(model, input_name: str, axes) -> None:
+    """Give the exported input's dynamic dims readable names and carry them to every tensor."""
+    inp = next(i for i in model.graph.input if i.name == input_name)
+    rename = {}
+    for axis in axes:
+        dim = inp.type.tensor_type.shape.dim[axis]
+        if dim.dim_param:
+            rename[dim.dim_param] = AXIS_NAMES[axis]
+    for vi in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info):
+        for dim in vi.type.tensor_type.shape.dim:
+            if dim.dim_param in rename:
+                dim.dim_param = rename[dim.dim_param]
+
+
+def export_onnx(module, sample, path: Path, *, input_name: str, output_names: list[str], opset: int, dynamic: str,
+                exporter: str) -> dict:
+    """Export ``module`` (a torch module returning a tuple) to ``path`` atomically; return build facts."""
+    import onnx
+    import torch
+
+    axes = DYNAMIC_AXES[dynamic]
+    t0 = time.perf_counter()
+    with atomic_path(path) as tmp, quiet() as log:
+        try:
+            if exporter == "dynamo":
+                dyn = None
+                if axes:
+                    dyn = ({a: torch.export.Dim.DYNAMIC for a in axes},)
+                program = torch.onnx.export(module, (sample,), dynamo=True, input_names=[input_name],
+                                            output_names=output_names, opset_version=opset, dynamic_shapes=dyn,
+                                            optimize=True, verbose=False)
+                model = program.model_proto
+                _name_dynamic_dims(model, input_name, axes)
+            else:
+                dyn_axes = None
+                if axes:
+                    dyn_axes = {input_name: {a: AXIS_NAMES[a] for a in axes}}
+                    for n in output_names:
+                        dyn_axes[n] = {0: "batch"} if 0 in axes else {}
+                torch.onnx.export(module, (sample,), str(tmp), dynamo=False, input_names=[input_name],
+                                  output_names=output_names, opset_version=opset, dynamic_axes=dyn_axes,
+                                  do_constant_folding=True)
+                model = onnx.load(str(tmp))
+            onnx.checker.check_model(model, full_check=True)
+        except Exception as exc:
+            detail = str(exc).strip().splitlines()
+            raise ExportFailed(f"{exporter} exporter failed: {type(exc).__name__}: "
+                               f"{detail[0][:300] if detail else ''}") from exc
+        onnx.save(model, str(tmp))
+    return {"exporter": exporter, "opset": opset, "dynamic": dynamic, "export_s": round(time.perf_counter() - t0, 2),
+            "nodes": len(model.graph.node), "exporter_log_lines": len(log.getvalue().splitlines())}
+
+
+def simplify_onnx(path: Path, check_feed: dict[str, np.ndarray], tolerance: float = 1e-5) -> dict:
+    """Simplify ``path`` in place with onnxsim, keeping the original when onnxsim fails or
+    when the simplified graph's outputs differ from the original's on ``check_feed``."""
+    import onnx
+
+    original = onnx.load(str(path))
+    info: dict = {"nodes_before": len(original.graph.node)}
+    try:
+        import onnxsim
+
+        with quiet():
+            simplified, ok = onnxsim.simplify(original, check_n=0)
+    except Exception as exc:
+        info.update(applied=False, reason=f"onnxsim failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+        return info
+    if not ok:
+        info.update(applied=False, reason="onnxsim reported that its graph is not valid")
+        return info
+    tmp = path.with_name(f".{path.name}.simplified.tmp")
+    try:
+        onnx.save(simplified, str(tmp))
+        with OnnxRuntimeRunner(path) as a, OnnxRuntimeRunner(tmp) as b:
+            ref, got = a.infer(check_feed), b.infer(check_feed)
+        worst = 0.0
+        for name, r in ref.items():
+            if name not in got or got[name].shape != r.shape:
+                worst = float("inf")
+                break
+            scale = max(float(np.abs(r).max()), 1e-12)
+            worst = max(worst, float(np.abs(got[name] - r).max()) / scale)
+        if worst > tolerance:
+            info.update(applied=False, reason=f"simplified graph's outputs differ (max error {worst:.3g} of the "
+                                              "output scale); kept the unsimplified graph")
+            return info
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    info.update(applied=True, nodes_after=len(simplified.graph.node), max_error_scaled=worst)
+    return info
+
+
+# ---------------------------------------------------------------- runner
+
+
+class OnnxRuntimeRunner(Runner):
+    backend = "onnxruntime"
+    target = "onnx"
+
+    def __init__(self, path: str | Path, threads: int | None = None, providers: list[str] | None = None,
+                 optimization: str = "all"):
+        super().__init__(threads)
+        self.path = Path(path)
+        self.providers = providers or ["CPUExecutionProvider"]
+        self.optimization = optimization
+        self.session = None
+
+    def _activate(self) -> None:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        if self.threads:
+            so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = {
+            "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[self.optimization]
+        so.log_severity_level = 3
+        self.session = ort.InferenceSession(str(self.path), so, providers=self.providers)
+        self._inputs = [i.name for i in self.session.get_inputs()]
+        self._outputs = [o.name for o in self.session.get_outputs()]
+
+    def _deactivate(self) -> None:
+        self.session = None
+
+    def _infer(self, feed):
+        arrays = self.session.run(self._outputs, {n: np.ascontiguousarray(feed[n]) for n in self._inputs})
+        return {n: np.asarray(a) for n, a in zip(self._outputs, arrays)}
+
+    def describe(self) -> dict:
+        import onnxruntime as ort
+
+        return {**super().describe(), "runtime": f"onnxruntime {ort.__version__}", "device": "cpu",
+                "providers": self.providers, "artifact": str(self.path)}
+
+
+# ---------------------------------------------------------------- the target
+
+
+class OnnxOptions(TargetOptions):
+    opset: int = Field(18, ge=11, le=23)
+    exporter: Literal["dynamo", "torchscript"] = "dynamo"
+    simplify: bool = True
+    rewrites: list[str] = Field(default_factory=lambda: ["adaptive_pool", "adaptive_max_pool"],
+                                description="exact export-friendly rewrites (see `edgeexport.rewrite`)")
+
+
+class OnnxRecord(BuildRecord):
+    exporter: str
+    opset: int
+    dynamic: str
+    export_s: float
+    nodes: int
+    exporter_log_lines: int = 0
+    rewrites: dict[str, int] = {}
+    simplify: dict = {}
+
+
+@register_target
+class OnnxTarget(Target):
+    name = "onnx"
+    title = "ONNX Runtime"
+    backend = "onnxruntime"
+    help = "Export to ONNX, check it, simplify it, compare it with eager PyTorch and time both."
+    Options = OnnxOptions
+    Record = OnnxRecord
+    formats = (Format(kind="onnx", suffix=".onnx", precision="fp32", runs_on="any CPU (ONNX Runtime)"),)
+    build_modules = ("onnx", "onnxsim", "onnxscript", "onnxruntime")
+    run_modules = ("onnxruntime",)
+    install = "pip install edgeexport"
+
+    def build(self, ctx, options: OnnxOptions, art) -> None:
+        from edgeexport.pipeline import BuildFailed
+        from edgeexport.rewrite import apply_rewrites
+
+        art.dynamic = ctx.recipe.dynamic
+        model, counts = apply_rewrites(ctx.handle.model, options.rewrites)
+        sample = ctx.sample()
+        with ctx.status(f"Exporting {ctx.name} to ONNX ({options.exporter}, opset {options.opset}, "
+                        f"dynamic={ctx.recipe.dynamic})"):
+            try:
+                facts = export_onnx(ctx.handle.wrapped(model), sample, art.path, input_name=ctx.refs.input_name,
+                                    output_names=ctx.handle.output_names, opset=options.opset,
+                                    dynamic=ctx.recipe.dynamic, exporter=options.exporter)
+            except ExportFailed as exc:
+                raise BuildFailed(str(exc)) from None
+        simplify = {"applied": False, "reason": "disabled"}
+        if options.simplify:
+            with ctx.status("Simplifying with onnxsim"):
+                simplify = simplify_onnx(art.path, ctx.refs.feed())
+        record = OnnxRecord(**facts, rewrites=counts, simplify=simplify, build_s=facts["export_s"])
+        if not simplify["applied"] and options.simplify:
+            record.notes.append(simplify["reason"])
+        art.finish(record, ctx.runner_spec(type(self), art.path))
+
+    @classmethod
+    def runner(cls, spec: RunnerSpec, threads):
+        return OnnxRuntimeRunner(spec.artifact, threads=threads, **spec.options)

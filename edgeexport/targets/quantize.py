@@ -1,0 +1,184 @@
+"""Reduced-precision ONNX graphs, run with ONNX Runtime: static int8 (Q/DQ, calibrated and planned
+here), dynamic int8, fp16, and the symmetric int8 Q/DQ graph TensorRT builds from.
+
+Starts from the fp32 ONNX graph (the ``onnx`` target's, or the user's ``.onnx`` file). The
+machinery lives in :mod:`edgeexport.quantize`; this file is the target: options, formats,
+the build record and its report section.
+"""
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+from pydantic import Field
+
+from edgeexport.targets import register_target
+from edgeexport.targets.base import BuildRecord, Format, Requirement, Target, TargetOptions
+
+BUDGET_METRICS = ("snr_db", "agreement", "cosine", "miou_drop", "top1_drop")
+
+
+class QuantizeOptions(TargetOptions):
+    """One reduced-precision build of the fp32 ONNX graph (``NAME.int8.onnx`` / ``NAME.fp16.onnx``)."""
+
+    mode: Literal["int8", "int8-dynamic", "fp16"] = "int8"
+    calib_size: int = Field(8, ge=1, le=4096, description="calibration batches")
+    calib_folder: str | None = Field(None, description="calibration images: a folder, or a built-in task's "
+                                                       "split such as shapes_seg:calib",
+                                     json_schema_extra={"flag": "--calib"})
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    per_channel: bool = Field(True, json_schema_extra={"flag": "--per-channel/--per-tensor"})
+    format: Literal["qdq", "qoperator"] = "qdq"
+    exclude: list[str] = Field(default_factory=list, description="node to keep in float (repeatable)")
+    budget: dict[Literal[BUDGET_METRICS], float] | None = Field(
+        None, description="accuracy budget, e.g. miou_drop=0.5, top1_drop=0.5, snr_db=25 or agreement=0.99",
+        json_schema_extra={"parse": "budget"})
+    plans: list[Literal["all", "float_stem", "dense"]] | Literal["auto"] = Field(
+        "auto", json_schema_extra={"cli": False})
+    target: Literal["cpu", "tensorrt"] = Field(
+        "cpu", description="tensorrt: the symmetric int8 Q/DQ graph TensorRT imports", json_schema_extra={"cli": False})
+
+
+TABLE_TITLES = {
+    "plans": "Candidate int8 plans, measured here (latency interleaved with the fp32 graph; accuracy vs the reference)",
+    "per_layer": "Where precision is lost: nodes ranked by the SNR they drop (int8 vs fp32 activations)",
+    "float_nodes": "Nodes that run in float in the optimised int8 graph, and why",
+    "largest_activations": "Largest activation magnitudes (fp16 overflows above 65504)",
+    "fp16_overflow": "Tensors that overflow fp16",
+}
+
+
+class QuantizeRecord(BuildRecord):
+    mode: str
+    # int8 (static)
+    target: str | None = None
+    format: str | None = None
+    method: str | None = None
+    per_channel: bool | None = None
+    calib_size: int | None = None
+    calib_source: str | None = None
+    static_shape: list[int] | None = None
+    prep: dict[str, int] = {}
+    plan: str | None = None
+    plan_choice: str | None = None
+    fp32_ms_during_planning: float | None = None
+    plans: list[dict] = []
+    budget: dict | None = None
+    budget_met: bool | None = None
+    per_layer: list[dict] = []
+    float_nodes: list[dict] = []
+    optimized_op_counts: dict[str, int] = {}
+    excluded: dict[str, str] = {}
+    phase_s: dict[str, float] = {}
+    # int8-dynamic
+    weight_type: str | None = None
+    # fp16
+    converter: str | None = None
+    max_activation: float | None = None
+    largest_activations: list[dict] = []
+    fp16_overflow: list[dict] = []
+    kept_fp32_for_overflow: list[str] = []
+    constants_beyond_fp16: list[str] = []
+    kept_fp32_for_types: list[str] = []
+    fp32_initializers_restored: int | None = None
+
+    def markdown(self) -> list[str]:
+        from edgeexport.report import md_table
+
+        skip = set(TABLE_TITLES) | {"budget", "excluded", "notes", "optimized_op_counts"}
+        lines = [f"- {k}: {json.dumps(v, default=str)}" for k, v in self.model_dump().items()
+                 if k not in skip and v not in (None, [], {})]
+        if self.excluded:
+            lines.append(f"- nodes the quantizer left in float: {len(self.excluded)}")
+        if self.optimized_op_counts:
+            lines.append(f"- optimized_op_counts: {json.dumps(self.optimized_op_counts)}")
+        if self.budget:
+            b = self.budget
+            lines.append(f"- accuracy budget {json.dumps(b['target'])}: {'met' if b['met'] else 'NOT met'}; "
+                         f"kept in float: {', '.join(b['kept_float']) or 'nothing'}")
+        tables = []
+        for key, title in TABLE_TITLES.items():
+            rows = getattr(self, key)
+            if rows:
+                tables += ["", f"{title}:", ""] + md_table(rows)
+        if self.budget and self.budget.get("steps"):
+            tables += ["", "Accuracy-aware steps (each keeps one more node in float):", ""] + md_table(self.budget["steps"])
+        return lines + tables
+
+
+_SUFFIX = {"int8": ".int8.onnx", "int8-dynamic": ".int8-dynamic.onnx", "int8-tensorrt": ".int8-tensorrt.onnx",
+           "fp16": ".fp16.onnx"}
+
+
+@register_target
+class QuantizeTarget(Target):
+    name = "quantize"
+    title = "ONNX Runtime"
+    backend = "onnxruntime"
+    help = "Build NAME.int8.onnx / NAME.fp16.onnx and check it against eager PyTorch and the fp32 graph."
+    Options = QuantizeOptions
+    Record = QuantizeRecord
+    multiple = True
+    from_onnx_file = True
+    formats = (
+        Format(kind="onnx-int8", suffix=".int8.onnx", precision="int8",
+               runs_on="any CPU (fast int8 on AVX512-VNNI / AVX-VNNI / ARM dot-product)"),
+        Format(kind="onnx-int8-dynamic", suffix=".int8-dynamic.onnx", precision="int8", runs_on="any CPU"),
+        Format(kind="onnx-fp16", suffix=".fp16.onnx", precision="fp16",
+               runs_on="GPUs and fp16-capable CPUs; slower than fp32 on x86 CPUs"),
+        Format(kind="onnx-int8-tensorrt", suffix=".int8-tensorrt.onnx", precision="int8",
+               runs_on="input to TensorRT (symmetric int8 Q/DQ); ONNX Runtime runs it anywhere"),
+    )
+    build_modules = ("onnx", "onnxruntime", "onnxconverter_common")
+    run_modules = ("onnxruntime",)
+    distributions = {"onnxconverter_common": "onnxconverter-common"}
+
+    @staticmethod
+    def mode_of(options: QuantizeOptions) -> str:
+        return "int8-tensorrt" if options.mode == "int8" and options.target == "tensorrt" else options.mode
+
+    @classmethod
+    def format_for(cls, options: QuantizeOptions) -> Format:
+        kind = f"onnx-{cls.mode_of(options)}"
+        return next(f for f in cls.formats if f.kind == kind)
+
+    @classmethod
+    def requires(cls, options, ctx) -> list[Requirement]:
+        return [] if ctx.handle.is_onnx else [Requirement("onnx", kind="onnx")]
+
+    def build(self, ctx, options: QuantizeOptions, art) -> None:
+        from edgeexport.pipeline import BuildFailed, evaluator, task_budget
+        from edgeexport.quantize.fp16 import build_fp16
+        from edgeexport.quantize.int8 import Int8Options, build_int8, build_int8_dynamic
+
+        art.compare_to = "onnx"
+        art.dynamic = ctx.recipe.dynamic if options.mode == "fp16" else "none"  # int8 graphs are static
+        fp32 = ctx.fp32_onnx() if ctx.handle.is_onnx else ctx.require("onnx").path
+        if fp32 is None:
+            raise BuildFailed("no fp32 ONNX graph to start from")
+        with ctx.status(f"Building {art.path.name}"):
+            if options.mode == "int8":
+                opts = Int8Options(calib_size=options.calib_size, calib_folder=ctx.calib_spec(options.calib_folder),
+                                   method=options.method, per_channel=options.per_channel, format=options.format,
+                                   exclude=list(options.exclude), budget=task_budget(ctx, options.budget),
+                                   plans=options.plans, target=options.target)
+                tol = ctx.tolerance("int8")
+                floor = {k: v for k, v in (("snr_db", tol.min_snr_db), ("agreement", tol.min_agreement),
+                                           ("cosine", tol.min_cosine)) if v is not None}
+                if ctx.task_data is not None and tol.max_task_drop is not None:
+                    floor["task_drop"] = tol.max_task_drop
+                info = build_int8(fp32, art.path, opts, evaluator(ctx), floor, log=ctx.log)
+                info["mode"] = "int8"
+                if info.get("budget_met") is False:
+                    art.failures.append(f"accuracy budget {options.budget} not met; kept the most accurate graph found")
+            elif options.mode == "int8-dynamic":
+                info = build_int8_dynamic(fp32, art.path, ctx.shape, options.per_channel)
+            else:
+                info = build_fp16(fp32, art.path, ctx.refs.input_name, [b for _, b in ctx.refs.batches[ctx.shape]])
+        art.finish(QuantizeRecord(**info), ctx.runner_spec(type(self), art.path))
+
+    @classmethod
+    def runner(cls, spec, threads):
+        from edgeexport.targets.onnx import OnnxRuntimeRunner
+
+        return OnnxRuntimeRunner(spec.artifact, threads=threads, **spec.options)
