@@ -6,10 +6,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.edgeexport-installed
-EXTRAS ?= test,coreml,executorch
+EXTRAS ?= test,coreml,executorch,litert,ncnn,openvino
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench install clean weights weights-pyconvresnet50
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,8 +25,20 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=15
 
-bench: $(STAMP)
+bench: $(STAMP) weights-pyconvresnet50
 	$(PY) benchmarks/run.py --output BENCHMARKS.md
+
+# Reference weights trained here (edgeexport/training.py). The LR-ASPP pair and pyconvresnet18 ship in
+# the package; pyconvresnet50 is too large to commit and is trained on demand into the user cache
+# (~/.cache/edgeexport/trained, or $$EDGEEXPORT_CACHE): about an hour on 2 CPU cores, once.
+weights-pyconvresnet50: $(STAMP)
+	@$(PY) -c "from edgeexport.zoo.pretrained import find_trained; import sys; sys.exit(0 if find_trained('pyconvresnet50', 'shapes').available() else 1)" \
+		|| $(VENV)/bin/edgeexport train pyconvresnet50 --tag shapes
+
+# Retrain every reference checkpoint from its recipe and seed (overwrites the shipped files).
+weights: $(STAMP)
+	for m in lraspp_mobilenetv3_large lraspp_mobilenetv3_small pyconvresnet18 pyconvresnet50; do \
+		$(VENV)/bin/edgeexport train $$m --tag shapes || exit 1; done
 
 clean:
 	rm -rf out .pytest_cache

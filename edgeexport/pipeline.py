@@ -524,9 +524,7 @@ def _check_with(ctx: Context, art: Artifact, runner: Runner) -> None:
             with ctx.status(f"Task metrics: {art.kind} on {ctx.task_data.count} labeled images"):
                 art.task, _ = ctx.task_data.evaluate(runner, ctx.refs.input_name)
             art.task_drop = art.task.drop_points(ctx.eager_task)
-            if tol.max_task_drop is not None and art.task_drop is not None and art.task_drop > tol.max_task_drop:
-                art.task_issue = (f"{art.task.primary} {100 * art.task.value:.2f} is {art.task_drop:.2f} points below "
-                                  f"eager, limit {tol.max_task_drop:g}")
+            art.task_issue = task_issue(art.task, ctx.eager_task, tol)
         if recipe.parity.enabled:
             with ctx.status(f"Parity: {art.kind} vs eager on {recipe.inputs.source}"):
                 art.parity = check_parity(runner, ctx.refs, ctx.refs.shapes_for(art), art.precision, tol)
@@ -541,6 +539,14 @@ def _check_with(ctx: Context, art: Artifact, runner: Runner) -> None:
                 art.extra_parity[f"vs_{art.compare_to}"] = [r.to_dict() for r in res]
         else:
             art.parity_status = "failed" if art.task_issue else "skipped"
+
+
+def task_issue(task: TaskMetrics, eager: TaskMetrics, tol: Tolerance) -> str | None:
+    """Why ``task`` fails its tolerance against eager (None when it holds or none is set)."""
+    drop = task.drop_points(eager)
+    if tol.max_task_drop is None or drop is None or drop <= tol.max_task_drop:
+        return None
+    return f"{task.primary} {100 * task.value:.2f} is {drop:.2f} points below eager, limit {tol.max_task_drop:g}"
 
 
 def time_all(ctx: Context) -> None:

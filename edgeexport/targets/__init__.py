@@ -5,12 +5,13 @@
 ['onnx', 'quantize', 'trt', 'coreml', 'executorch', 'litert', 'ncnn', 'openvino']
 
 The recipe's stages, the CLI's per-target commands, ``doctor``, the format table and bundle
-verification all iterate over this registry. Adding a backend means one file here (its
-target) and importing it in :data:`TARGET_MODULES`.
+verification all iterate over this registry. Adding a backend means one file in this package
+(its target, found by :func:`_ensure_loaded`), its test file and one line of optional dependencies.
 """
 from __future__ import annotations
 
 import importlib
+import pkgutil
 
 from edgeexport.errors import UserError
 from edgeexport.targets.base import (  # noqa: F401
@@ -23,10 +24,8 @@ from edgeexport.targets.base import (  # noqa: F401
     TargetOptions,
 )
 
-# Registration (and recipe stage) order: a target's requirements come before it.
-TARGET_MODULES = ("onnx", "quantize", "tensorrt", "coreml", "executorch")
-
 _TARGETS: dict[str, type[Target]] = {}
+_LOADED = False
 
 
 def register_target(cls: type[Target]) -> type[Target]:
@@ -41,15 +40,24 @@ def register_target(cls: type[Target]) -> type[Target]:
     return cls
 
 
+def target_modules() -> list[str]:
+    """Every module of this package (a target file registers its target when imported; backend
+    libraries are imported only inside methods, so importing every target file is cheap)."""
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name != "base")
+
+
 def _ensure_loaded() -> None:
-    for m in TARGET_MODULES:
-        importlib.import_module(f"edgeexport.targets.{m}")
+    global _LOADED
+    if not _LOADED:
+        for m in target_modules():
+            importlib.import_module(f"{__name__}.{m}")
+        _LOADED = True
 
 
 def list_targets() -> list[type[Target]]:
+    """Registered targets in report / recipe order (``Target.order``, then name)."""
     _ensure_loaded()
-    order = {name: i for i, name in enumerate(_TARGETS)}
-    return sorted(_TARGETS.values(), key=lambda t: order[t.name])
+    return sorted(_TARGETS.values(), key=lambda t: (t.order, t.name))
 
 
 def get_target(name: str) -> type[Target]:

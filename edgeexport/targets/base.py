@@ -112,6 +112,7 @@ class Target:
     title: ClassVar[str]  # how people call the backend ("TensorRT")
     backend: ClassVar[str]  # the runtime that executes its artifacts
     help: ClassVar[str]
+    order: ClassVar[int] = 50  # position in recipes and reports (the fp32 ONNX graph first)
     Options: ClassVar[type[TargetOptions]] = TargetOptions
     Record: ClassVar[type[BuildRecord]] = BuildRecord
     formats: ClassVar[tuple[Format, ...]] = ()

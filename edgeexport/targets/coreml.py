@@ -193,6 +193,7 @@ class CoreMLRecord(BuildRecord):
 @register_target
 class CoreMLTarget(Target):
     name = "coreml"
+    order = 30
     title = "CoreML"
     backend = "coreml"
     help = "Convert to a CoreML ML program (NAME.mlpackage); parity and latency on macOS, validation elsewhere."

@@ -171,6 +171,7 @@ class ExecuTorchRecord(BuildRecord):
 @register_target
 class ExecuTorchTarget(Target):
     name = "executorch"
+    order = 40
     title = "ExecuTorch"
     backend = "executorch"
     help = "Lower to an ExecuTorch program (NAME.pte) with the XNNPACK delegate; parity and latency here."

@@ -195,6 +195,7 @@ class OnnxRecord(BuildRecord):
 @register_target
 class OnnxTarget(Target):
     name = "onnx"
+    order = 0
     title = "ONNX Runtime"
     backend = "onnxruntime"
     help = "Export to ONNX, check it, simplify it, compare it with eager PyTorch and time both."

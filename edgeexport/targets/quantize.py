@@ -113,6 +113,7 @@ _SUFFIX = {"int8": ".int8.onnx", "int8-dynamic": ".int8-dynamic.onnx", "int8-ten
 @register_target
 class QuantizeTarget(Target):
     name = "quantize"
+    order = 10
     title = "ONNX Runtime"
     backend = "onnxruntime"
     help = "Build NAME.int8.onnx / NAME.fp16.onnx and check it against eager PyTorch and the fp32 graph."

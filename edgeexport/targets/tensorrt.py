@@ -280,6 +280,7 @@ _GRAPH_KIND = {"fp32": "onnx", "fp16": "onnx-fp16", "int8": "onnx-int8-tensorrt"
 @register_target
 class TensorRTTarget(Target):
     name = "trt"
+    order = 20
     title = "TensorRT"
     backend = "tensorrt"
     help = "Build a TensorRT engine (strongly typed: fp32, fp16 or int8 from the graph), after a pre-flight of its ONNX graph."
