@@ -170,7 +170,25 @@ class Int8Builder:
         batches = calibration_batches(self.ev.shape, self.opts.calib_size, self.ev.calib_preprocess,
                                       self.opts.calib_folder, self.ev.eval_folder)
         self.cache = self.tmp / "calibration.json"
+        if self.opts.method == "entropy":
+            self._entropy_ranges(batches)
         self._quantize(self.prepared, self.tmp / "calibrated.onnx", set(), BatchReader(self.ev.input_name, batches))
+
+    def _entropy_ranges(self, batches) -> None:
+        """KL-divergence ranges over 2048-bin histograms (TensorRT's entropy calibration), cached for the plans.
+
+        ``quantize_static`` builds its entropy calibrator with 128 histogram bins and 128 quantized bins,
+        which leaves one candidate threshold, the full range: its "entropy" ranges are minmax ranges.
+        """
+        from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator, save_tensors_data
+
+        calibrator = create_calibrator(self.prepared, augmented_model_path=str(self.tmp / "augmented.onnx"),
+                                       calibrate_method=CalibrationMethod.Entropy,
+                                       extra_options={"num_bins": 2048, "num_quantized_bins": 128,
+                                                      "symmetric": self.opts.target == "tensorrt"})
+        calibrator.collect_data(BatchReader(self.ev.input_name, batches))
+        save_tensors_data(calibrator.compute_data(), self.cache)
+        del calibrator
 
     def _quantize(self, src: Path, dst: Path, exclude: set[str], reader=None, fmt: str | None = None) -> Path:
         from onnxruntime.quantization import quantize_static

@@ -62,8 +62,9 @@ def gpu_info() -> dict:
 
 
 def strongly_typed_flags(trt) -> int:
-    """Network creation flags: strongly typed where the flag exists (10.x); TensorRT 11 networks
-    are strongly typed without it."""
+    """Network creation flags: ``STRONGLY_TYPED`` where the enum has it. 10.x needs the flag;
+    TensorRT 11 networks are always strongly typed, and 11.x keeps the flag only for
+    compatibility (deprecated, ignored, renumbered to 0)."""
     flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
     return 1 << int(flag) if flag is not None else 0
 

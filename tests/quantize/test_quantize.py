@@ -192,3 +192,80 @@ def test_unknown_exclude_node(cli, tmp_path):
 def test_options_validate(cli, tmp_path):
     code, _, err = cli("quantize", "mobilenetv3_small", "--budget", "psnr=3", "-o", tmp_path)
     assert_one_line_error(code, err, "--budget")
+
+
+def _int8_graph(tmp_path, **options):
+    from edgeexport import pipeline
+    from edgeexport.recipe import Recipe
+
+    r = Recipe.from_dict({"model": "pyconvresnet18", "input_shape": [1, 3, 64, 64], "output": str(tmp_path),
+                          "inputs": {"images": 1}, "bench": {"enabled": False},
+                          "stages": {"onnx": {"exporter": "torchscript"},
+                                     "quantize": [{"mode": "int8", "calib_size": 3, "plans": ["all"], **options}]}})
+    rep = pipeline.run(r)
+    return art(rep, "onnx-int8"), onnx.load(str(tmp_path / "pyconvresnet18.int8.onnx"))
+
+
+def _activation_scales(model) -> dict[str, float]:
+    """Scale of every activation QuantizeLinear (weights are quantized offline: initializers, no Q node)."""
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    return {n.input[0]: float(inits[n.input[1]]) for n in model.graph.node
+            if n.op_type == "QuantizeLinear" and n.input[1] in inits and inits[n.input[1]].size == 1}
+
+
+@pytest.fixture(scope="module")
+def minmax_graph(tmp_path_factory):
+    return _int8_graph(tmp_path_factory.mktemp("minmax"))
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_calibration_methods_change_the_activation_ranges(method, minmax_graph, tmp_path):
+    """Both clip the extremes minmax keeps: never a wider range, most of them narrower. (ONNX Runtime's
+    quantize_static alone gives entropy = minmax ranges: its calibrator has one candidate threshold.)"""
+    base_art, base = minmax_graph
+    a, graph = _int8_graph(tmp_path, method=method)
+    assert a["error"] is None and a["build"]["method"] == method and base_art["build"]["method"] == "minmax"
+    s0, s1 = _activation_scales(base), _activation_scales(graph)
+    shared = set(s0) & set(s1)
+    assert len(shared) > 10
+    assert all(s1[t] <= s0[t] * (1 + 1e-6) for t in shared)
+    narrower = [t for t in shared if s1[t] < s0[t] * (1 - 1e-5)]
+    assert len(narrower) > len(shared) // 2, f"{method} calibrated like minmax"
+
+
+def test_qoperator_format_uses_fused_int8_operators(minmax_graph, tmp_path):
+    base_art, _ = minmax_graph
+    a, graph = _int8_graph(tmp_path, format="qoperator")
+    ops = {n.op_type for n in graph.graph.node}
+    assert a["error"] is None and a["build"]["format"] == "qoperator"
+    assert "QLinearConv" in ops  # the int8 operators are in the file itself, not Q/DQ pairs around float ones
+    assert not any(n.op_type == "Conv" for n in graph.graph.node)
+    # the same ranges and the same int8 kernels as the Q/DQ graph once ONNX Runtime has fused that one
+    snr = a["parity"]["checks"][0]["outputs"][0]["metrics"]["snr_db"]
+    assert snr == pytest.approx(base_art["parity"]["checks"][0]["outputs"][0]["metrics"]["snr_db"], abs=0.5)
+
+
+def test_fp16_conversion_keeps_nodes_the_converter_mistypes_in_fp32(tmp_path):
+    """onnxconverter-common leaves a Cast(to=FLOAT) on a shape path typed float: ONNX Runtime then refuses
+    the graph. The conversion retries, keeping each such node in fp32, until the graph loads."""
+    import onnxruntime as ort
+    from onnx import TensorProto as T
+    from onnx import helper as h
+
+    from edgeexport.quantize.fp16 import build_fp16
+
+    nodes = [h.make_node("Shape", ["input"], ["s"], name="shape"),
+             h.make_node("Gather", ["s", "i3"], ["w"], name="gather", axis=0),
+             h.make_node("Cast", ["w"], ["wf"], name="cast_to_float", to=T.FLOAT),
+             h.make_node("Mul", ["input", "wf"], ["y0"], name="mul"),
+             h.make_node("Relu", ["y0"], ["out"], name="relu")]
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("input", T.FLOAT, [1, 3, 8, 8])],
+                     [h.make_tensor_value_info("out", T.FLOAT, [1, 3, 8, 8])],
+                     [onnx.numpy_helper.from_array(np.array(3, np.int64), "i3")])
+    src = tmp_path / "shape_path.onnx"
+    onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]), str(src))
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    info = build_fp16(src, tmp_path / "shape_path.fp16.onnx", "input", [x])
+    assert info["kept_fp32_for_types"] == ["cast_to_float"]
+    sess = ort.InferenceSession(str(tmp_path / "shape_path.fp16.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {"input": x})[0], np.maximum(x * 8, 0), rtol=2e-3, atol=2e-3)

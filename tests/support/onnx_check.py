@@ -1,4 +1,8 @@
-"""Export a zoo model the way the pipeline does and compare ONNX Runtime with eager, output by output."""
+"""Export a module with the TorchScript exporter and compare ONNX Runtime with eager, output by output.
+
+A quick structural check for zoo tests (dynamic H/W, named outputs). It is not the pipeline's export
+(dynamo exporter, opset 18, onnxsim): tests of that path go through ``edgeexport.pipeline`` or the CLI.
+"""
 from __future__ import annotations
 
 import warnings

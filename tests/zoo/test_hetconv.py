@@ -33,7 +33,10 @@ def test_registered_with_metadata_and_parameter_count(model):
     params = sum(p.numel() for p in model.parameters())
     print("hetconv_resnet34_p4 parameters:", params)
     assert params == HETCONV_RESNET34_P4_PARAMS == 7_740_200
-    assert "7,740,200" in meta.notes
+    import re
+
+    quoted = re.search(r"([\d,]+) parameters", meta.notes)  # the count `edgeexport info` shows users
+    assert quoted and int(quoted.group(1).replace(",", "")) == params
     assert build_model("hetconv_resnet34_p4", num_classes=5).fc.out_features == 5
 
 
