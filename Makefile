@@ -6,10 +6,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.edgeexport-installed
-EXTRAS ?= test,coreml,executorch,litert,ncnn,openvino
+EXTRAS ?= test,coreml,executorch,litert,ncnn,openvino,ray
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test bench install clean weights weights-pyconvresnet50
+.PHONY: demo test bench install clean weights weights-pyconvresnet50 browser
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,17 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/edgeexport run recipes/lraspp_mobilenetv3.yaml
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=15
+
+# Headless Chromium for the HTML report's browser test, where this machine lets us install it (root with
+# apt-get, e.g. CI). Best effort, never an error: without it that one test is skipped and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		  { apt-get install -y -q chromium >/dev/null 2>&1 || \
+		    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
+		echo "note: Chromium is not installed (apt-get install chromium); the HTML report's browser test is skipped"
 
 bench: $(STAMP) weights-pyconvresnet50
 	$(PY) benchmarks/run.py --output BENCHMARKS.md

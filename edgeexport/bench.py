@@ -25,9 +25,12 @@ class LatencyStats:
     std_ms: float
     min_ms: float
     max_ms: float
+    samples_ms: tuple[float, ...] = ()  # every timed sample, in the order measured (the report's latency plot)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["samples_ms"] = list(self.samples_ms)
+        return d
 
     @classmethod
     def from_samples(cls, samples_ms: list[float], warmup: int, threads: int | None) -> "LatencyStats":
@@ -42,6 +45,7 @@ class LatencyStats:
             mean_ms=float(a.mean()),
             std_ms=float(statistics.stdev(a)) if len(a) > 1 else 0.0,
             min_ms=float(a.min()), max_ms=float(a.max()),
+            samples_ms=tuple(round(float(v), 3) for v in a),
         )
 
 
@@ -68,6 +72,9 @@ def benchmark(runner, feed: dict[str, np.ndarray], warmup: int = 5, runs: int = 
     return measure(lambda: runner.infer(feed), warmup=warmup, runs=runs, budget_s=budget_s, threads=runner.threads)
 
 
+SWITCH_PAUSE_S = 0.05  # lets the previous runtime's spinning worker threads go to sleep
+
+
 def benchmark_interleaved(runners: dict[str, object], feed: dict[str, np.ndarray], warmup: int = 5, runs: int = 50,
                           budget_s: float | None = None, rounds: int = 5, min_runs: int = 5) -> dict[str, LatencyStats]:
     """Time several active runners on the same input, alternating between them in ``rounds``.
@@ -91,9 +98,10 @@ def benchmark_interleaved(runners: dict[str, object], feed: dict[str, np.ndarray
         for name, r in runners.items():
             if done(name):
                 continue
-            # One untimed call per block: the previous runner's idle threads (ONNX Runtime spin-waits,
-            # OpenMP) keep a core busy for a while after its last call, which doubled the first
-            # measured call after a switch here.
+            # A pause, then one untimed call per block: the previous runner's idle threads (ONNX Runtime
+            # spin-waits, OpenMP's spin barrier in ncnn and torch) keep the cores busy for a while after
+            # its last call, which doubled the first measured calls after a switch here.
+            time.sleep(SWITCH_PAUSE_S)
             r.infer(feed)
             for _ in range(per_round):
                 if done(name):

@@ -98,7 +98,7 @@ def _execute(recipe, quiet: bool, as_json: bool, target=None) -> None:
         # A transient spinner on a terminal; nothing in pipes and logs, where stderr is for errors.
         return err.status(msg) if err.is_terminal else contextlib.nullcontext()
 
-    rep = pipeline.run(recipe, log=err.print, status=status)
+    rep = pipeline.run(recipe, log=err.print, status=status, command=_command_line())
     if as_json:
         print(json.dumps(rep, indent=2, default=str))
     elif not quiet:
@@ -106,6 +106,9 @@ def _execute(recipe, quiet: bool, as_json: bool, target=None) -> None:
         R.print_table(rep, out)
         name = recipe.name or rep["model"]["name"]
         out.print(f"report: {Path(recipe.output) / (name + '.report.md')}", markup=False, highlight=False)
+        page = R.html_path(Path(recipe.output), name)
+        if page.exists():
+            out.print(f"report: {page}", markup=False, highlight=False)
     unbuilt = pipeline.unbuilt(rep, target.name) if target is not None else []
     if unbuilt and not any(a["error"] for a in unbuilt):
         ok, reason = target.build_availability()
@@ -113,9 +116,19 @@ def _execute(recipe, quiet: bool, as_json: bool, target=None) -> None:
     raise typer.Exit(0 if rep["verdict"] == "passed" else 1)
 
 
+def _command_line() -> str | None:
+    """This process's command line, when it is the edgeexport command (recorded in the report)."""
+    import shlex
+
+    argv0 = Path(sys.argv[0]).name if sys.argv else ""
+    if argv0 != "edgeexport" and not sys.argv[0].endswith(os.path.join("edgeexport", "__main__.py")):
+        return None
+    return shlex.join(["edgeexport", *sys.argv[1:]])
+
+
 def parse_budget(items: list[str]) -> dict[str, float] | None:
     """``["snr_db=25", "miou_drop=0.5"]`` -> {"snr_db": 25.0, "miou_drop": 0.5}."""
-    from edgeexport.targets.quantize import BUDGET_METRICS
+    from edgeexport.targets.base import BUDGET_METRICS
 
     if not items:
         return None
@@ -380,10 +393,17 @@ def bundle(name: str = typer.Argument(..., help="zoo model the artifact was buil
            weights: Optional[str] = typer.Option(None, "--weights"),
            model: Optional[str] = typer.Option(None, "--model"),
            shape: Optional[str] = typer.Option(None, "--shape"),
-           images: int = typer.Option(4, "--images")):
+           images: int = typer.Option(4, "--images"),
+           sign_key: Optional[Path] = typer.Option(None, "--sign-key", help="Ed25519 private key (PEM or raw 32 "
+                                                   "bytes, e.g. from `edgeexport keygen`) that signs the manifest")):
     """Write a self-contained parity bundle: artifact, inputs, eager outputs, tolerances, how to run it."""
     from edgeexport import pipeline
     from edgeexport.targets import format_for_path
+
+    if sign_key is not None:
+        from edgeexport.bundle import load_private_key
+
+        load_private_key(sign_key)  # a bad key fails now, not after the model has run
 
     found = format_for_path(str(artifact))
     if found is None:
@@ -411,9 +431,15 @@ def bundle(name: str = typer.Argument(..., help="zoo model the artifact was buil
     art = pipeline.Artifact(fmt.kind, target.name, target.backend, precision or fmt.precision, artifact)
     art.runner = ctx.runner_spec(target, artifact, companions, **options)
     out = Path(output) if output else artifact.parent / f"{ctx.name}.{fmt.kind}.bundle"
-    manifest = pipeline.write_bundle_for(ctx, art, out)
+    manifest = pipeline.write_bundle_for(ctx, art, out, sign_key=sign_key)
+    signed = ""
+    if "signature" in manifest:
+        from edgeexport.bundle import fingerprint
+
+        signed = f", signed by key {fingerprint(bytes.fromhex(manifest['signature']['public_key']))}"
     print(f"wrote {out} ({manifest['artifact']['backend']}, {art.precision}, {len(manifest['input_shapes'])} "
-          f"input batch(es)); check it on the target with: edgeexport verify {out}")
+          f"input batch(es){signed}); check it on the target with: edgeexport verify {out}"
+          + (" --trust-key PUB" if signed else ""))
 
 
 @app.command()
@@ -422,13 +448,21 @@ def verify(bundle_path: Path = typer.Argument(..., metavar="BUNDLE"),
            threads: Optional[int] = typer.Option(None, "--threads"),
            runs: int = typer.Option(30, "--runs"),
            quiet: bool = typer.Option(False, "--quiet", "-q"),
-           as_json: bool = typer.Option(False, "--json")):
-    """Run a bundle's artifact with the runtime installed here: parity and latency (no torch, no model code)."""
-    from edgeexport.bundle import verify_bundle
+           as_json: bool = typer.Option(False, "--json"),
+           trust_key: Optional[list[Path]] = typer.Option(None, "--trust-key", help="Ed25519 public key (PEM or "
+                                                          "raw 32 bytes); refuse a bundle not signed by it "
+                                                          "(repeat for several keys)")):
+    """Run a bundle's artifact with the runtime installed here: parity and latency (no torch, no model code).
+
+    The report says whether the bundle was signed and by which key (fingerprint: SHA-256 of the raw
+    public key); with --trust-key an unsigned, foreign-signed or altered bundle is refused (exit 2).
+    """
+    from edgeexport.bundle import load_public_key, verify_bundle
     from edgeexport.errors import BackendMissing
     from edgeexport.report import print_table
 
-    rep = verify_bundle(bundle_path, threads=threads, runs=runs)
+    keys = [load_public_key(k) for k in trust_key or []]
+    rep = verify_bundle(bundle_path, threads=threads, runs=runs, trust_keys=keys or None)
     art = rep["artifacts"][0]
     if as_json:
         print(json.dumps(rep, indent=2, default=str))
@@ -437,6 +471,20 @@ def verify(bundle_path: Path = typer.Argument(..., metavar="BUNDLE"),
     if art["parity"]["status"] == "not_run":
         raise BackendMissing(art["backend"], art["parity"]["reason"].removeprefix("not run on this machine: "))
     raise typer.Exit(0 if rep["verdict"] == "passed" else 1)
+
+
+@app.command()
+@handle_errors
+def keygen(output: Path = typer.Option(..., "--output", "-o", help="folder for NAME.key and NAME.pub"),
+           name: str = typer.Option("edgeexport", "--name", help="file name stem")):
+    """Make an Ed25519 key pair for signing bundles: NAME.key (private, mode 0600) and NAME.pub (public)."""
+    from edgeexport.bundle import generate_keypair
+
+    priv, pub, fp = generate_keypair(output, name)
+    print(f"wrote {priv} (private: keep it on the build host) and {pub} (public: give it to verifying machines)")
+    print(f"key fingerprint: {fp}")
+    print(f"sign: edgeexport bundle MODEL --artifact FILE --sign-key {priv}; check: edgeexport verify BUNDLE "
+          f"--trust-key {pub}")
 
 
 @app.command()
@@ -455,6 +503,38 @@ def run(recipe_path: Path = typer.Argument(..., metavar="RECIPE", help="recipe Y
     if weights:
         recipe.weights = weights
     _execute(recipe, quiet, as_json)
+
+
+@app.command("report")
+@handle_errors
+def report_cmd(path: Path = typer.Argument(..., metavar="REPORT_JSON", help="a NAME.report.json edgeexport wrote"),
+               html: bool = typer.Option(False, "--html", help="(re)write the self-contained HTML page beside it"),
+               open_page: bool = typer.Option(False, "--open", help="open the page in a browser (implies --html)"),
+               output: Optional[Path] = typer.Option(None, "--output", "-o",
+                                                     help="where to write the page (default: NAME.report.html "
+                                                          "beside the JSON)")):
+    """Re-render an existing report: the terminal table and, with --html, the HTML page (from the JSON alone)."""
+    from edgeexport import report as R
+    from edgeexport.report_html import write_html
+
+    if not path.is_file():
+        raise UserError(f"{path}: no such report")
+    try:
+        rep = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: not a JSON report ({type(exc).__name__})") from None
+    if not isinstance(rep, dict) or not isinstance(rep.get("artifacts"), list) or "model" not in rep:
+        raise UserError(f"{path}: not an edgeexport report (no model and artifacts)")
+    out = _console(stderr=False)
+    R.print_table(rep, out)
+    if html or open_page or output:
+        name = path.name.removesuffix(".json").removesuffix(".report")
+        page = write_html(rep, output or R.html_path(path.parent, name))
+        out.print(f"report: {page}", markup=False, highlight=False)
+        if open_page:
+            import webbrowser
+
+            webbrowser.open(page.resolve().as_uri())
 
 
 @app.command()
@@ -524,8 +604,16 @@ def targets(as_json: bool = typer.Option(False, "--json")):
 
 @app.command()
 @handle_errors
-def doctor(as_json: bool = typer.Option(False, "--json")):
+def doctor(as_json: bool = typer.Option(False, "--json"),
+           ray_resources: bool = typer.Option(False, "--ray-resources",
+                                              help="print the Ray resources this machine offers, as JSON for "
+                                                   "`ray start --resources=...` (the runtimes that run here)")):
     """Which backends are installed here, their versions, and how to install the missing ones."""
+    if ray_resources:
+        from edgeexport.doctor import ray_resources as offered
+
+        print(json.dumps(offered(), separators=(",", ":")))
+        return
     from edgeexport.doctor import doctor as check
 
     rows = check()
@@ -539,6 +627,49 @@ def doctor(as_json: bool = typer.Option(False, "--json")):
         if r["install"]:
             line += f"  -> {r['install']}"
         print(line.rstrip())
+
+
+@app.command()
+@handle_errors
+def matrix(models: Optional[list[str]] = typer.Argument(None, metavar="RECIPE_OR_MODEL...",
+                                                        help="zoo models (their recipes/NAME.yaml when there is one) "
+                                                             "or recipe YAML files"),
+           targets_: str = typer.Option(",".join(("onnx", "onnx-int8", "executorch", "coreml")), "--targets",
+                                        help="artifact kinds, comma-separated (`edgeexport targets` lists them)"),
+           cluster: str = typer.Option("local", "--cluster", help="local (a Ray instance here, loopback only), "
+                                                                  "auto, or ray://HOST:PORT / HOST:PORT of a cluster"),
+           cache: Optional[Path] = typer.Option(None, "--cache", help="content-addressed cell cache (default: "
+                                                                      "$EDGEEXPORT_CACHE/matrix or "
+                                                                      "~/.cache/edgeexport/matrix)"),
+           no_cache: bool = typer.Option(False, "--no-cache", help="build every cell again (results still cached)"),
+           resume: bool = typer.Option(False, "--resume", help="continue the interrupted matrix in --output "
+                                                               "without redoing its finished cells"),
+           output: Path = typer.Option(Path("out/matrix"), "--output", "-o"),
+           threads: int = typer.Option(1, "--threads", min=1, help="CPUs per cell task, and threads for every "
+                                                                  "backend's timings"),
+           retries: int = typer.Option(2, "--retries", min=0, help="retries of a cell whose worker process dies"),
+           cpus: Optional[int] = typer.Option(None, "--cpus", min=1, help="size of a local cluster (default: every "
+                                                                          "core); 1 runs the cells one after another"),
+           quiet: bool = typer.Option(False, "--quiet", "-q"),
+           as_json: bool = typer.Option(False, "--json", help="print the matrix report as JSON")):
+    """Every model through every target as Ray tasks: cached, resumable, verified where the runtime is."""
+    from edgeexport.matrix import print_matrix, run_matrix
+
+    err = _console(quiet)
+    rep = run_matrix(models or [], [k.strip() for k in targets_.split(",") if k.strip()], cluster=cluster,
+                     cache=cache, use_cache=not no_cache, resume=resume, output=output, threads=threads,
+                     retries=retries, cpus=cpus, log=lambda m: err.print(m, markup=False, highlight=False),
+                     command=_command_line())
+    if as_json:
+        print(json.dumps(rep, indent=2, default=str))
+    elif not quiet:
+        out = _console(stderr=False)
+        print_matrix(rep, out)
+        for suffix in ("md", "html"):
+            page = output / f"matrix.report.{suffix}"
+            if page.exists():
+                out.print(f"report: {page}", markup=False, highlight=False)
+    raise typer.Exit(0 if rep["verdict"] == "passed" else 1)
 
 
 _register_target_commands()

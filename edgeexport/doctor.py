@@ -44,6 +44,26 @@ def target_rows() -> list[dict]:
     return rows
 
 
+# Ray resources a runtime needs besides its own ``{backend: 1}`` (``edgeexport matrix`` asks for both).
+EXTRA_RAY_RESOURCES = {"tensorrt": {"GPU": 1}}
+
+
+def ray_resources(backends: set[str] | None = None) -> dict[str, float]:
+    """The custom Ray resources this machine offers: ``{backend: 1}`` for every runtime that can run
+    artifacts here (``ray start --resources="$(edgeexport doctor --ray-resources)"``). ``edgeexport
+    matrix`` verifies an artifact whose runtime its building node lacks on a node offering it
+    (``{"coreml": 1}`` on a Mac; TensorRT asks for ``{"GPU": 1, "tensorrt": 1}``, GPUs are counted by Ray
+    itself). 1 means one verification at a time on this node; raise it to allow more. ``backends``: probe
+    only these runtimes (each probe imports the runtime)."""
+    from edgeexport.targets import list_targets
+
+    out: dict[str, float] = {}
+    for t in list_targets():
+        if t.backend not in out and (backends is None or t.backend in backends) and t.run_availability().ok:
+            out[t.backend] = 1
+    return dict(sorted(out.items()))
+
+
 def doctor() -> list[dict]:
     rows = []
     for name, dist in CORE.items():

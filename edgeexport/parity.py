@@ -16,6 +16,11 @@ Metrics (accumulated over every sample of a check):
 A reference whose outputs are degenerate (constant, or one class for every pixel of every
 segmentation sample) makes the comparison vacuous; that is reported as a failure of its own.
 Problems are structured (:class:`ParityIssue`), like Optimum's validation errors.
+
+For the report's error views each output also keeps a compact histogram of the absolute
+error (quarter-decade bins, serialised as ``hist``) and, for segmentation and classification
+outputs, the sample that disagrees most with the reference (argmax maps or top-5 lists, in
+``OutputParity.worst``; not serialised).
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 SNR_CAP_DB = 200.0
+HIST_LO, HIST_STEP, HIST_BINS = -10.0, 0.25, 64  # |error| bins: 1e-10 .. 1e6, four per decade
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,10 @@ class _Accumulator:
         self.ref_classes: set[int] = set()
         self.ref_min, self.ref_max = math.inf, -math.inf
         self.nonfinite = 0
+        self.hist = np.zeros(HIST_BINS, np.int64)
+        self.hist_under = 0  # below 1e-10, exact matches included
+        self.images = 0  # samples along the batch axis seen so far
+        self.worst: dict | None = None  # the image that disagrees most with the reference
 
     def add(self, ref: np.ndarray, got: np.ndarray) -> None:
         r = ref.astype(np.float64, copy=False)
@@ -105,11 +115,20 @@ class _Accumulator:
         self.dot += float(np.nansum(r * g))
         self.err2 += float(np.nansum(d * d))
         self.ref_min, self.ref_max = min(self.ref_min, float(r.min())), max(self.ref_max, float(r.max()))
+        self._histogram(d)
+        first = self.images
+        self.images += r.shape[0] if r.ndim else 1
         if self.task == "segmentation" and r.ndim == 4 and r.shape[1] > 1:
             ra, ga = r.argmax(1), g.argmax(1)
             self.agree += int((ra == ga).sum())
             self.total += ra.size
             self.ref_classes.update(np.unique(ra).tolist())
+            differ = (ra != ga).reshape(len(ra), -1).mean(1)
+            j = int(differ.argmax())
+            if self.worst is None or differ[j] > self.worst["disagreement"]:
+                self.worst = {"index": first + j, "disagreement": float(differ[j]),
+                              "ref": ra[j].astype(np.uint8 if r.shape[1] <= 256 else np.int32),
+                              "got": ga[j].astype(np.uint8 if r.shape[1] <= 256 else np.int32)}
         elif self.task == "classification" and r.ndim == 2 and r.shape[1] > 1:
             ra, ga = r.argmax(1), g.argmax(1)
             self.agree += int((ra == ga).sum())
@@ -117,7 +136,29 @@ class _Accumulator:
             self.ref_classes.update(ra.tolist())
             k = min(5, r.shape[1])
             rt, gt = np.argsort(-r, 1)[:, :k], np.argsort(-g, 1)[:, :k]
-            self.top5 += sum(len(set(a) & set(b)) / k for a, b in zip(rt.tolist(), gt.tolist()))
+            overlaps = [len(set(a) & set(b)) / k for a, b in zip(rt.tolist(), gt.tolist())]
+            self.top5 += sum(overlaps)
+            scores = [(int(ra[j] == ga[j]), overlaps[j], -float(d[j].max())) for j in range(len(ra))]
+            j = min(range(len(ra)), key=lambda i: scores[i])
+            if self.worst is None or scores[j] < self.worst["score"]:
+                self.worst = {"index": first + j, "score": scores[j], "top1_agree": bool(scores[j][0]),
+                              "top5_overlap": overlaps[j], "ref": _top(r[j], k), "got": _top(g[j], k)}
+
+    def _histogram(self, d: np.ndarray) -> None:
+        d = d[np.isfinite(d)].ravel()
+        above = d[d >= 10.0 ** HIST_LO]
+        self.hist_under += int(d.size - above.size)
+        if above.size:
+            k = np.floor((np.log10(above) - HIST_LO) / HIST_STEP).astype(np.int64)
+            self.hist += np.bincount(np.clip(k, 0, HIST_BINS - 1), minlength=HIST_BINS)
+
+    def histogram(self) -> dict:
+        """The |error| histogram, trimmed to its occupied bins: bin i spans
+        10^(lo + i*step) .. 10^(lo + (i+1)*step); ``under``: errors below 10^-10 (exact matches included)."""
+        nz = np.flatnonzero(self.hist)
+        a, b = (int(nz[0]), int(nz[-1]) + 1) if nz.size else (0, 0)
+        return {"lo": HIST_LO + a * HIST_STEP, "step": HIST_STEP, "counts": self.hist[a:b].tolist(),
+                "under": self.hist_under, "total": int(self.hist.sum()) + self.hist_under}
 
     def metrics(self) -> dict[str, float | int | None]:
         cos_den = math.sqrt(self.ref2 * self.got2)
@@ -147,6 +188,8 @@ class OutputParity:
     shape: list[int]
     metrics: dict
     issues: list[ParityIssue] = field(default_factory=list)
+    hist: dict | None = None  # |error| histogram (see _Accumulator.histogram)
+    worst: dict | None = None  # the sample that disagrees most (argmax maps / top-5), for the report's views
 
     @property
     def passed(self) -> bool:
@@ -177,9 +220,18 @@ class ParityResult:
             "shape": self.shape, "samples": self.samples, "sample_names": self.sample_names,
             "precision": self.precision, "tolerance": asdict(self.tolerance), "passed": self.passed,
             "outputs": [{"name": o.name, "task": o.task, "shape": o.shape, "passed": o.passed,
-                         "metrics": _finite(o.metrics), "issues": [asdict(i) for i in o.issues]} for o in self.outputs],
+                         "metrics": _finite(o.metrics), "issues": [asdict(i) for i in o.issues],
+                         **({"hist": o.hist} if o.hist else {})} for o in self.outputs],
             "issues": [asdict(i) for i in self.issues],
         }
+
+
+def _top(logits: np.ndarray, k: int) -> list[list]:
+    """[[class, softmax probability, logit], ...] of the ``k`` largest logits."""
+    z = logits.astype(np.float64) - float(np.max(logits))
+    p = np.exp(z) / np.exp(z).sum()
+    order = np.argsort(-logits)[:k]
+    return [[int(c), float(f"{p[c]:.4g}"), float(f"{logits[c]:.5g}")] for c in order]
 
 
 def _finite(d: dict) -> dict:
@@ -243,7 +295,7 @@ class ParityCheck:
                            sample_names=self.sample_names)
         for name, acc in self._acc.items():
             res.outputs.append(OutputParity(name, acc.task, self._shapes[name], acc.metrics(),
-                                            _check(acc, name, self.tolerance)))
+                                            _check(acc, name, self.tolerance), acc.histogram(), acc.worst))
         return res
 
 

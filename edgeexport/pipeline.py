@@ -66,6 +66,8 @@ class Artifact:
     task: TaskMetrics | None = None  # task metric on the labeled data
     task_drop: float | None = None  # points below eager
     task_issue: str | None = None  # the drop exceeds the tolerance
+    views: dict = field(default_factory=dict)  # the report's error views: worst image, top-5 (edgeexport.views)
+    profile: dict | None = None  # per-operator time when int8 is not faster than fp32 (edgeexport.views)
 
     def finish(self, record: BuildRecord, runner: RunnerSpec | None) -> None:
         """What a target calls when the artifact is written: its record and how to run it."""
@@ -173,10 +175,12 @@ class Context:
     status: Callable
     artifacts: list[Artifact] = field(default_factory=list)
     eager_latency: LatencyStats | None = None
-    rewrites: dict = field(default_factory=dict)
-    rewritten: torch.nn.Module | None = None
+    rewrites: dict = field(default_factory=dict)  # rewrite set -> {rewrite: modules replaced}
+    rewritten: dict = field(default_factory=dict)  # rewrite set -> wrapped, rewritten model
     task_data: object = None  # TaskData when the recipe has labeled data
     eager_task: TaskMetrics | None = None
+    eager_preds: list | None = None  # eager's predicted classes on the labeled data (the report's mask views)
+    views: dict = field(default_factory=dict)  # report-level view data: images shared by artifacts' views
 
     @property
     def name(self) -> str:
@@ -228,16 +232,20 @@ class Context:
         """One input batch at the main shape (a real photograph), as a tensor."""
         return torch.from_numpy(self.refs.feed()[self.refs.input_name])
 
-    def torch_model(self) -> torch.nn.Module:
-        """The eager model with the recipe's export rewrites applied, wrapped to return a tuple
-        in output-name order (cached; shared by every target that converts from PyTorch)."""
-        if self.rewritten is None:
-            from edgeexport.rewrite import DEFAULT_REWRITES, apply_rewrites
+    def torch_model(self, rewrites: list[str] | None = None) -> torch.nn.Module:
+        """The eager model with export rewrites applied (default: the recipe's ONNX stage's), wrapped to
+        return a tuple in output-name order. Cached per set of rewrites, shared by every target that
+        converts from PyTorch; a target whose converter takes an op the ONNX rewrites replace (ncnn's
+        native adaptive pooling) asks for its own set."""
+        from edgeexport.rewrite import DEFAULT_REWRITES, apply_rewrites
 
-            names = self.recipe.stages.onnx.rewrites if self.recipe.stages.onnx else list(DEFAULT_REWRITES)
-            model, self.rewrites = apply_rewrites(self.handle.model, names)
-            self.rewritten = self.handle.wrapped(model)
-        return self.rewritten
+        if rewrites is None:
+            rewrites = self.recipe.stages.onnx.rewrites if self.recipe.stages.onnx else list(DEFAULT_REWRITES)
+        key = tuple(rewrites)
+        if key not in self.rewritten:
+            model, self.rewrites[key] = apply_rewrites(self.handle.model, list(rewrites))
+            self.rewritten[key] = self.handle.wrapped(model)
+        return self.rewritten[key]
 
     def calibration(self, count: int, folder: str | None = None) -> list[np.ndarray]:
         """``count`` calibration batches at the main shape, never the evaluation images."""
@@ -282,11 +290,11 @@ def prepare(recipe: Recipe, log=print, status=_noop_status) -> Context:
     if recipe.dynamic in ("hw", "all") and not handle.meta.dynamic_hw:
         raise UserError(f"{handle.name} cannot take dynamic H/W: {handle.meta.notes or 'fixed-size graph'}")
     eval_spec = resolve_eval_data(recipe, handle)
-    for q in recipe.stages.quantize:  # bad calibration input fails before anything is built
-        if q.calib_folder:
+    for options in stage_options(recipe):  # bad calibration input fails before anything is built
+        if getattr(options, "calib_folder", None):
             from edgeexport.quantize.calib import check_calibration_source
 
-            check_calibration_source(q.calib_folder, recipe.inputs.folder, eval_spec)
+            check_calibration_source(options.calib_folder, recipe.inputs.folder, eval_spec)
     if recipe.inputs.source == "eval_data" and not eval_spec:
         raise UserError("inputs.source is 'eval_data' but there is no labeled data (inputs.eval_data)")
     source = InputSource(recipe.inputs.source, "eval", eval_spec if recipe.inputs.source == "eval_data"
@@ -318,8 +326,17 @@ def prepare(recipe: Recipe, log=print, status=_noop_status) -> Context:
             ctx.task_data = open_task_data(eval_spec, recipe.inputs.eval_images, handle, shape, log)
         with status(f"Task metrics of {handle.reference_label} on {ctx.task_data.count} labeled images"):
             with refs.eager_runner() as r:
-                ctx.eager_task, _ = ctx.task_data.evaluate(r, refs.input_name)
+                ctx.eager_task, ctx.eager_preds = ctx.task_data.evaluate(r, refs.input_name, keep_predictions=True)
     return ctx
+
+
+def stage_options(recipe: Recipe) -> list[TargetOptions]:
+    """Every option set the recipe's stages give, over all registered targets."""
+    out = []
+    for t in list_targets():
+        cfg = getattr(recipe.stages, t.name, None)
+        out += cfg if t.multiple else [cfg] if cfg is not None else []
+    return out
 
 
 def resolve_eval_data(recipe: Recipe, handle: ModelHandle) -> str | None:
@@ -476,11 +493,11 @@ def stage_bundle(ctx: Context) -> None:
             continue
         out = ctx.out_dir / f"{ctx.name}.{art.kind}.bundle"
         with ctx.status(f"Bundling {art.kind}"):
-            write_bundle_for(ctx, art, out)
+            write_bundle_for(ctx, art, out, sign_key=ctx.recipe.stages.bundle.sign_key)
         art.notes.append(f"parity bundle: {out}")
 
 
-def write_bundle_for(ctx: Context, art: Artifact, out: Path) -> dict:
+def write_bundle_for(ctx: Context, art: Artifact, out: Path, sign_key: str | Path | None = None) -> dict:
     from dataclasses import asdict
 
     from edgeexport.bundle import write_bundle
@@ -493,7 +510,7 @@ def write_bundle_for(ctx: Context, art: Artifact, out: Path) -> dict:
     return write_bundle(out, runner=art.runner, kind=art.kind, precision=art.precision, inputs=inputs,
                         references=ctx.refs.outputs(shape), tasks=ctx.handle.tasks,
                         tolerance=asdict(ctx.recipe.tolerance(art.precision)), model=model, versions=versions(),
-                        build_latency_ms=art.latency.median_ms if art.latency else None)
+                        build_latency_ms=art.latency.median_ms if art.latency else None, sign_key=sign_key)
 
 
 # ---------------------------------------------------------------- checks
@@ -519,10 +536,11 @@ def check_artifact(ctx: Context, art: Artifact) -> None:
 def _check_with(ctx: Context, art: Artifact, runner: Runner) -> None:
     recipe = ctx.recipe
     tol = ctx.tolerance(art.precision)
+    preds = None
     with runner:
         if ctx.task_data is not None:
             with ctx.status(f"Task metrics: {art.kind} on {ctx.task_data.count} labeled images"):
-                art.task, _ = ctx.task_data.evaluate(runner, ctx.refs.input_name)
+                art.task, preds = ctx.task_data.evaluate(runner, ctx.refs.input_name, keep_predictions=True)
             art.task_drop = art.task.drop_points(ctx.eager_task)
             art.task_issue = task_issue(art.task, ctx.eager_task, tol)
         if recipe.parity.enabled:
@@ -539,6 +557,17 @@ def _check_with(ctx: Context, art: Artifact, runner: Runner) -> None:
                 art.extra_parity[f"vs_{art.compare_to}"] = [r.to_dict() for r in res]
         else:
             art.parity_status = "failed" if art.task_issue else "skipped"
+    _collect_views(ctx, art, preds)
+
+
+def _collect_views(ctx: Context, art: Artifact, preds) -> None:
+    """The report's error views of one artifact (a failure here is noted on the page, never fatal)."""
+    from edgeexport import views
+
+    try:
+        views.collect(ctx, art, preds)
+    except Exception as exc:
+        art.views = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"}
 
 
 def task_issue(task: TaskMetrics, eager: TaskMetrics, tol: Tolerance) -> str | None:
@@ -571,9 +600,11 @@ def time_all(ctx: Context) -> None:
 # ---------------------------------------------------------------- run
 
 
-def run(recipe: Recipe, log=print, status=_noop_status) -> dict:
-    """Run a recipe end to end and return the report (also written next to the artifacts)."""
+def run(recipe: Recipe, log=print, status=_noop_status, command: str | None = None) -> dict:
+    """Run a recipe end to end and return the report (also written next to the artifacts, as JSON,
+    Markdown and a self-contained HTML page). ``command``: the command line, recorded for the page."""
     from edgeexport import report as R
+    from edgeexport.views import profile_slow_int8
 
     t0 = time.perf_counter()
     ctx = prepare(recipe, log, status)
@@ -582,10 +613,11 @@ def run(recipe: Recipe, log=print, status=_noop_status) -> dict:
         ctx.artifacts.append(art)
         check_artifact(ctx, art)
     time_all(ctx)
+    profile_slow_int8(ctx)  # after timing: why an int8 artifact is not faster than its fp32 graph
     if recipe.stages.bundle is not None:  # after timing, so bundles carry the build host's latency
         stage_bundle(ctx)
-    rep = R.build_report(ctx, time.perf_counter() - t0)
-    R.write_reports(rep, ctx.out_dir, ctx.name)
+    rep = R.build_report(ctx, time.perf_counter() - t0, command=command)
+    R.write_reports(rep, ctx.out_dir, ctx.name, log=log)
     return rep
 
 

@@ -52,6 +52,21 @@ class ToleranceConfig(_Strict):
 
 class BundleStage(_Strict):
     artifacts: list[str] = Field(default_factory=lambda: ["all"])  # artifact kinds, or "all"
+    sign_key: str | None = Field(None, description="Ed25519 private key file (PEM or raw 32 bytes) that signs "
+                                                   "each bundle's manifest")
+
+    @field_validator("sign_key")
+    @classmethod
+    def _key(cls, v):
+        """Load the key now: a bad key path fails before the build, not after it."""
+        if v is not None:
+            from edgeexport.bundle import load_private_key
+
+            try:
+                load_private_key(v)
+            except UserError as exc:
+                raise ValueError(str(exc)) from None
+        return v
 
 
 def _stages_model() -> type[BaseModel]:

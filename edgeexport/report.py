@@ -1,4 +1,5 @@
-"""Reports: one JSON document per run, a Markdown rendering of it, and the terminal table.
+"""Reports: one JSON document per run, a Markdown rendering of it, the terminal table, and a
+self-contained HTML page rendered from the JSON alone (:mod:`edgeexport.report_html`).
 
 Every artifact appears with its backend, precision, size, parity verdict and latency
 side by side. A check that could not execute on this machine is reported as
@@ -60,6 +61,7 @@ def _artifact_dict(ctx, art) -> dict:
         "failures": art.failures,
         "task": ({**art.task.to_dict(), "drop_points": art.task_drop, "issue": art.task_issue}
                  if art.task is not None else None),
+        "views": art.views, "profile": art.profile,
     }
     base = ctx.find(art.compare_to) if art.compare_to else None
     if art.latency and base is not None and base.latency:
@@ -69,7 +71,7 @@ def _artifact_dict(ctx, art) -> dict:
     return d
 
 
-def build_report(ctx, elapsed_s: float) -> dict:
+def build_report(ctx, elapsed_s: float, command: str | None = None) -> dict:
     h = ctx.handle
     arts = [_artifact_dict(ctx, a) for a in ctx.artifacts]
     failed = [a["kind"] for a in arts if a["parity"]["status"] in ("failed", "build_failed")]
@@ -90,16 +92,26 @@ def build_report(ctx, elapsed_s: float) -> dict:
         "artifacts": arts,
         "verdict": "failed" if failed else "passed",
         "failed": failed,
+        "command": command,
+        "views": ctx.views,
     }
 
 
-def write_reports(report: dict, out_dir: Path, name: str) -> tuple[Path, Path]:
+def write_reports(report: dict, out_dir: Path, name: str, log=None) -> tuple[Path, Path]:
+    """NAME.report.json, NAME.report.md and NAME.report.html (see :func:`html_path`)."""
     js, md = out_dir / f"{name}.report.json", out_dir / f"{name}.report.md"
     with atomic_path(js) as tmp:
         tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
     with atomic_path(md) as tmp:
         tmp.write_text(to_markdown(report))
+    from edgeexport.report_html import write_html_safely
+
+    write_html_safely(json.loads(js.read_text()), html_path(out_dir, name), log)
     return js, md
+
+
+def html_path(out_dir: Path, name: str) -> Path:
+    return Path(out_dir) / f"{name}.report.html"
 
 
 # ---------------------------------------------------------------- rendering

@@ -52,8 +52,8 @@ def test_onnx_dynamic_all_end_to_end(cli, tmp_path):
     code, out, err = cli("onnx", "lraspp_mobilenetv3_small", "--shape", "1x3x96x128", "--dynamic", "all",
                          "--exporter", "torchscript", "--runs", "3", "--images", "2", "-o", tmp_path)
     assert code == 0, out + err
-    assert artifacts(tmp_path) == ["lraspp_mobilenetv3_small.onnx", "lraspp_mobilenetv3_small.report.json",
-                                   "lraspp_mobilenetv3_small.report.md"]
+    assert artifacts(tmp_path) == ["lraspp_mobilenetv3_small.onnx", "lraspp_mobilenetv3_small.report.html",
+                                   "lraspp_mobilenetv3_small.report.json", "lraspp_mobilenetv3_small.report.md"]
     rep = load_report(tmp_path, "lraspp_mobilenetv3_small")
     art = rep["artifacts"][0]
     assert rep["verdict"] == "passed" and art["parity"]["status"] == "passed"
@@ -215,7 +215,8 @@ def test_export_failure_leaves_no_partial_artifact(tmp_path, monkeypatch):
                                          "output": str(tmp_path), "stages": {"onnx": {"exporter": "torchscript"}},
                                          "bench": {"enabled": False}}))
     assert rep["verdict"] == "failed" and "exporter exploded" in rep["artifacts"][0]["error"]
-    assert artifacts(tmp_path) == ["mobilenetv3_small.report.json", "mobilenetv3_small.report.md"]
+    assert artifacts(tmp_path) == ["mobilenetv3_small.report.html", "mobilenetv3_small.report.json",
+                                   "mobilenetv3_small.report.md"]
 
 
 def test_real_subprocess(tmp_path):

@@ -75,7 +75,14 @@ def target_for_kind(kind: str) -> tuple[type[Target], Format]:
     for t, f in all_formats():
         if f.kind == kind:
             return t, f
-    raise UserError(f"unknown artifact kind {kind!r}")
+    raise UserError(f"unknown artifact kind {kind!r} (known: {', '.join(f.kind for _, f in all_formats())})")
+
+
+def options_for_kind(kind: str) -> tuple[type[Target], TargetOptions]:
+    """The target and the stage options that build an artifact kind (``Format.options`` over the
+    defaults), e.g. ``"onnx-int8"`` -> (quantize, mode=int8), ``"coreml"`` -> (coreml, precision=fp16)."""
+    target, fmt = target_for_kind(kind)
+    return target, target.Options(**fmt.options)
 
 
 def format_for_path(path: str) -> tuple[type[Target], Format] | None:
@@ -91,5 +98,5 @@ def make_runner(spec: RunnerSpec, threads: int | None):
 
 
 __all__ = ["Availability", "BuildRecord", "Format", "Requirement", "RunnerSpec", "Target", "TargetOptions",
-           "all_formats", "format_for_path", "get_target", "list_targets", "make_runner", "register_target",
-           "target_for_kind"]
+           "all_formats", "format_for_path", "get_target", "list_targets", "make_runner", "options_for_kind",
+           "register_target", "target_for_kind"]

@@ -35,6 +35,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from edgeexport.runners.base import Runner
 
 
+# Accuracy budgets a target may accept (``--budget KEY=VALUE``): tensor metrics against eager, or the
+# drop of a task metric on labeled data, in points.
+BUDGET_METRICS = ("snr_db", "agreement", "cosine", "miou_drop", "top1_drop")
+
+
 class Availability(NamedTuple):
     ok: bool
     reason: str = ""
@@ -56,6 +61,9 @@ class Format(BaseModel):
     precision: str  # fp32 | fp16 | int8
     runs_on: str  # where its runner executes
     companions: tuple[str, ...] = ()  # other files that belong to it (suffixes), e.g. ".bin"
+    # The stage options that build it (``Options(**options)``; unset keys keep their defaults), so that an
+    # artifact kind names a build: ``edgeexport matrix --targets onnx-int8`` (checked by the conformance tests).
+    options: dict[str, Any] = {}
 
 
 class RunnerSpec(BaseModel):
@@ -88,8 +96,8 @@ class BuildRecord(BaseModel):
 
     def facts(self) -> dict:
         """Scalar facts for the generic rendering (tables are rendered by subclasses)."""
-        return {k: v for k, v in self.model_dump().items() if k != "notes" and not isinstance(v, list)
-                or (isinstance(v, list) and v and not isinstance(v[0], dict))}
+        return {k: v for k, v in self.model_dump().items()
+                if k != "notes" and (not isinstance(v, list) or (v and not isinstance(v[0], dict)))}
 
     def markdown(self) -> list[str]:
         return [f"- {k}: {json.dumps(v, default=str)}" for k, v in self.facts().items() if v not in (None, [], {})]

@@ -201,14 +201,16 @@ class CoreMLTarget(Target):
     Record = CoreMLRecord
     multiple = True
     formats = (
-        Format(kind="coreml", suffix=".mlpackage", precision="fp16", runs_on="macOS / iOS (converts anywhere)"),
-        Format(kind="coreml-fp32", suffix=".fp32.mlpackage", precision="fp32", runs_on="macOS / iOS (converts anywhere)"),
+        Format(kind="coreml", suffix=".mlpackage", precision="fp16", runs_on="macOS / iOS (converts anywhere)",
+               options={"precision": "fp16"}),
+        Format(kind="coreml-fp32", suffix=".fp32.mlpackage", precision="fp32",
+               runs_on="macOS / iOS (converts anywhere)", options={"precision": "fp32"}),
         Format(kind="coreml-int8", suffix=".int8.mlpackage", precision="fp16",
-               runs_on="macOS / iOS (int8 weights, fp16 compute)"),
+               runs_on="macOS / iOS (int8 weights, fp16 compute)", options={"compress": "int8"}),
         Format(kind="coreml-palettize4", suffix=".palettize4.mlpackage", precision="fp16",
-               runs_on="macOS / iOS (4-bit palettized weights, fp16 compute)"),
+               runs_on="macOS / iOS (4-bit palettized weights, fp16 compute)", options={"compress": "palettize4"}),
         Format(kind="coreml-palettize6", suffix=".palettize6.mlpackage", precision="fp16",
-               runs_on="macOS / iOS (6-bit palettized weights, fp16 compute)"),
+               runs_on="macOS / iOS (6-bit palettized weights, fp16 compute)", options={"compress": "palettize6"}),
     )
     build_modules = ("coremltools",)
     run_modules = ("coremltools",)

@@ -178,9 +178,11 @@ class ExecuTorchTarget(Target):
     Options = ExecuTorchOptions
     Record = ExecuTorchRecord
     multiple = True
-    formats = (Format(kind="executorch", suffix=".pte", precision="fp32", runs_on="any CPU with the ExecuTorch runtime"),
+    formats = (Format(kind="executorch", suffix=".pte", precision="fp32", runs_on="any CPU with the ExecuTorch runtime",
+                      options={"quantize": "none"}),
                Format(kind="executorch-int8", suffix=".int8.pte", precision="int8",
-                      runs_on="any CPU with the ExecuTorch runtime (XNNPACK int8 kernels)"))
+                      runs_on="any CPU with the ExecuTorch runtime (XNNPACK int8 kernels)",
+                      options={"quantize": "int8"}))
     build_modules = ("executorch.exir",)
     run_modules = ("executorch.runtime",)
     distributions = {"executorch.exir": "executorch", "executorch.runtime": "executorch"}

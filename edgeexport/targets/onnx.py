@@ -201,7 +201,7 @@ class OnnxTarget(Target):
     help = "Export to ONNX, check it, simplify it, compare it with eager PyTorch and time both."
     Options = OnnxOptions
     Record = OnnxRecord
-    formats = (Format(kind="onnx", suffix=".onnx", precision="fp32", runs_on="any CPU (ONNX Runtime)"),)
+    formats = (Format(kind="onnx", suffix=".onnx", precision="fp32", runs_on="any CPU (ONNX Runtime)", options={}),)
     build_modules = ("onnx", "onnxsim", "onnxscript", "onnxruntime")
     run_modules = ("onnxruntime",)
     install = "pip install edgeexport"

@@ -13,9 +13,7 @@ from typing import Literal
 from pydantic import Field
 
 from edgeexport.targets import register_target
-from edgeexport.targets.base import BuildRecord, Format, Requirement, Target, TargetOptions
-
-BUDGET_METRICS = ("snr_db", "agreement", "cosine", "miou_drop", "top1_drop")
+from edgeexport.targets.base import BUDGET_METRICS, BuildRecord, Format, Requirement, Target, TargetOptions
 
 
 class QuantizeOptions(TargetOptions):
@@ -123,12 +121,14 @@ class QuantizeTarget(Target):
     from_onnx_file = True
     formats = (
         Format(kind="onnx-int8", suffix=".int8.onnx", precision="int8",
-               runs_on="any CPU (fast int8 on AVX512-VNNI / AVX-VNNI / ARM dot-product)"),
-        Format(kind="onnx-int8-dynamic", suffix=".int8-dynamic.onnx", precision="int8", runs_on="any CPU"),
+               runs_on="any CPU (fast int8 on AVX512-VNNI / AVX-VNNI / ARM dot-product)", options={"mode": "int8"}),
+        Format(kind="onnx-int8-dynamic", suffix=".int8-dynamic.onnx", precision="int8", runs_on="any CPU",
+               options={"mode": "int8-dynamic"}),
         Format(kind="onnx-fp16", suffix=".fp16.onnx", precision="fp16",
-               runs_on="GPUs and fp16-capable CPUs; slower than fp32 on x86 CPUs"),
+               runs_on="GPUs and fp16-capable CPUs; slower than fp32 on x86 CPUs", options={"mode": "fp16"}),
         Format(kind="onnx-int8-tensorrt", suffix=".int8-tensorrt.onnx", precision="int8",
-               runs_on="input to TensorRT (symmetric int8 Q/DQ); ONNX Runtime runs it anywhere"),
+               runs_on="input to TensorRT (symmetric int8 Q/DQ); ONNX Runtime runs it anywhere",
+               options={"mode": "int8", "target": "tensorrt"}),
     )
     build_modules = ("onnx", "onnxruntime", "onnxconverter_common")
     run_modules = ("onnxruntime",)

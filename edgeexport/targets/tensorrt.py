@@ -289,11 +289,11 @@ class TensorRTTarget(Target):
     Record = TensorRTRecord
     from_onnx_file = True
     formats = (Format(kind="tensorrt", suffix=".engine", precision="fp32",
-                      runs_on="the NVIDIA GPU (and TensorRT version) that built it"),
+                      runs_on="the NVIDIA GPU (and TensorRT version) that built it", options={"precision": "fp32"}),
                Format(kind="tensorrt-fp16", suffix=".fp16.engine", precision="fp16",
-                      runs_on="the NVIDIA GPU (and TensorRT version) that built it"),
+                      runs_on="the NVIDIA GPU (and TensorRT version) that built it", options={"precision": "fp16"}),
                Format(kind="tensorrt-int8", suffix=".int8.engine", precision="int8",
-                      runs_on="the NVIDIA GPU (and TensorRT version) that built it"))
+                      runs_on="the NVIDIA GPU (and TensorRT version) that built it", options={"precision": "int8"}))
     build_modules = ("tensorrt",)
     run_modules = ("tensorrt",)
     install = INSTALL_HINT

@@ -58,6 +58,19 @@ def test_declaration_is_complete():
         assert isinstance(t.build_availability(), Availability) and isinstance(t.run_availability(), Availability)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_format_options_build_that_format(name):
+    """Each format's ``options`` build exactly that format, so an artifact kind names a build
+    (``edgeexport matrix --targets onnx-int8``) and the table cannot drift from ``format_for``."""
+    from edgeexport.targets import options_for_kind
+
+    t = get_target(name)
+    for fmt in t.formats:
+        assert t.format_for(t.Options(**fmt.options)) == fmt, fmt.kind
+        target, options = options_for_kind(fmt.kind)
+        assert target is t and options == t.Options(**fmt.options)
+
+
 def test_build_check_and_runner_lifecycle(built):
     name, out, report = built
     t = get_target(name)

@@ -1,0 +1,482 @@
+"""LiteRT (TensorFlow Lite) flatbuffers (``NAME.tflite``, ``NAME.int8.tflite``) converted from the
+PyTorch model with litert-torch, and their runner (the LiteRT interpreter with its default XNNPACK
+delegate, on the same thread count as every other backend).
+
+fp32: ``litert_torch.convert`` (``torch.export`` -> StableHLO -> TFLite ops). The input stays
+NCHW float32 (the converter puts a TRANSPOSE to NHWC inside the graph).
+
+Names: the module is converted behind a small wrapper that takes the input by its edgeexport name
+and returns a dict keyed by the output names, so the file's signature carries edgeexport's names.
+The converter orders a signature's outputs by name, not in the model's tuple order, so the runner
+goes through the signature runner and maps by name; a file with litert-torch's positional names
+(``args_0``, ``output_0``, ...: converted without the wrapper) is mapped by position, which is the
+torch tuple order.
+
+int8: ai-edge-quantizer's static int8 (int8 per-channel weights, int8 activations) over the fp32
+file, calibrated on the calibration images with min/max ranges; input and output stay float32, so
+the int8 file is a drop-in replacement for the fp32 one. Op types that XNNPACK cannot run in int8
+(HARD_SWISH in ai-edge-litert 2.3) are found by delegating the quantized file and kept in float:
+left int8 they run on the interpreter's own kernels between 20 XNNPACK partitions, and the int8
+file is slower than the fp32 one (1.7x on LR-ASPP 520x520, 9x on MobileNetV3-Small). litert-torch's
+own PT2E path (``PT2EQuantizer`` + ``quant_config``) also converts, with that HardSwish problem,
+int8 input tensors, 20-90 s more per build, and similar accuracy (LR-ASPP 520: 17.5 dB SNR against
+16.0 here; MobileNetV3-Small 224: 17.2 against 20.2, untrained weights). A full-integer file (int8
+input / output) from elsewhere still runs here: the runner quantizes the input and dequantizes the
+outputs with the tensors' own scale and zero point.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from edgeexport.errors import BackendMissing, EdgeExportError
+from edgeexport.runners.base import Runner
+from edgeexport.targets import register_target
+from edgeexport.targets.base import Availability, BuildRecord, Format, Target, TargetOptions, _version
+from edgeexport.util import quiet
+
+INSTALL_HINT = "pip install 'edgeexport[litert]'"
+SIGNATURE = "serving_default"
+_POSITIONAL = re.compile(r"^(args|output)_(\d+)$")
+
+
+class LiteRTConversionFailed(EdgeExportError):
+    pass
+
+
+def require_litert_torch():
+    try:
+        with quiet(), quiet_fds():  # TensorFlow's import logs
+            import litert_torch  # noqa: F401
+    except ImportError:
+        raise BackendMissing("LiteRT", "litert-torch is not installed", INSTALL_HINT) from None
+
+
+@contextlib.contextmanager
+def quiet_fds():
+    """Silence what native code writes to file descriptors 1 and 2 (absl / TFLite logs); yields a
+    function returning the captured text (converter errors are sometimes only there)."""
+    import sys
+
+    saved, captured = [], tempfile.TemporaryFile(mode="w+b")
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    try:
+        for fd in (1, 2):
+            saved.append((fd, os.dup(fd)))
+            os.dup2(captured.fileno(), fd)
+    except OSError:  # no real descriptors (an embedding host): leave them alone
+        pass
+
+    def text() -> str:
+        captured.flush()
+        captured.seek(0)
+        return captured.read().decode(errors="replace")
+
+    try:
+        yield text
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        for fd, copy in saved:
+            os.dup2(copy, fd)
+            os.close(copy)
+        captured.close()
+
+
+def _failure(stage: str, exc: Exception, native: str = "") -> str:
+    """One line naming what failed: the op without a lowering, else the first line of the error."""
+    text = str(exc).strip()
+    m = re.search(r"Lowering not found: ([\w.]+)", text)
+    if m:
+        op = re.sub(r"\.(default|Tensor|Scalar|int)$", "", m.group(1))
+        return f"LiteRT {stage} failed: litert-torch has no lowering for {op} ({m.group(1)})"
+    m = re.search(r"failed to legalize operation '([^']+)'", text + "\n" + native)
+    if m:
+        return f"LiteRT {stage} failed: the converter cannot legalize {m.group(1)}"
+    first = text.splitlines()[0][:300] if text else ""
+    return f"LiteRT {stage} failed: {type(exc).__name__}{': ' + first if first else ''}"
+
+
+def _named(module, input_names: list[str], output_names: list[str]):
+    """``module`` (positional input, tuple or tensor output) as a module taking the inputs by name and
+    returning a dict keyed by the output names: the flatbuffer signature then carries edgeexport's names."""
+    import torch
+
+    class Named(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = module
+
+        def forward(self, **inputs):
+            out = self.inner(*(inputs[n] for n in input_names))
+            return dict(zip(output_names, (out,) if isinstance(out, torch.Tensor) else out))
+
+    named = Named()
+    named.training = False  # not .eval(): an exported (PT2E) module refuses train() / eval()
+    return named
+
+
+def _exact_nearest(module, kwargs: dict):
+    """``module`` with every nearest resize at a non-integer scale replaced by two index selects, and
+    how many were replaced.
+
+    litert-torch emits PyTorch's ``nearest`` resize as TFLite's RESIZE_NEAREST_NEIGHBOR, which picks
+    source pixels with half-pixel centres (PyTorch's ``nearest-exact``). The two agree at integer
+    scales; at others (SCNet's 14 -> 3 -> 14 at 224x224) they pick different rows and the converted
+    model is off by 4-9% of the logit scale. The indices PyTorch would use are computed here by
+    running the op itself on a grid of row / column numbers."""
+    import torch
+
+    aten = torch.ops.aten
+    gm = torch.export.export(module, (), kwargs).module()
+    replaced = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target not in (aten.upsample_nearest2d.vec,
+                                                              aten.upsample_nearest2d.default):
+            continue
+        (ih, iw), (oh, ow) = node.args[0].meta["val"].shape[-2:], node.meta["val"].shape[-2:]
+        if oh % ih == 0 and ow % iw == 0:
+            continue
+        grid = torch.stack(torch.meshgrid(torch.arange(ih), torch.arange(iw), indexing="ij")).float()[None]
+        picked = node.target(grid, *node.args[1:], **node.kwargs)[0].round().long()  # (2, oh, ow)
+        value = node.args[0]
+        with gm.graph.inserting_before(node):
+            for dim, index in ((2, picked[0, :, 0]), (3, picked[1, 0, :])):
+                name = f"_litert_nearest_{replaced}_{dim}"
+                gm.register_buffer(name, index.contiguous())
+                value = gm.graph.call_function(aten.index_select.default, (value, dim, gm.graph.get_attr(name)))
+        node.replace_all_uses_with(value)
+        gm.graph.erase_node(node)
+        replaced += 1
+    if replaced:
+        gm.graph.lint()
+        gm.recompile()
+    return (gm if replaced else module), replaced
+
+
+def convert_fp32(module, sample, input_names: list[str], output_names: list[str]) -> tuple[bytes, int]:
+    """The fp32 flatbuffer of ``module`` (a torch module returning a tuple in ``output_names`` order),
+    and how many nearest resizes were made exact (see :func:`_exact_nearest`)."""
+    require_litert_torch()
+    import litert_torch
+
+    litert_torch.config.show_progress = False
+    kwargs = {input_names[0]: sample}
+    with quiet(), quiet_fds() as native:
+        try:
+            named, exact = _exact_nearest(_named(module, input_names, output_names), kwargs)
+        except Exception as exc:
+            raise LiteRTConversionFailed(_failure("torch.export", exc, native())) from exc
+        try:
+            return litert_torch.convert(named, sample_kwargs=kwargs).model_content(), exact
+        except Exception as exc:
+            raise LiteRTConversionFailed(_failure("conversion", exc, native())) from exc
+
+
+def _recipe(float_ops=()):
+    """ai-edge-quantizer's static int8 recipe (int8 per-channel weights, int8 activations), with the
+    model's input and output tensors, and ``float_ops`` (op types), left in float."""
+    from ai_edge_quantizer import qtyping, recipe_manager
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+
+    rm = recipe_manager.RecipeManager()
+    rm.add_static_config(".*", qtyping.TFLOperationName.ALL_SUPPORTED, activation_num_bits=8, weight_num_bits=8)
+    for op in ("INPUT", "OUTPUT", *float_ops):
+        rm.add_quantization_config(".*", qtyping.TFLOperationName(op), algorithm_key=AlgorithmName.NO_QUANTIZE)
+    return rm
+
+
+def quantize_int8(fp32: bytes, input_name: str, calibration: list[np.ndarray],
+                  threads: int | None) -> tuple[bytes, list[str]]:
+    """Static int8 of an fp32 flatbuffer with ai-edge-quantizer; returns the file and the op types kept
+    in float because XNNPACK cannot run them in int8.
+
+    Ranges are min/max over all calibration batches (ai-edge-quantizer's default, a moving average
+    of per-batch ranges, clips: 2.8 dB SNR on MobileNetV3-Small against 20 dB). Input and output
+    stay float. An op type XNNPACK refuses in int8 (int8 HARD_SWISH in ai-edge-litert 2.3) would run
+    on the interpreter's slow reference kernels and split the graph into many delegate partitions
+    (9x slower than fp32 on MobileNetV3-Small), so it is kept in float and the file quantized again.
+    """
+    with quiet(), quiet_fds() as native:
+        from ai_edge_quantizer import calibrator, qtyping, quantizer
+        from ai_edge_quantizer.utils import qsv_utils
+
+        try:
+            cal = calibrator.Calibrator(fp32, num_threads=threads or 1, qsv_update_func=qsv_utils.min_max_update)
+            cal.calibrate({SIGNATURE: [{input_name: np.ascontiguousarray(b, np.float32)} for b in calibration]},
+                          _recipe())
+            qsvs = cal.get_model_qsvs()
+
+            def quantize(float_ops=()):
+                q = quantizer.Quantizer(bytearray(fp32), _recipe(float_ops).get_quantization_recipe())
+                return bytes(q.quantize(qsvs, enable_progress_bar=False, enable_progress_report=False).quantized_model)
+
+            content = quantize()
+            known = {op.value for op in qtyping.TFLOperationName}
+            keep = sorted(op for op in set(delegation(content)[1]) - set(delegation(fp32)[1]) if op in known)
+            if keep:
+                content = quantize(keep)
+        except Exception as exc:
+            raise LiteRTConversionFailed(_failure("int8 quantization", exc, native())) from exc
+    return content, keep
+
+
+def delegation(model: bytes | Path) -> tuple[int, Counter]:
+    """How many XNNPACK partitions the default delegate makes, and the op types it leaves to the
+    interpreter's own kernels.
+
+    The interpreter lists a model's nodes and the delegate nodes that replaced them, not which were
+    replaced: a node runs outside XNNPACK when what it produces is needed (a graph output, an input
+    of a delegate node or of another such node) and no delegate node produces it."""
+    from ai_edge_litert import interpreter as tfl
+
+    src = {"model_path": str(model)} if isinstance(model, Path) else {"model_content": model}
+    with quiet_fds():
+        it = tfl.Interpreter(**src, num_threads=1)
+        it.allocate_tensors()
+    ops = it._get_ops_details()
+    delegates = [o for o in ops if o["op_name"] == "DELEGATE"]
+    produced = {int(t) for o in delegates for t in o["outputs"]}
+    needed = {int(d["index"]) for d in it.get_output_details()} | {int(t) for o in delegates for t in o["inputs"]}
+    outside: dict[int, str] = {}
+    changed = True
+    while changed:
+        changed = False
+        for o in ops:
+            outs = {int(t) for t in o["outputs"]}
+            if o["op_name"] != "DELEGATE" and o["index"] not in outside and outs & needed and not outs & produced:
+                outside[o["index"]] = o["op_name"]
+                needed |= {int(t) for t in o["inputs"] if t >= 0}
+                changed = True
+    return len(delegates), Counter(outside.values())
+
+
+def inspect_flatbuffer(path: Path) -> dict:
+    """What a file holds: its signature and I/O types, ops, tensor types, which ops compute in int8,
+    and how XNNPACK takes it."""
+    from ai_edge_litert import interpreter as tfl
+
+    with quiet_fds():
+        it = tfl.Interpreter(model_path=str(path),
+                             experimental_op_resolver_type=tfl.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        it.allocate_tensors()
+    signatures = it.get_signature_list()
+    runner = it.get_signature_runner(SIGNATURE if SIGNATURE in signatures else next(iter(signatures)))
+
+    def io(details: dict) -> dict[str, str]:
+        out = {}
+        for name, d in details.items():
+            scale, zp = d["quantization"]
+            out[name] = np.dtype(d["dtype"]).name + (f" (scale {scale:.4g}, zero point {zp})" if scale else "")
+        return out
+
+    ops = it._get_ops_details()
+    is8 = lambda t: np.dtype(t) in (np.int8, np.uint8)  # noqa: E731
+    compute = [o for o in ops if o["op_name"] not in ("QUANTIZE", "DEQUANTIZE")]
+    int8 = [o for o in compute
+            if o["operand_types"] and is8(o["operand_types"][0]) and all(map(is8, o["result_types"]))]
+    partitions, outside = delegation(path)
+    return {"inputs": io(runner.get_input_details()), "outputs": io(runner.get_output_details()),
+            "op_count": len(ops), "ops": dict(Counter(o["op_name"] for o in ops).most_common()),
+            "int8_ops": len(int8),
+            "float_ops": dict(Counter(o["op_name"] for o in compute if o not in int8).most_common()),
+            "tensor_dtypes": dict(Counter(np.dtype(t["dtype"]).name for t in it.get_tensor_details()).most_common()),
+            "xnnpack_partitions": partitions, "outside_xnnpack": dict(outside.most_common())}
+
+
+# ---------------------------------------------------------------- runner
+
+
+def io_map(signature_names: list[str], names: list[str], what: str) -> dict[str, str]:
+    """edgeexport name -> signature name: by name when the signature carries edgeexport's names, by
+    position when it has litert-torch's positional names (``args_0`` / ``output_0``: tuple order)."""
+    if sorted(signature_names) == sorted(names):
+        return {n: n for n in names}
+    positional = sorted(((int(m.group(2)), s) for s in signature_names if (m := _POSITIONAL.match(s))))
+    if len(positional) == len(signature_names) == len(names) \
+            and [i for i, _ in positional] == list(range(len(names))):
+        return {n: s for n, (_, s) in zip(names, positional)}
+    raise EdgeExportError(f"the .tflite signature's {what} {signature_names} do not match {names}")
+
+
+class LiteRTRunner(Runner):
+    backend = "litert"
+    target = "litert"
+
+    def __init__(self, path: str | Path, threads: int | None = None, input_names=("input",), output_names=()):
+        super().__init__(threads)
+        self.path = Path(path)
+        self._inputs, self._outputs = list(input_names), list(output_names)
+
+    def _activate(self) -> None:
+        from ai_edge_litert import interpreter as tfl
+
+        with quiet_fds():  # the XNNPACK delegate announces itself on stderr
+            self.interpreter = tfl.Interpreter(model_path=str(self.path), num_threads=self.threads)
+            signatures = self.interpreter.get_signature_list()
+            key = SIGNATURE if SIGNATURE in signatures else next(iter(signatures))
+            self.signature = self.interpreter.get_signature_runner(key)
+        ins, outs = self.signature.get_input_details(), self.signature.get_output_details()
+        if not self._outputs:
+            self._outputs = sorted(outs, key=lambda s: int(m.group(2)) if (m := _POSITIONAL.match(s)) else 0)
+        self._in = io_map(list(ins), self._inputs, "inputs")
+        self._out = io_map(list(outs), self._outputs, "outputs")
+        self._in_q = {n: (np.dtype(ins[s]["dtype"]), *ins[s]["quantization"]) for n, s in self._in.items()}
+        self._out_q = {n: (np.dtype(outs[s]["dtype"]), *outs[s]["quantization"]) for n, s in self._out.items()}
+
+    def _infer(self, feed):
+        args = {}
+        for n, s in self._in.items():
+            x = np.ascontiguousarray(feed[n], np.float32)
+            dtype, scale, zp = self._in_q[n]
+            if dtype != np.float32 and scale:  # a full-integer model: quantize like its first op would
+                info = np.iinfo(dtype)
+                x = np.clip(np.round(x / scale) + zp, info.min, info.max).astype(dtype)
+            args[s] = x
+        outs = self.signature(**args)
+        result = {}
+        for n, s in self._out.items():
+            dtype, scale, zp = self._out_q[n]
+            y = outs[s]
+            result[n] = ((y.astype(np.float32) - zp) * scale if dtype != np.float32 and scale
+                         else y.astype(np.float32, copy=False))
+        return result
+
+    def _deactivate(self) -> None:
+        self.signature = self.interpreter = None
+
+    def describe(self) -> dict:
+        from importlib.metadata import version
+
+        return {**super().describe(), "runtime": f"ai-edge-litert {version('ai-edge-litert')}",
+                "device": "cpu (xnnpack)", "artifact": str(self.path)}
+
+
+# ---------------------------------------------------------------- the target
+
+
+class LiteRTOptions(TargetOptions):
+    quantize: Literal["none", "int8"] = Field("none", description="int8: static int8 (ai-edge-quantizer), "
+                                                                  "float input and output")
+    calib_size: int = Field(8, ge=1, le=1024, description="calibration batches")
+
+
+class LiteRTRecord(BuildRecord):
+    quantize: str
+    path: str  # how it was made
+    litert_torch: str | None
+    ai_edge_litert: str | None
+    ai_edge_quantizer: str | None = None
+    convert_s: float
+    exact_nearest_resizes: int = 0  # nearest resizes at non-integer scales made exact (index selects)
+    fp32_from: str | None = None  # the int8 file quantizes this run's fp32 file (not converted again)
+    quantize_s: float | None = None
+    calib_size: int | None = None
+    kept_float_for_xnnpack: list[str] = []  # op types XNNPACK refuses in int8, left in float
+    inputs: dict[str, str]  # signature name -> dtype (and quantization)
+    outputs: dict[str, str]
+    op_count: int
+    ops: dict[str, int]
+    int8_ops: int  # ops computing on int8 tensors (QUANTIZE / DEQUANTIZE not counted)
+    float_ops: dict[str, int]
+    tensor_dtypes: dict[str, int]
+    xnnpack_partitions: int
+    outside_xnnpack: dict[str, int] = {}  # op types the interpreter runs itself
+
+    def terminal(self) -> list[str]:
+        line = f"LiteRT {self.quantize}: {self.op_count} ops, {self.xnnpack_partitions} XNNPACK partition(s)"
+        if self.outside_xnnpack:
+            line += f", outside XNNPACK: {self.outside_xnnpack}"
+        if self.quantize == "int8":
+            line += f"; {self.int8_ops} int8 ops, float: {self.float_ops or 'none'}"
+        return [line]
+
+
+@register_target
+class LiteRTTarget(Target):
+    name = "litert"
+    order = 50
+    title = "LiteRT"
+    backend = "litert"
+    help = "Convert to LiteRT / TFLite (NAME.tflite, NAME.int8.tflite) with litert-torch; parity and latency here."
+    Options = LiteRTOptions
+    Record = LiteRTRecord
+    multiple = True
+    formats = (Format(kind="litert", suffix=".tflite", precision="fp32",
+                      runs_on="any CPU with the LiteRT / TFLite runtime (XNNPACK)", options={"quantize": "none"}),
+               Format(kind="litert-int8", suffix=".int8.tflite", precision="int8",
+                      runs_on="any CPU with the LiteRT / TFLite runtime (XNNPACK int8; float input and output)",
+                      options={"quantize": "int8"}))
+    build_modules = ("litert_torch", "ai_edge_quantizer")
+    run_modules = ("ai_edge_litert.interpreter",)
+    distributions = {"litert_torch": "litert-torch", "ai_edge_quantizer": "ai-edge-quantizer",
+                     "ai_edge_litert.interpreter": "ai-edge-litert"}
+    install = INSTALL_HINT
+    extra = "litert"
+
+    @classmethod
+    def build_availability(cls) -> Availability:
+        with quiet_fds():  # importing litert-torch imports TensorFlow, which logs from C++
+            return super().build_availability()
+
+    @classmethod
+    def format_for(cls, options: LiteRTOptions) -> Format:
+        return cls.formats[1] if options.quantize == "int8" else cls.formats[0]
+
+    def build(self, ctx, options: LiteRTOptions, art) -> None:
+        from edgeexport.pipeline import BuildFailed
+        from edgeexport.util import atomic_path
+
+        int8 = options.quantize == "int8"
+        inputs, outputs = list(ctx.handle.input_names), list(ctx.handle.output_names)
+        facts: dict = {"quantize": options.quantize, "path": "litert_torch.convert",
+                       "litert_torch": _version("litert-torch"), "ai_edge_litert": _version("ai-edge-litert")}
+        t0 = time.perf_counter()
+        # this run's fp32 file, when it built one: quantize that (or fail as it did) instead of converting again
+        fp32 = next((a for a in ctx.artifacts if a.kind == self.formats[0].kind), None) if int8 else None
+        if fp32 is not None and fp32.error is not None:
+            raise BuildFailed(fp32.error)
+        with ctx.status(f"Converting to LiteRT ({options.quantize})"):
+            try:
+                if fp32 is not None and fp32.path is not None and fp32.path.exists():
+                    content, facts["fp32_from"] = fp32.path.read_bytes(), fp32.path.name
+                else:
+                    content, facts["exact_nearest_resizes"] = convert_fp32(ctx.torch_model(), ctx.sample(),
+                                                                           inputs, outputs)
+                facts["convert_s"] = round(time.perf_counter() - t0, 1)
+                if int8:
+                    art.compare_to = self.formats[0].kind
+                    calib = ctx.calibration(options.calib_size)
+                    t1 = time.perf_counter()
+                    content, kept = quantize_int8(content, inputs[0], calib, ctx.threads)
+                    facts.update(path="litert_torch.convert + ai-edge-quantizer static int8 (min/max ranges)",
+                                 ai_edge_quantizer=_version("ai-edge-quantizer"), calib_size=len(calib),
+                                 quantize_s=round(time.perf_counter() - t1, 1), kept_float_for_xnnpack=kept)
+            except LiteRTConversionFailed as exc:
+                raise BuildFailed(str(exc)) from None
+            with atomic_path(art.path) as tmp:
+                tmp.write_bytes(content)
+            facts.update(inspect_flatbuffer(art.path))
+        record = LiteRTRecord(**facts, build_s=round(time.perf_counter() - t0, 1))
+        if record.kept_float_for_xnnpack:
+            record.notes.append(f"kept in float: {', '.join(record.kept_float_for_xnnpack)} (XNNPACK has no int8 "
+                                "kernel for them here; in int8 they would run on the interpreter's slow kernels)")
+        if record.outside_xnnpack:
+            record.notes.append(f"ops outside XNNPACK (run by the interpreter): {record.outside_xnnpack}")
+        art.finish(record, ctx.runner_spec(type(self), art.path))
+
+    @classmethod
+    def runner(cls, spec, threads):
+        return LiteRTRunner(spec.artifact, threads, spec.input_names, spec.output_names)

@@ -1,0 +1,429 @@
+"""OpenVINO IR (``NAME.xml`` + ``NAME.bin``), fp32 or int8 (NNCF post-training quantization), and
+its runner (OpenVINO Runtime, the CPU plugin unless the stage names another device).
+
+Starts from the fp32 ONNX graph (the ``onnx`` target's, or the user's ``.onnx`` file):
+``openvino.convert_model`` reads it, keeping its input and output names, and ``ov.save_model``
+writes the IR. int8: NNCF inserts FakeQuantize nodes calibrated on the calibration images (never
+the evaluation images); the CPU plugin runs them as int8 kernels. With an accuracy budget on the
+task metric (``miou_drop`` / ``top1_drop``) and labeled data, NNCF's accuracy-controlled
+quantization puts back into float the layers that cost the most accuracy until the drop, measured
+against the fp32 IR on the labeled data, is within the budget.
+
+Caveats (measured with OpenVINO 2026.4 / NNCF 3.4):
+
+* ``ov.save_model`` compresses weights to fp16 unless ``compress_to_fp16=False``; both IRs are
+  saved uncompressed (NNCF's int8 IR stores its quantized weights as int8 itself).
+* The CPU plugin's default inference precision is bf16 on CPUs with AVX512-BF16 or AMX, so an
+  "fp32" IR silently runs in bf16 there (about 1e-2 of the logit scale on LR-ASPP). The runner
+  sets ``INFERENCE_PRECISION_HINT`` to f32 (recorded in the runner spec; for int8 IRs it is the
+  precision of the layers left in float) and ``INFERENCE_NUM_THREADS`` to the run's thread count.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from edgeexport.runners.base import Runner
+from edgeexport.targets import register_target
+from edgeexport.targets.base import BuildRecord, Format, Requirement, Target, TargetOptions
+from edgeexport.targets.base import BUDGET_METRICS
+from edgeexport.util import atomic_path, quiet
+
+INSTALL_HINT = "pip install 'edgeexport[openvino]'"
+TASK_BUDGETS = ("miou_drop", "top1_drop")
+VIRTUAL_DEVICES = ("AUTO", "HETERO", "MULTI", "BATCH")
+
+
+def _failing_op(exc: Exception) -> str:
+    """The operators OpenVINO's ONNX frontend could not convert, from its error text."""
+    text = str(exc)
+    for marker in ("No conversion rule found for operations:", "Failed operations detailed log:"):
+        if marker in text:
+            rest = [ln.strip(" -") for ln in text[text.index(marker) + len(marker):].splitlines() if ln.strip(" -")]
+            return f"{marker.rstrip(':')}: {'; '.join(rest[:3])[:300]}"
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
+
+
+def save_ir(model, xml: Path) -> None:
+    """Write ``xml`` and its ``.bin`` (weights uncompressed), both to temporaries first, then renamed."""
+    import openvino as ov
+
+    xml = Path(xml)
+    with atomic_path(xml, suffix=".xml") as tmp_xml, atomic_path(xml.with_suffix(".bin"), suffix=".bin") as tmp_bin:
+        try:
+            ov.save_model(model, str(tmp_xml), compress_to_fp16=False)
+            os.replace(tmp_xml.with_suffix(".bin"), tmp_bin)
+        finally:
+            tmp_xml.with_suffix(".bin").unlink(missing_ok=True)
+    # the .bin is renamed first, then the .xml: a reader never finds an .xml without its weights
+
+
+def ir_facts(model) -> dict:
+    """Op counts by type and the bytes of constants by element type (f32 weights, or NNCF's i8)."""
+    ops = Counter(op.get_type_name() for op in model.get_ordered_ops())
+    weights: Counter = Counter()
+    for op in model.get_ordered_ops():
+        if op.get_type_name() == "Constant":
+            t = op.get_output_element_type(0)
+            weights[t.get_type_name()] += t.size * int(np.prod(op.get_output_shape(0)))
+    return {"op_counts": dict(ops.most_common()), "constant_bytes": dict(weights.most_common())}
+
+
+def compile_model(core, model, device: str, threads: int | None, inference_precision: str | None):
+    """Compile for ``device`` with the run's thread count (the CPU plugin's, also under AUTO / HETERO)
+    and an explicit inference precision (the CPU plugin would otherwise pick bf16 where it can)."""
+    config = {"PERFORMANCE_HINT": "LATENCY"}
+    if inference_precision:
+        config["INFERENCE_PRECISION_HINT"] = inference_precision
+    if threads and device == "CPU":
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    elif threads and "CPU" in core.available_devices:
+        core.set_property("CPU", {"INFERENCE_NUM_THREADS": int(threads)})
+    return core.compile_model(model, device, config)
+
+
+def runtime_precisions(compiled) -> dict[str, int]:
+    """How many layers of the compiled (runtime) graph run in each precision (int8 kernels show as i8/u8)."""
+    skip = {"Parameter", "Result", "Constant", "Input", "Output"}
+    counts: Counter = Counter()
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        if "runtimePrecision" in info and "layerType" in info and info["layerType"].astype(str) not in skip:
+            counts[info["runtimePrecision"].astype(str)] += 1
+    return dict(counts.most_common())
+
+
+@contextlib.contextmanager
+def _nncf_log():
+    """NNCF's log messages, captured (its own stdout handler silenced)."""
+    lg = logging.getLogger("nncf")
+    messages: list[str] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    handler, saved = Capture(logging.INFO), (lg.level, [(h, h.level) for h in lg.handlers])
+    for h in lg.handlers:
+        h.setLevel(logging.CRITICAL + 1)
+    lg.addHandler(handler)
+    lg.setLevel(logging.INFO)
+    try:
+        yield messages
+    finally:
+        lg.removeHandler(handler)
+        lg.setLevel(saved[0])
+        for h, level in saved[1]:
+            h.setLevel(level)
+
+
+def _reverted(messages: list[str]) -> tuple[list[str], int | None]:
+    """The operations NNCF's accuracy control put back into float, and how many were quantized
+    (from its final report: "N out of M were reverted back to the floating-point precision:")."""
+    for m in reversed(messages):
+        found = re.match(r"(\d+) out of (\d+) were reverted back to the floating-point precision", m)
+        if found:
+            return [n.strip() for n in m.splitlines()[1:] if n.strip()], int(found.group(2))
+    return [], None
+
+
+# ---------------------------------------------------------------- runner
+
+
+class OpenVINORunner(Runner):
+    backend = "openvino"
+    target = "openvino"
+
+    def __init__(self, path: str | Path, threads: int | None = None, input_names=(), output_names=(),
+                 device: str = "CPU", inference_precision: str | None = "f32"):
+        super().__init__(threads)
+        self.path, self.device, self.inference_precision = Path(path), device, inference_precision
+        self._inputs, self._outputs = list(input_names), list(output_names)
+        self.compiled = self.request = None
+
+    def _activate(self) -> None:
+        import openvino as ov
+
+        core = ov.Core()
+        self.compiled = compile_model(core, core.read_model(str(self.path)), self.device, self.threads,
+                                      self.inference_precision)
+        self._ports = {}
+        for port in self.compiled.outputs:
+            for n in port.get_names():
+                self._ports[n] = port
+        self._inputs = self._inputs or [p.get_any_name() for p in self.compiled.inputs]
+        self._outputs = self._outputs or [p.get_any_name() for p in self.compiled.outputs]
+        self.request = self.compiled.create_infer_request()
+
+    def _infer(self, feed):
+        res = self.request.infer({n: np.ascontiguousarray(feed[n], dtype=np.float32) for n in self._inputs})
+        # the request reuses its output tensors: copy
+        return {n: np.array(res[self._ports[n]], dtype=np.float32, copy=True) for n in self._outputs}
+
+    def _deactivate(self) -> None:
+        self.request = self.compiled = None
+
+    def describe(self) -> dict:
+        import openvino as ov
+
+        d = {**super().describe(), "runtime": f"openvino {ov.get_version()}", "device": self.device,
+             "artifact": str(self.path)}
+        if self.compiled is not None and self.device.startswith("CPU"):
+            d["inference_precision"] = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+            d["threads_used"] = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
+        return d
+
+
+# ---------------------------------------------------------------- the target
+
+
+class OpenVINOOptions(TargetOptions):
+    quantize: Literal["none", "int8"] = Field("none", description="int8: NNCF post-training quantization")
+    calib_size: int = Field(8, ge=1, le=4096, description="calibration batches (int8)")
+    calib_folder: str | None = Field(None, description="calibration images (int8): a folder, or a built-in task's "
+                                                       "split such as shapes_seg:calib",
+                                     json_schema_extra={"flag": "--calib"})
+    preset: Literal["performance", "mixed"] = Field(
+        "performance", description="int8: symmetric activations (performance) or asymmetric (mixed)")
+    budget: dict[Literal[BUDGET_METRICS], float] | None = Field(
+        None, description="int8 accuracy budget: miou_drop=0.5 or top1_drop=0.5 (points, on labeled data) turns on "
+                          "NNCF's accuracy control", json_schema_extra={"parse": "budget"})
+    device: str = Field("CPU", min_length=1, description="OpenVINO device the IR is compiled for (CPU, GPU, NPU, "
+                                                         "AUTO); recorded in the runner spec")
+
+
+class OpenVINORecord(BuildRecord):
+    quantize: str
+    openvino: str | None = None
+    nncf: str | None = None
+    source: str
+    device: str
+    inference_precision: str
+    convert_s: float
+    op_counts: dict[str, int] = {}
+    constant_bytes: dict[str, int] = {}
+    runtime_precisions: dict[str, int] = {}
+    # int8
+    preset: str | None = None
+    calib_size: int | None = None
+    calib_source: str | None = None
+    fake_quantize: int | None = None
+    quantize_s: float | None = None
+    accuracy_control: dict | None = None
+
+    def markdown(self) -> list[str]:
+        import json
+
+        skip = {"notes", "op_counts", "constant_bytes", "runtime_precisions", "accuracy_control"}
+        lines = [f"- {k}: {json.dumps(v, default=str)}" for k, v in self.model_dump().items()
+                 if k not in skip and v not in (None, [], {})]
+        for key in ("op_counts", "constant_bytes", "runtime_precisions"):
+            if getattr(self, key):
+                lines.append(f"- {key}: {json.dumps(getattr(self, key))}")
+        ac = self.accuracy_control
+        if ac:
+            lines.append(f"- accuracy control: {_accuracy_line(ac)}" + (
+                f"; reverted: {', '.join(ac['reverted'][:8])}{', ...' if len(ac['reverted']) > 8 else ''}"
+                if ac["reverted"] else ""))
+        return lines
+
+    def terminal(self) -> list[str]:
+        ac = self.accuracy_control
+        return [f"openvino-int8 accuracy control: {_accuracy_line(ac)}"] if ac else []
+
+
+def _accuracy_line(ac: dict) -> str:
+    of = f" of {ac['quantized_ops']} quantized" if ac.get("quantized_ops") else ""
+    return (f"{ac['metric']} {ac['final']:.2f} points on {ac['images']} labeled images (fp32 IR {ac['fp32']:.2f}, fully "
+            f"quantized {ac['quantized']:.2f}); budget {ac['max_drop']:g} points {'met' if ac['met'] else 'NOT met'}; "
+            f"{len(ac['reverted'])}{of} operation(s) reverted to float")
+
+
+@register_target
+class OpenVINOTarget(Target):
+    name = "openvino"
+    order = 70
+    title = "OpenVINO"
+    backend = "openvino"
+    help = "Convert the ONNX graph to OpenVINO IR (NAME.xml + NAME.bin, fp32 or NNCF int8); parity and latency here."
+    Options = OpenVINOOptions
+    Record = OpenVINORecord
+    multiple = True
+    from_onnx_file = True
+    formats = (
+        Format(kind="openvino", suffix=".xml", precision="fp32", companions=(".bin",),
+               runs_on="x86 and ARM CPUs, Intel GPUs and NPUs (OpenVINO Runtime)", options={"quantize": "none"}),
+        Format(kind="openvino-int8", suffix=".int8.xml", precision="int8", companions=(".int8.bin",),
+               runs_on="x86 CPUs (fast int8 on AVX512-VNNI / AVX-VNNI / AMX), Intel GPUs and NPUs",
+               options={"quantize": "int8"}),
+    )
+    build_modules = ("openvino",)  # nncf only for int8: its absence fails the int8 build, not fp32
+    run_modules = ("openvino",)
+    install = INSTALL_HINT
+    extra = "openvino"
+
+    @classmethod
+    def versions(cls) -> dict[str, str | None]:
+        from edgeexport.targets.base import _version
+
+        return {**super().versions(), "nncf": _version("nncf")}
+
+    @classmethod
+    def format_for(cls, options: OpenVINOOptions) -> Format:
+        return cls.formats[1] if options.quantize == "int8" else cls.formats[0]
+
+    @classmethod
+    def requires(cls, options, ctx) -> list[Requirement]:
+        return [] if ctx.handle.is_onnx else [Requirement("onnx", kind="onnx")]
+
+    def build(self, ctx, options: OpenVINOOptions, art) -> None:
+        import openvino as ov
+
+        from edgeexport.pipeline import BuildFailed
+
+        int8 = options.quantize == "int8"
+        art.dynamic = ctx.recipe.dynamic
+        art.compare_to = ("openvino" if ctx.find("openvino") else "onnx") if int8 else None
+        source = ctx.fp32_onnx() if ctx.handle.is_onnx else ctx.require("onnx").path
+        if source is None:
+            raise BuildFailed("no fp32 ONNX graph to start from")
+        core = ov.Core()
+        if options.device.split(":")[0].split(".")[0] not in (*core.available_devices, *VIRTUAL_DEVICES):
+            raise BuildFailed(f"OpenVINO device {options.device!r} is not available here "
+                              f"(available: {', '.join(core.available_devices)})")
+        notes = []
+        t0 = time.perf_counter()
+        with ctx.status(f"Converting {Path(source).name} to OpenVINO IR"), quiet():
+            try:
+                model = ov.convert_model(str(source))
+            except Exception as exc:
+                raise BuildFailed(f"OpenVINO could not convert the ONNX graph: {_failing_op(exc)}") from None
+        convert_s = time.perf_counter() - t0
+        facts: dict = {}
+        if int8:
+            model, facts = self._quantize(ctx, options, model, notes, art)
+        elif options.budget or options.preset != "performance":
+            notes.append("preset and budget apply to --quantize int8 only; ignored for the fp32 IR")
+        precision = "f32"
+        # compile here, with the run's threads, before anything is written: a graph the plugin cannot
+        # compile fails the build, by name, and leaves no IR behind
+        try:
+            with quiet():
+                compiled = compile_model(core, model, options.device, ctx.threads, precision)
+            runtime = runtime_precisions(compiled) if options.device.startswith("CPU") else {}
+        except Exception as exc:
+            raise BuildFailed(f"OpenVINO could not compile the IR for {options.device}: "
+                              f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}") from None
+        del compiled
+        save_ir(model, art.path)
+        versions = self.versions()
+        record = OpenVINORecord(
+            quantize=options.quantize, openvino=versions.get("openvino"), nncf=versions.get("nncf") if int8 else None,
+            source=str(source), device=options.device, inference_precision=precision,
+            convert_s=round(convert_s, 2), runtime_precisions=runtime, **ir_facts(model),
+            build_s=round(time.perf_counter() - t0, 2), notes=notes, **facts)
+        if int8:
+            record.fake_quantize = record.op_counts.get("FakeQuantize", 0)
+            if not record.fake_quantize:
+                art.failures.append("NNCF inserted no FakeQuantize node: the IR is not quantized")
+        spec = ctx.runner_spec(type(self), art.path, [art.path.with_suffix(".bin")], device=options.device,
+                               inference_precision=precision)
+        art.finish(record, spec)
+
+    def _quantize(self, ctx, options: OpenVINOOptions, model, notes: list[str], art):
+        """NNCF post-training quantization (accuracy-controlled when the budget is a task metric and
+        the run has labeled data)."""
+        from edgeexport.pipeline import BuildFailed, task_budget
+
+        try:
+            with quiet():
+                import nncf
+        except Exception as exc:
+            raise BuildFailed(f"int8 needs nncf, which is not importable here ({type(exc).__name__}); "
+                              f"{INSTALL_HINT}") from None
+        name = ctx.refs.input_name
+        with ctx.status(f"Reading {options.calib_size} calibration batches"):
+            calib = ctx.calibration(options.calib_size, options.calib_folder)
+        calibration = nncf.Dataset(calib, lambda x: {name: x})
+        preset = {"performance": nncf.QuantizationPreset.PERFORMANCE,
+                  "mixed": nncf.QuantizationPreset.MIXED}[options.preset]
+        budget = dict(options.budget or {})
+        task_budget(ctx, budget)  # a task-metric budget without (matching) labeled data is bad input, as for quantize
+        task_keys = [k for k in TASK_BUDGETS if k in budget]
+        other = [k for k in budget if k not in TASK_BUDGETS]
+        if other:
+            notes.append(f"accuracy control not applied to {', '.join(other)}: NNCF's accuracy control works on "
+                         "the task metric of labeled data (miou_drop / top1_drop); parity below reports them")
+        facts = {"preset": options.preset, "calib_size": len(calib),
+                 "calib_source": ctx.calib_spec(options.calib_folder) or "photos:calib"}
+        t0 = time.perf_counter()
+        if task_keys:
+            max_drop = task_budget(ctx, {task_keys[0]: budget[task_keys[0]]})["task_drop"]  # checks the task
+            with ctx.status(f"Quantizing with NNCF, accuracy control ({task_keys[0]} <= {max_drop:g})"):
+                quantized, facts["accuracy_control"] = self._accuracy_control(ctx, nncf, model, calibration, preset,
+                                                                              len(calib), max_drop)
+            if not facts["accuracy_control"]["met"]:
+                art.failures.append(f"accuracy budget {task_keys[0]}={max_drop:g} not met: "
+                                    f"{facts['accuracy_control']['drop']:.2f} points below the fp32 IR")
+        else:
+            with ctx.status(f"Quantizing with NNCF ({options.preset}, {len(calib)} calibration batches)"), \
+                    quiet(), _nncf_log():
+                quantized = nncf.quantize(model, calibration, preset=preset, subset_size=len(calib))
+        facts["quantize_s"] = round(time.perf_counter() - t0, 2)
+        return quantized, facts
+
+    @staticmethod
+    def _accuracy_control(ctx, nncf, model, calibration, preset, subset_size: int, max_drop: float):
+        """``nncf.quantize_with_accuracy_control`` with the task metric (in points) on the labeled data."""
+        from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+        from edgeexport.metrics import PRIMARY, TaskAccumulator
+
+        td, name = ctx.task_data, ctx.refs.input_name
+        items = [(x, labels) for _, x, labels in td.batches()]
+
+        def metric(compiled, data) -> tuple[float, list[float]]:
+            port = compiled.output(td.output)
+            total, per_item = TaskAccumulator(td.task, td.num_classes, td.output, td.classes), []
+            for x, labels in data:
+                logits = compiled({name: x})[port]
+                one = TaskAccumulator(td.task, td.num_classes, td.output, td.classes)
+                one.update(logits, labels)
+                total.update(logits, labels)
+                per_item.append(100.0 * (one.result().value or 0.0))
+            return 100.0 * (total.result().value or 0.0), per_item
+
+        validation = nncf.Dataset(items, lambda item: {name: item[0]})
+        with quiet(), _nncf_log() as log:
+            quantized = nncf.quantize_with_accuracy_control(
+                model, calibration, validation, metric, max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE,
+                preset=preset, subset_size=subset_size,
+                advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(num_ranking_workers=1))
+            import openvino as ov
+
+            compile_f32 = lambda m: ov.compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})  # noqa: E731
+            fp32, final = metric(compile_f32(model), items)[0], metric(compile_f32(quantized), items)[0]
+        reverted, quantized_ops = _reverted(log)
+        first = next((m for m in log if m.startswith("Metric of quantized model:")), None)
+        fully = float(first.rsplit(":", 1)[1]) if first else final
+        drop = fp32 - final
+        return quantized, {"metric": PRIMARY[td.task],
+                           "max_drop": max_drop, "fp32": round(fp32, 4), "quantized": round(fully, 4),
+                           "final": round(final, 4), "drop": round(drop, 4), "met": drop <= max_drop + 1e-9,
+                           "reverted": reverted, "quantized_ops": quantized_ops,
+                           "images": td.count}
+
+    @classmethod
+    def runner(cls, spec, threads):
+        return OpenVINORunner(spec.artifact, threads, spec.input_names, spec.output_names,
+                              spec.options.get("device", "CPU"), spec.options.get("inference_precision", "f32"))

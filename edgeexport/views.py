@@ -1,0 +1,312 @@
+"""What the HTML report shows that the checks do not otherwise keep: the worst image of each
+artifact (input photograph, masks, top-5 lists) and, for int8 artifacts that are not faster than
+their fp32 graph, a per-operator-type time breakdown from the runtime's own profiler.
+
+Everything is stored compactly in the report JSON, which the page is rendered from alone:
+photographs as small JPEG data URIs, masks as palette PNG data URIs of class-index maps (the
+pixel value is the class; the palette is :data:`PALETTE`), profiles as ``{op_type: ms per run}``.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+MIN_INT8_SPEEDUP = 1.25  # an int8 artifact slower than this against its fp32 graph gets an operator breakdown
+PROFILE_RUNS = 10
+INPUT_MAX_SIDE = 384  # photographs in the report are downsampled to this size
+
+
+def _palette() -> list[tuple[int, int, int]]:
+    base = [(40, 40, 40), (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+            (140, 86, 75), (227, 119, 194), (188, 189, 34), (23, 190, 207), (174, 199, 232), (255, 187, 120),
+            (152, 223, 138), (255, 152, 150), (197, 176, 213), (196, 156, 148), (247, 182, 210), (219, 219, 141),
+            (158, 218, 229), (127, 127, 127), (90, 90, 200)]
+    rng = np.random.default_rng(0)
+    extra = [tuple(int(v) for v in rng.integers(40, 240, 3)) for _ in range(256 - len(base))]
+    return base + extra
+
+
+PALETTE = _palette()  # class 0 (background) dark grey, then matplotlib's tab10 / tab20 colours
+
+
+def data_uri(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def decode_data_uri(uri: str) -> bytes:
+    return base64.b64decode(uri.split(",", 1)[1])
+
+
+def jpeg_uri(image: np.ndarray, max_side: int = INPUT_MAX_SIDE, quality: int = 80) -> str:
+    from PIL import Image
+
+    im = Image.fromarray(np.asarray(image, np.uint8))
+    if max(im.size) > max_side:
+        im.thumbnail((max_side, max_side), Image.BILINEAR)
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=quality, optimize=True)
+    return data_uri(buf.getvalue(), "image/jpeg")
+
+
+def mask_uri(mask: np.ndarray) -> str:
+    """A class-index map as a palette PNG (lossless: pixel value = class; 255, ignore, stays 255)."""
+    from PIL import Image
+
+    m = np.asarray(mask)
+    im = Image.fromarray(np.clip(m, 0, 255).astype(np.uint8), mode="P")
+    im.putpalette([c for rgb in PALETTE for c in rgb])
+    buf = io.BytesIO()
+    im.save(buf, "PNG", optimize=True)
+    return data_uri(buf.getvalue(), "image/png")
+
+
+def decode_mask(uri: str) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(decode_data_uri(uri))))
+
+
+def photo_of(x: np.ndarray, mean, std) -> np.ndarray:
+    """A normalised 3xHxW input back to HxWx3 uint8."""
+    img = np.moveaxis(np.asarray(x, np.float32), 0, -1) * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
+    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+# ---------------------------------------------------------------- worst images
+
+
+def _image_entry(ctx, key: str, name: str, source: str, photo: np.ndarray | None, label=None) -> dict:
+    """The report-level entry of one image (shared by every artifact that picks it)."""
+    images = ctx.views.setdefault("images", {})
+    if key not in images:
+        images[key] = {"name": name, "source": source, "input": jpeg_uri(photo) if photo is not None else None,
+                       "label": mask_uri(label) if label is not None else None, "eager": {}}
+    return images[key]
+
+
+def collect(ctx, art, preds: list | None) -> None:
+    """The error views of one checked artifact: its worst labeled image (segmentation, when there is
+    labeled data), else its worst photograph per segmentation output, and the top-5 lists of its worst
+    photograph per classification output. ``preds``: its predicted classes on the labeled data."""
+    views: dict = {}
+    classes = (ctx.task_data.classes if ctx.task_data is not None else None) or ctx.handle.class_names
+    if classes:
+        ctx.views.setdefault("classes", list(classes))
+    td = ctx.task_data
+    if td is not None and td.task == "segmentation" and preds and getattr(ctx, "eager_preds", None):
+        views["segmentation"] = [_worst_labeled(ctx, art, preds)]
+    main = art.parity[0] if art.parity else None
+    n = ctx.shape[0]
+    for o in (main.outputs if main else []):
+        w = o.worst
+        if w is None:
+            continue
+        b, j = divmod(w["index"], n)
+        batches = ctx.refs.batches[tuple(main.shape)]
+        if b >= len(batches):
+            continue
+        names, x = batches[b]
+        name = names[j] if j < len(names) else f"sample {w['index']}"
+        photo = None if ctx.recipe.inputs.source == "random" else photo_of(x[j], *_norm(ctx))
+        key = f"photos:{name}"
+        if o.task == "segmentation" and "segmentation" not in views:
+            entry = _image_entry(ctx, key, name, ctx.recipe.inputs.source, photo)
+            entry["eager"].setdefault(o.name, mask_uri(w["ref"]))
+            views.setdefault("segmentation_photos", []).append(
+                {"output": o.name, "image": key, "artifact": mask_uri(w["got"]),
+                 "disagreement": round(w["disagreement"], 6), "pixels": int(w["ref"].size)})
+        elif o.task == "classification":
+            _image_entry(ctx, key, name, ctx.recipe.inputs.source, photo if photo is None else _small(photo))
+            views.setdefault("classification", []).append(
+                {"output": o.name, "image": key, "eager": w["ref"], "artifact": w["got"],
+                 "top1_agree": w["top1_agree"], "top5_overlap": round(w["top5_overlap"], 3)})
+    if "segmentation_photos" in views and "segmentation" not in views:
+        views["segmentation"] = views.pop("segmentation_photos")
+    views.pop("segmentation_photos", None)
+    art.views = views
+
+
+def _norm(ctx):
+    return ctx.handle.meta.mean, ctx.handle.meta.std
+
+
+def _small(photo: np.ndarray) -> np.ndarray:
+    from PIL import Image
+
+    im = Image.fromarray(photo)
+    im.thumbnail((160, 160), Image.BILINEAR)
+    return np.asarray(im)
+
+
+def _worst_labeled(ctx, art, preds: list) -> dict:
+    """The labeled image where the artifact loses the most against eager (per-image mIoU), ties broken by
+    the pixels where their masks differ."""
+    td, eager = ctx.task_data, ctx.eager_preds
+    e_pi, a_pi = ctx.eager_task.per_image, art.task.per_image
+    differ = [float((e != a).mean()) for e, a in zip(eager, preds)]
+
+    def drop(i):
+        d = (e_pi[i] - a_pi[i]) if i < len(e_pi) and i < len(a_pi) else 0.0
+        return 0.0 if d != d else d  # NaN (no labeled pixel) counts as no drop
+
+    i = max(range(len(preds)), key=lambda k: (round(drop(k), 9), differ[k]))
+    n = td.shape[0]
+    b, j = divmod(i, n)
+    name = td.names[b][j]
+    key = f"eval:{name}"
+    entry = _image_entry(ctx, key, name, "eval_data", td.images[b][j], td.labels[b][j])
+    entry["eager"].setdefault(td.output, mask_uri(eager[i]))
+    val = lambda v: None if v is None or v != v else round(float(v), 5)  # noqa: E731
+    return {"output": td.output, "image": key, "artifact": mask_uri(preds[i]), "disagreement": round(differ[i], 6),
+            "pixels": int(np.asarray(preds[i]).size), "metric": ctx.eager_task.primary,
+            "eager_value": val(e_pi[i] if i < len(e_pi) else None),
+            "artifact_value": val(a_pi[i] if i < len(a_pi) else None)}
+
+
+# ---------------------------------------------------------------- why is int8 not faster
+
+
+def baseline_of(ctx, art):
+    """The fp32 graph an int8 artifact is measured against: the one it is compared with, else the
+    fp32 artifact of the same target, else the fp32 ONNX graph."""
+    if art.compare_to and ctx.find(art.compare_to) is not None:
+        return ctx.find(art.compare_to)
+    same = next((a for a in ctx.artifacts if a.target == art.target and a.precision == "fp32" and a.error is None
+                 and a is not art), None)
+    return same or ctx.find("onnx")
+
+
+def profile_slow_int8(ctx) -> None:
+    """For every int8 artifact less than MIN_INT8_SPEEDUP x faster than its fp32 graph: time per operator
+    type of both graphs, from the runtime's own profiler (ONNX Runtime, OpenVINO)."""
+    for art in ctx.artifacts:
+        if art.precision != "int8" or art.latency is None or art.error is not None or art.runner is None:
+            continue
+        base = baseline_of(ctx, art)
+        if base is None or base.latency is None or base.runner is None:
+            continue
+        speedup = base.latency.median_ms / art.latency.median_ms
+        if speedup >= MIN_INT8_SPEEDUP:
+            continue
+        prof = {"speedup": round(speedup, 3), "needed": MIN_INT8_SPEEDUP, "baseline": base.kind,
+                "runs": PROFILE_RUNS}
+        with ctx.status(f"Profiling {art.kind} and {base.kind} per operator (int8 is only {speedup:.2f}x faster)"):
+            try:
+                for role, a in (("artifact", art), ("baseline", base)):
+                    p = operator_profile(a, ctx.refs.feed(), ctx.threads)
+                    if p is None:
+                        prof.setdefault("missing", {})[role] = f"no operator profiler for {a.backend} here"
+                        continue
+                    prof.setdefault("runtime", {})[role] = p["runtime"]
+                    prof.setdefault("ops", {})[role] = p["ops"]
+                    prof.setdefault("total_ms", {})[role] = p["total_ms"]
+            except Exception as exc:  # a profiler failure is a note, never a failed run
+                prof["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        art.profile = prof
+
+
+def operator_profile(art, feed: dict, threads: int) -> dict | None:
+    from edgeexport.targets import get_target
+
+    backend = get_target(art.runner.target).backend
+    if backend == "onnxruntime":
+        return ort_profile(art.runner.artifact, feed, threads, art.runner.options.get("optimization", "all"))
+    if backend == "openvino":
+        return openvino_profile(art.runner.artifact, feed, threads, art.runner.options)
+    return None
+
+
+def _median_ops(per_run: list[dict[str, float]]) -> dict[str, float]:
+    """ms per operator type: the median over runs (a run the shared machine preempted does not skew it)."""
+    names = {k for r in per_run for k in r}
+    med = {k: float(np.median([r.get(k, 0.0) for r in per_run])) for k in names}
+    return {k: round(v, 4) for k, v in sorted(med.items(), key=lambda kv: -kv[1])}
+
+
+def ort_profile(path: str, feed: dict, threads: int, optimization: str = "all", runs: int = PROFILE_RUNS) -> dict:
+    """ONNX Runtime's profiler (``enable_profiling``): kernel time per operator type, ms per run (median)."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="edgeexport-prof-") as tmp:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = {
+            "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[optimization]
+        so.log_severity_level = 3
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(tmp) / "ort")
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        names = [i.name for i in sess.get_inputs()]
+        x = {n: np.ascontiguousarray(feed[n]) for n in names}
+        sess.run(None, x)  # warm-up (also profiled: excluded below by counting runs)
+        for _ in range(runs):
+            sess.run(None, x)
+        trace = Path(sess.end_profiling())
+        events = json.loads(trace.read_text())
+    windows = sorted((ev["ts"], ev["ts"] + ev["dur"]) for ev in events
+                     if ev.get("cat") == "Session" and ev.get("name") == "model_run")[-runs:]  # not the warm-up
+    per_run: list[dict[str, float]] = [{} for _ in windows]
+    for ev in events:
+        if ev.get("cat") == "Node" and ev.get("name", "").endswith("_kernel_time"):
+            i = next((k for k, (a, b) in enumerate(windows) if a <= ev["ts"] <= b), None)
+            if i is not None:
+                op = ev.get("args", {}).get("op_name", "?")
+                per_run[i][op] = per_run[i].get(op, 0.0) + ev["dur"] / 1e3
+    return {"runtime": f"onnxruntime {ort.__version__} profiler", "ops": _median_ops(per_run),
+            "total_ms": round(float(np.median([b - a for a, b in windows])) / 1e3, 4) if windows else None}
+
+
+def openvino_profile(path: str, feed: dict, threads: int, options: dict, runs: int = PROFILE_RUNS) -> dict:
+    """OpenVINO's performance counters (``PERF_COUNT``): real time per layer type, ms per run (median).
+
+    The CPU plugin reports each layer's *average* time over every inference since compilation (in whole
+    microseconds); one run's time is recovered as ``n * avg_n - (n - 1) * avg_(n-1)``.
+    """
+    import openvino as ov
+
+    core = ov.Core()
+    config = {"PERF_COUNT": True, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": int(threads)}
+    device = options.get("device", "CPU")
+    if options.get("inference_precision") and device.startswith("CPU"):
+        config["INFERENCE_PRECISION_HINT"] = options["inference_precision"]
+    compiled = core.compile_model(core.read_model(str(path)), device, config)
+    req = compiled.create_infer_request()
+    x = [np.ascontiguousarray(v) for v in feed.values()]
+
+    def cumulative(n: int) -> dict[str, tuple[str, float]]:
+        out = {}
+        for info in req.get_profiling_info():
+            if info.status != ov.ProfilingInfo.Status.EXECUTED:
+                continue
+            kind = info.node_type + (" (int8)" if any(t in info.exec_type.upper() for t in ("I8", "U8")) else "")
+            out[info.node_name] = (kind, n * info.real_time.total_seconds() * 1e3)
+        return out
+
+    warmup = 2
+    for _ in range(warmup):
+        req.infer(x)
+    prev = cumulative(warmup)
+    per_run: list[dict[str, float]] = []
+    totals = []
+    for n in range(warmup + 1, warmup + runs + 1):
+        t0 = time.perf_counter()
+        req.infer(x)
+        totals.append((time.perf_counter() - t0) * 1e3)
+        cur = cumulative(n)
+        ops: dict[str, float] = {}
+        for node, (kind, total) in cur.items():
+            ops[kind] = ops.get(kind, 0.0) + max(0.0, total - prev.get(node, (kind, 0.0))[1])
+        per_run.append(ops)
+        prev = cur
+    return {"runtime": f"openvino {ov.get_version().split('-')[0]} performance counters",
+            "ops": _median_ops(per_run), "total_ms": round(float(np.median(totals)), 4)}

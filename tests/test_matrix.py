@@ -1,0 +1,287 @@
+"""``edgeexport matrix`` on a local Ray cluster (loopback only, 2 CPUs, started once for the module).
+
+Small cells (mobilenetv3_small at 1x3x64x64, two evaluation photos, short timings): a matrix end to
+end (ONNX and ExecuTorch built, checked and timed in parallel tasks, CoreML converted here and
+reported "no node can run coreml" at once), a second run served from the cache, a TensorRT cell
+that no node can build, a worker killed mid-task and retried, and ``--resume`` after a run whose
+cell kept crashing. Worker kills use the test-only hook ``EDGEEXPORT_MATRIX_CRASH=MODEL/KIND@N``
+(the first N attempts of that cell ``os._exit(1)``; ``@*``: every attempt).
+"""
+import contextlib
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.conftest import assert_one_line_error
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                                reason="ray is not installed (pip install 'edgeexport[ray]'): edgeexport matrix "
+                                       "runs its cells as Ray tasks")
+
+ROW = "mnv3s"
+RECIPE = {"model": "mobilenetv3_small", "name": ROW, "input_shape": "1x3x64x64",
+          "inputs": {"images": 2, "eval_data": "none"}, "bench": {"runs": 5, "warmup": 1, "budget_s": 2}}
+
+
+@contextlib.contextmanager
+def deadline(seconds: int):
+    """Fail instead of hanging: a matrix must report every cell, never wait on one forever."""
+    def expired(*_):
+        raise TimeoutError(f"the matrix did not finish within {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def cells(m: dict) -> dict:
+    return {r["kind"]: r for r in m["cells"]}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    from edgeexport.matrix import start_local_cluster
+
+    start_local_cluster(cpus=2)
+    import ray
+
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory):
+    path = tmp_path_factory.mktemp("recipes") / f"{ROW}.yaml"
+    path.write_text(yaml.safe_dump(RECIPE))
+    return path
+
+
+@pytest.fixture(scope="module")
+def first(ray_cluster, recipe, tmp_path_factory):
+    from edgeexport.matrix import run_matrix
+
+    root = tmp_path_factory.mktemp("matrix")
+    t0 = time.perf_counter()
+    with deadline(240):
+        m = run_matrix([str(recipe)], ["onnx", "executorch", "coreml"], cache=root / "cache", output=root / "out",
+                       log=lambda msg: None)
+    return m, root, time.perf_counter() - t0
+
+
+def test_the_local_cluster_listens_on_loopback_only(ray_cluster):
+    nodes = ray_cluster.nodes()
+    assert len(nodes) == 1 and nodes[0]["NodeManagerAddress"] == "127.0.0.1"
+    assert ray_cluster.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+    assert ray_cluster.cluster_resources()["CPU"] == 2
+
+
+def test_small_matrix_end_to_end(first):
+    from edgeexport.targets import RunnerSpec, make_runner
+
+    m, root, _ = first
+    out = root / "out"
+    c = cells(m)
+    assert m["models"] == [ROW] and m["kinds"] == ["onnx", "executorch", "coreml"]
+    for kind in ("onnx", "executorch"):
+        r = c[kind]
+        assert r["status"] == "passed", r["reason"]
+        assert r["cache"] == "miss" and r["attempts"] == 1
+        assert r["node"]["hostname"] == socket.gethostname() and len(r["node"]["node_id"]) == 56
+        a = r["artifact"]
+        worst = max(o["metrics"]["max_abs_scaled"] for o in a["parity"]["checks"][0]["outputs"])
+        assert worst <= 1e-4, worst  # fp32 parity against eager, through the artifact's own runtime
+        assert a["latency"]["threads"] == 1 and a["latency"]["median_ms"] > 0
+        cell_report = json.loads((out / r["report"]).read_text())
+        assert cell_report["machine"]["threads"] == 1  # every backend timed with the task's one CPU
+        with make_runner(RunnerSpec.model_validate(a["runner"]), threads=1) as runner:  # the file in OUTPUT runs
+            assert str(out) in a["runner"]["artifact"]
+            y = runner.infer({"input": np.zeros((1, 3, 64, 64), np.float32)})["logits"]
+        assert y.shape == (1, 1000) and np.isfinite(y).all() and y.std() > 0
+    assert c["onnx"]["required"] == [] and c["executorch"]["required"] == []  # ExecuTorch does not need ONNX
+    assert "1 thread per cell" in m["latency_note"]
+    # three cells on two CPUs: they overlapped, so the run took less than the cells one after another
+    assert m["elapsed_s"] < m["cells_s"], (m["elapsed_s"], m["cells_s"])
+    md = (out / "matrix.report.md").read_text()
+    assert f"| {ROW} | 1x3x64x64 | passed" in md and "no node can run coreml" in md
+    page = (out / "matrix.report.html").read_text()
+    assert "no node can run coreml" in page and f'href="models/{ROW}.report.html"' in page
+    assert (out / "models" / f"{ROW}.report.html").is_file()
+    assert json.loads((out / "matrix.report.json").read_text())["cells"] == json.loads(json.dumps(m["cells"], default=str))
+
+
+def test_a_cell_no_node_can_run_is_reported_at_once(first):
+    from edgeexport.bundle import load_bundle, load_public_key
+
+    m, root, _ = first
+    r = cells(m)["coreml"]
+    assert r["status"] == "not_run" and r["reason"].startswith("no node can run coreml"), r["reason"]
+    assert '"coreml"' in r["reason"] and "doctor --ray-resources" in r["reason"]
+    assert r["artifact"]["built"] and r["artifact"]["error"] is None  # converted and validated here
+    # the bundle it would ship to a Mac is signed by the cache's key and loads only with it
+    bundle = root / "out" / r["bundle"]
+    manifest, inputs, refs = load_bundle(bundle, trust_keys=[load_public_key(root / "cache" / "keys" / "matrix.pub")])
+    assert manifest["signature"]["algorithm"] == "ed25519" and len(inputs) == len(refs) > 0
+    assert m["verdict"] == "passed"  # not run is not a failure
+
+
+def test_second_run_is_served_from_the_cache(first, recipe, cli):
+    m1, root, first_s = first
+    t0 = time.perf_counter()
+    with deadline(120):
+        code, out, err = cli("matrix", recipe, "--targets", "onnx,executorch,coreml", "--cache", root / "cache",
+                             "-o", root / "again", "--json")
+    second_s = time.perf_counter() - t0
+    assert code == 0, err
+    m2 = json.loads(out)
+    assert [r["cache"] for r in m2["cells"]] == ["hit", "hit", "hit"]
+    assert m2["cells_s"] == 0  # no task ran
+    assert [r["status"] for r in m2["cells"]] == [r["status"] for r in m1["cells"]]
+    assert [r["key"] for r in m2["cells"]] == [r["key"] for r in m1["cells"]]
+    assert second_s < 0.3 * first_s, (second_s, first_s)
+    onnx = cells(m2)["onnx"]
+    assert (root / "again" / onnx["folder"] / f"{ROW}.onnx").is_file()
+    assert str(root / "again") in onnx["artifact"]["path"]  # paths point into this run's output
+
+
+def test_a_changed_option_is_a_different_cell(first, recipe):
+    from edgeexport.matrix import plan_cells
+
+    m, _, _ = first
+    same = plan_cells([str(recipe)], ["onnx"])[0]
+    assert same.key == cells(m)["onnx"]["key"]
+    assert plan_cells([str(recipe)], ["onnx"], threads=2)[0].key != same.key
+    assert plan_cells([str(recipe)], ["onnx"], overrides={"inputs": {"images": 3}})[0].key != same.key
+
+
+def test_tensorrt_cell_without_a_gpu_node(ray_cluster, recipe, tmp_path):
+    """TensorRT engines are built on the GPU that runs them: without such a node nothing is built."""
+    from edgeexport.matrix import run_matrix
+
+    if "tensorrt" in ray_cluster.cluster_resources():
+        pytest.skip("this machine offers TensorRT")
+    with deadline(60):
+        m = run_matrix([str(recipe)], ["tensorrt"], cache=tmp_path / "cache", output=tmp_path / "out",
+                       log=lambda msg: None, html=False)
+    r = m["cells"][0]
+    assert r["status"] == "not_run" and r["reason"].startswith("no node can run tensorrt"), r["reason"]
+    assert '"GPU"' in r["reason"] and '"tensorrt"' in r["reason"] and r["node"] is None
+
+
+@pytest.fixture(scope="module")
+def interrupted(ray_cluster, recipe, tmp_path_factory):
+    """One run where the onnx cell's worker dies on its first attempt and the coreml cell's on every
+    attempt (1 retry), then ``--resume`` of it without the crashes. Neither run reads the cache, so
+    what the resume keeps comes from the interrupted run's own records."""
+    from edgeexport.matrix import CRASH_ENV, run_matrix
+
+    root = tmp_path_factory.mktemp("resume")
+    args = dict(cache=root / "cache", output=root / "out", use_cache=False, log=lambda msg: None, html=False)
+    os.environ[CRASH_ENV] = f"{ROW}/onnx@1,{ROW}/coreml@*"
+    try:
+        with deadline(180):
+            crashed = run_matrix([str(recipe)], ["onnx", "coreml"], retries=1, **args)
+    finally:
+        del os.environ[CRASH_ENV]
+    progress = json.loads((root / "out" / "cells" / ROW / "onnx.json").read_text())
+    with deadline(180):
+        resumed = run_matrix(None, resume=True, **args)
+    return crashed, progress, resumed
+
+
+def test_a_killed_worker_is_retried(interrupted):
+    crashed, _, _ = interrupted
+    c = cells(crashed)
+    assert c["onnx"]["status"] == "passed" and c["onnx"]["attempts"] == 2  # died once, then built
+    assert c["coreml"]["status"] == "error" and c["coreml"]["attempts"] == 2
+    assert "worker died (2 attempts)" in c["coreml"]["reason"], c["coreml"]["reason"]
+    assert crashed["verdict"] == "failed" and crashed["failed"] == [f"{ROW}/coreml"]  # one row, not the end
+
+
+def test_resume_keeps_finished_cells(interrupted):
+    crashed, progress, resumed = interrupted
+    c = cells(resumed)
+    assert progress["status"] == "passed" and progress["key"] == c["onnx"]["key"]
+    assert c["onnx"]["cache"] == "resumed" and c["onnx"]["wall_s"] == cells(crashed)["onnx"]["wall_s"]
+    assert c["coreml"]["cache"] == "miss" and c["coreml"]["attempts"] == 1
+    assert c["coreml"]["reason"].startswith("no node can run coreml")
+    assert resumed["kinds"] == ["onnx", "coreml"] and resumed["cache"]["resumed"] == 1
+    assert resumed["cells_s"] == pytest.approx(c["coreml"]["wall_s"], abs=0.1)  # only the coreml cell ran
+
+
+def test_doctor_ray_resources_is_what_runs_here(cli):
+    from edgeexport.targets import list_targets
+
+    code, out, err = cli("doctor", "--ray-resources")
+    assert code == 0, err
+    offered = json.loads(out)
+    for t in list_targets():
+        assert (t.backend in offered) == any(u.backend == t.backend and u.run_availability().ok for u in list_targets())
+    assert all(v == 1 for v in offered.values()) and "onnxruntime" in offered
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["mobilenetv3_small", "--targets", "onnx,bogus"], "unknown artifact kind 'bogus'"),
+    (["mobilenetv3_smal"], "unknown model"),
+    (["mobilenetv3_small", "--cluster", "not an address"], "--cluster"),
+    (["--resume"], "no matrix to continue"),
+])
+def test_bad_input_is_one_line(cli, tmp_path, args, needle):
+    code, _, err = cli("matrix", *args, "-o", tmp_path / "out", "--cache", tmp_path / "cache")
+    assert_one_line_error(code, err, needle)
+
+
+@pytest.fixture
+def mac_like_node(ray_cluster, tmp_path):
+    """A second node joining the cluster over loopback as the README says a Mac does, advertising
+    ``{"coreml": 1}`` (it cannot actually predict: this is not macOS). Stopped by its process group."""
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+    cmd = [str(Path(sys.executable).with_name("ray")), "start", f"--address={ray_cluster.get_runtime_context().gcs_address}",
+           "--num-cpus=1", '--resources={"coreml": 1}', "--block", "--disable-usage-stats"]
+    with open(tmp_path / "node.log", "wb") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        with deadline(90):
+            while ray_cluster.cluster_resources().get("coreml") != 1:
+                assert proc.poll() is None, (tmp_path / "node.log").read_text()[-2000:]
+                time.sleep(0.5)
+        yield proc
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)
+        with deadline(90):
+            while "coreml" in ray_cluster.cluster_resources():
+                time.sleep(0.5)
+
+
+def test_verified_on_the_node_that_offers_the_runtime(first, recipe, mac_like_node, ray_cluster, tmp_path):
+    """The cached CoreML cell's signed bundle goes to the node offering ``coreml``, which checks the
+    signature against the matrix's key and runs verify there (and says, truthfully, that it could not)."""
+    from edgeexport.matrix import run_matrix
+
+    m1, root, _ = first
+    with deadline(120):
+        m = run_matrix([str(recipe)], ["coreml"], cache=root / "cache", output=tmp_path / "out",
+                       log=lambda msg: None, html=False)
+    r = m["cells"][0]
+    assert r["cache"] == "hit" and r["node"]["node_id"] == cells(m1)["coreml"]["node"]["node_id"]
+    v = r["verify"]
+    assert v["node"]["node_id"] != r["node"]["node_id"]  # on the joined node, not the one that built it
+    assert v["node"]["node_id"] in {n["NodeID"] for n in ray_cluster.nodes() if n["Resources"].get("coreml")}
+    sig = v["signature"]
+    assert sig["signed"] and sig["trusted"] and sig["key_fingerprint"] == m["signing_key"]
+    assert r["status"] == "not_run" and "CoreML prediction needs macOS" in r["reason"], r["reason"]
+    assert (tmp_path / "out" / v["report"]).is_file()
