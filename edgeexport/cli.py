@@ -336,6 +336,30 @@ def _target_options(target, values: dict) -> dict:
     return out
 
 
+def _command_stages(target, opts: dict, common: Common, is_onnx: bool) -> dict:
+    """The recipe stages of ``edgeexport <target>``: that target only. Default stages (the fp32 ONNX
+    export) are off unless they are the command's own or a shared option sets one of their fields
+    (``--exporter``); whatever the target requires from them is built anyway, as in any recipe."""
+    from edgeexport.targets import list_targets
+
+    stages: dict = {}
+    for t in list_targets():
+        if not t.default_stage:
+            continue
+        shared = {k: getattr(common, k) for k in t.Options.model_fields
+                  if k in Common.__dataclass_fields__ and getattr(common, k) is not None}
+        stages[t.name] = {**shared, **opts} if t is target else shared if shared and not is_onnx else None
+    if not target.default_stage:
+        stages[target.name] = [opts] if target.multiple else opts
+    return stages
+
+
+def default_stages_off() -> dict:
+    from edgeexport.targets import list_targets
+
+    return {t.name: None for t in list_targets() if t.default_stage}
+
+
 def _make_target_command(target) -> None:
     """Register ``edgeexport <target.name>``: the target's options plus the shared ones."""
     import inspect
@@ -359,13 +383,8 @@ def _make_target_command(target) -> None:
         if is_onnx and not target.from_onnx_file:
             raise UserError(f"{target.name} converts from the PyTorch model; give a zoo model, not an ONNX file")
         opts = _target_options(target, kwargs)
-        stages = {"onnx": None}
-        if target.name == "onnx" or (common.exporter and not is_onnx):
-            stages["onnx"] = {**({"exporter": common.exporter} if common.exporter else {}),
-                              **(opts if target.name == "onnx" else {})}
-        if target.name != "onnx":
-            stages[target.name] = [opts] if target.multiple else opts
-        _execute(common.recipe(name, stages), common.quiet, common.as_json, target=target)
+        _execute(common.recipe(name, _command_stages(target, opts, common, is_onnx)), common.quiet, common.as_json,
+                 target=target)
 
     command.__signature__ = inspect.Signature(params)
     command.__name__ = f"{target.name}_command"
@@ -388,8 +407,9 @@ def bundle(name: str = typer.Argument(..., help="zoo model the artifact was buil
            output: Optional[str] = typer.Option(None, "--output", "-o", help="bundle folder to write"),
            precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | fp16 | int8 (default: the "
                                                                              "format's, from the file name)"),
-           runner_option: Optional[str] = typer.Option(None, "--option", help="runner option KEY=VALUE recorded in "
-                                                                              "the bundle (e.g. compute_units=all)"),
+           runner_option: Optional[list[str]] = typer.Option(None, "--option", help="runner option KEY=VALUE "
+                                                              "recorded in the bundle (repeatable; e.g. "
+                                                              "compute_units=all); values are JSON when they parse"),
            weights: Optional[str] = typer.Option(None, "--weights"),
            model: Optional[str] = typer.Option(None, "--model"),
            shape: Optional[str] = typer.Option(None, "--shape"),
@@ -416,14 +436,17 @@ def bundle(name: str = typer.Argument(..., help="zoo model the artifact was buil
     if precision not in (None, "fp32", "fp16", "int8"):
         raise UserError(f"--precision {precision!r}: expected fp32, fp16 or int8")
     options = {}
-    if runner_option:
-        key, sep, value = runner_option.partition("=")
-        if not sep:
-            raise UserError(f"--option {runner_option!r}: expected KEY=VALUE")
-        options[key] = value
+    for item in runner_option or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--option {item!r}: expected KEY=VALUE")
+        try:
+            options[key] = json.loads(value)  # true, 2, {"in0": "input"} ...
+        except ValueError:
+            options[key] = value
     common = Common(weights=weights, model=model, shape=shape, output=str(artifact.parent), images=images, runs=1,
                     no_bench=True, eval_data="none")
-    ctx = pipeline.prepare(common.recipe(name, {"onnx": None}))
+    ctx = pipeline.prepare(common.recipe(name, default_stages_off()))
     companions = [artifact.with_name(artifact.name[:-len(fmt.suffix)] + c) for c in fmt.companions]
     missing = [c for c in companions if not c.exists()]
     if missing:

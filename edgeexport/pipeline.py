@@ -21,7 +21,7 @@ import torch
 
 from edgeexport.bench import LatencyStats, benchmark_interleaved
 from edgeexport.data import InputSource
-from edgeexport.errors import BackendMissing, EdgeExportError, UserError
+from edgeexport.errors import EdgeExportError, UserError
 from edgeexport.metrics import TaskMetrics
 from edgeexport.parity import ParityCheck, ParityResult, Tolerance
 from edgeexport.recipe import Recipe
@@ -199,13 +199,6 @@ class Context:
     def artifact_path(self, suffix: str) -> Path:
         return self.out_dir / f"{self.name}{suffix}"
 
-    def fp32_onnx(self) -> Path | None:
-        """The fp32 ONNX graph later stages start from: the export, or the graph the user gave."""
-        if self.handle.is_onnx:
-            return self.handle.onnx_path
-        art = self.find("onnx")
-        return art.path if art is not None else None
-
     def find(self, kind: str) -> "Artifact | None":
         return next((a for a in self.artifacts if a.kind == kind and a.error is None), None)
 
@@ -370,8 +363,8 @@ def plan(ctx: Context) -> list[tuple[type[Target], TargetOptions, str | None]]:
 
     recipe_steps = []
     for t in list_targets():
-        if t.name == "onnx" and ctx.handle.is_onnx:
-            continue  # the user's graph is the fp32 ONNX graph
+        if t.input_replaces and ctx.handle.is_onnx:
+            continue  # the user's ONNX graph is this target's artifact
         cfg = getattr(ctx.recipe.stages, t.name, None)
         for o in (cfg if t.multiple else [cfg] if cfg is not None else []):
             kind = kind_of(t, o)
@@ -427,39 +420,6 @@ def build(ctx: Context, target_cls: type[Target], options: TargetOptions, requir
     if art.error is None and art.runner is None and art.built:
         art.error = f"{target_cls.name} built nothing to run"
     return art
-
-
-def evaluator(ctx: Context):
-    """What the int8 builder may measure: accuracy against the reference, latency here."""
-    from edgeexport.bench import benchmark_interleaved
-    from edgeexport.quantize.int8 import Evaluator
-    from edgeexport.targets.onnx import OnnxRuntimeRunner
-
-    refs, shape = ctx.refs, ctx.shape
-    tol = ctx.tolerance("int8")
-
-    def accuracy(path: Path) -> dict:
-        with OnnxRuntimeRunner(path, threads=ctx.threads) as r:
-            res = check_parity(r, refs, [shape], "int8", tol)[0]
-            task = ctx.task_data.evaluate(r, refs.input_name)[0] if ctx.task_data is not None else None
-        ms = [o.metrics for o in res.outputs]
-        worst = lambda k: min((m[k] for m in ms if m.get(k) is not None), default=None)  # noqa: E731
-        acc = {"snr_db": worst("snr_db"), "agreement": worst("agreement"), "cosine": worst("cosine")}
-        if task is not None:
-            acc[task.primary] = task.value
-            acc["task_drop"] = task.drop_points(ctx.eager_task)
-        return acc
-
-    def latency(paths: list[Path]) -> list[float]:
-        runners = {str(i): OnnxRuntimeRunner(p, threads=ctx.threads) for i, p in enumerate(paths)}
-        with contextlib.ExitStack() as stack:
-            for r in runners.values():
-                stack.enter_context(r)
-            stats = benchmark_interleaved(runners, refs.feed(), warmup=1, runs=20, budget_s=2.0, rounds=5, min_runs=5)
-        return [stats[str(i)].median_ms for i in range(len(paths))]
-
-    return Evaluator(refs.input_name, shape, ctx.handle.preprocess, accuracy, latency,
-                     [b for _, b in refs.batches[shape]], ctx.recipe.inputs.folder)
 
 
 def task_budget(ctx: Context, budget: dict | None) -> dict | None:

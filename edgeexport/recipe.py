@@ -72,9 +72,9 @@ class BundleStage(_Strict):
 def _stages_model() -> type[BaseModel]:
     """``stages:`` of a recipe, one key per registered target (plus ``bundle``).
 
-    A target whose stage takes several option sets (``multiple``) is a list; ``onnx`` is on by
-    default (every other target starts from it or from the PyTorch model); the others are off
-    until a recipe names them.
+    A target whose stage takes several option sets (``multiple``) is a list; a ``default_stage``
+    target (``onnx``: most others start from its graph) is on unless a recipe turns it off; the
+    others are off until a recipe names them.
     """
     from edgeexport.targets import list_targets
 
@@ -82,7 +82,7 @@ def _stages_model() -> type[BaseModel]:
     for t in list_targets():
         if t.multiple:
             fields[t.name] = (list[t.Options], Field(default_factory=list, description=t.help))
-        elif t.name == "onnx":
+        elif t.default_stage:
             fields[t.name] = (t.Options | None, Field(default_factory=t.Options, description=t.help))
         else:
             fields[t.name] = (t.Options | None, Field(None, description=t.help))

@@ -86,7 +86,7 @@ def build_report(ctx, elapsed_s: float, command: str | None = None) -> dict:
                    "shapes": [list(s) for s in ctx.refs.batches],
                    "images": sorted({n for b in ctx.refs.batches.values() for names, _ in b for n in names})},
         "recipe": ctx.recipe.model_dump(mode="json"),
-        "eager": {"backend": "torch", "latency": ctx.eager_latency.to_dict() if ctx.eager_latency else None,
+        "eager": {"backend": ctx.refs.eager_runner().backend, "latency": ctx.eager_latency.to_dict() if ctx.eager_latency else None,
                   "task": ctx.eager_task.to_dict() if ctx.eager_task is not None else None},
         "eval_data": ctx.task_data.describe() if ctx.task_data is not None else None,
         "artifacts": arts,
@@ -159,7 +159,7 @@ def summary_rows(report: dict) -> list[list[str]]:
     rows = []
     eager = report["eager"]["latency"]
     ref_kind = "reference" if report["model"]["origin"].startswith("onnx:") else "eager"
-    ref_backend = "onnxruntime" if ref_kind == "reference" else "torch"
+    ref_backend = report["eager"].get("backend", "torch")
     rows.append([ref_kind, ref_backend, "fp32", "–", "reference", "–", "–", "–",
                  *_task_cells(report, report["eager"].get("task"), eager=True),
                  _fmt(eager["median_ms"], ".1f") if eager else "–", "1.00" if eager else "–", "–"])

@@ -62,6 +62,7 @@ RECIPES: dict[str, TrainRecipe] = {
 TRAIN_SHAPES = (3, 8)  # shapes per training canvas: denser than evaluation scenes, for more foreground per step
 CHECKPOINT_EVERY = 300  # steps between validations (and checkpoints, when asked for)
 VAL_IMAGES = 16
+VAL_BN_BATCHES = 8  # training batches that re-estimate BatchNorm for each validation
 BN_BATCHES = 40  # training batches that re-estimate the BatchNorm statistics after the last step
 
 
@@ -173,17 +174,19 @@ def _validate(model, recipe, pre, eval_size, batches, step, size, device, cl) ->
     import copy
 
     probe = copy.deepcopy(model)
-    _precise_bn(probe, batches, 10_000_000 + step * 8, size, 8, device, cl)
+    _precise_bn(probe, batches, 10_000_000 + step * 8, size, VAL_BN_BATCHES, device, cl)
     return evaluate(probe.to(memory_format=torch.contiguous_format), recipe.dataset, pre, eval_size, VAL_IMAGES,
                     split="val")
 
 
 def train(recipe: TrainRecipe, log=print, device: str | None = None, steps: int | None = None,
-          checkpoint: Path | None = None, eval_images: int | None = None) -> tuple[dict, dict]:
+          checkpoint: Path | None = None, eval_images: int | None = None, eval_size: tuple[int, int] | None = None,
+          workers: int = 1) -> tuple[dict, dict]:
     """Train from the recipe's seed; returns (state dict rounded to fp16 and back, metadata with metrics).
 
     ``checkpoint``: a file the run saves to every ``CHECKPOINT_EVERY`` steps and resumes from (the
     batches are a function of the step, so a resumed run sees the same data as an uninterrupted one).
+    ``eval_size``: the evaluation input (default: the model's); ``workers``: batch-generating processes.
     """
     from edgeexport.zoo import build_model, get_meta
 
@@ -194,7 +197,7 @@ def train(recipe: TrainRecipe, log=print, device: str | None = None, steps: int 
 
     ds = get_dataset(recipe.dataset)
     meta = get_meta(recipe.model, ds.num_classes)
-    eval_size = tuple(meta.input_size[1:])
+    eval_size = tuple(eval_size or meta.input_size[1:])
     torch.manual_seed(recipe.seed)
     np.random.seed(recipe.seed)
     model = build_model(recipe.model, num_classes=ds.num_classes).to(device).train()
@@ -204,8 +207,11 @@ def train(recipe: TrainRecipe, log=print, device: str | None = None, steps: int 
 
     pre = Preprocess(meta.mean, meta.std, meta.resize)
     batches = Batches(recipe, pre, eval_size, steps, final_steps)
-    loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=1, prefetch_factor=4,
-                                         worker_init_fn=lambda _: torch.set_num_threads(1), persistent_workers=False)
+    def make_loader(dataset):  # a worker generates the next batches while one trains (0: in this process)
+        extra = dict(prefetch_factor=4, worker_init_fn=lambda _: torch.set_num_threads(1)) if workers else {}
+        return torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers, **extra)
+
+    loader = make_loader(batches)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
@@ -223,8 +229,7 @@ def train(recipe: TrainRecipe, log=print, device: str | None = None, steps: int 
             sched.load_state_dict(saved["sched"])
             start, history = int(saved["step"]), json.loads(saved["history"])
             log(f"resumed {recipe.model} from {checkpoint} at step {start}")
-            loader = torch.utils.data.DataLoader(torch.utils.data.Subset(batches, range(start, steps)),
-                                                 batch_size=None, num_workers=1, prefetch_factor=4)
+            loader = make_loader(torch.utils.data.Subset(batches, range(start, steps)))
     for step, (x, y) in enumerate(loader, start=start):
         size = x.shape[-1]
         x, y = x.to(device).contiguous(memory_format=cl), y.to(device)

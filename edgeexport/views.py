@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
-import tempfile
-import time
-from pathlib import Path
 
 import numpy as np
 
@@ -179,12 +175,15 @@ def baseline_of(ctx, art):
         return ctx.find(art.compare_to)
     same = next((a for a in ctx.artifacts if a.target == art.target and a.precision == "fp32" and a.error is None
                  and a is not art), None)
-    return same or ctx.find("onnx")
+    from edgeexport.targets import get_target
+
+    return same or next((a for a in ctx.artifacts if a.error is None and a.precision == "fp32"
+                         and get_target(a.target).default_stage), None)
 
 
 def profile_slow_int8(ctx) -> None:
     """For every int8 artifact less than MIN_INT8_SPEEDUP x faster than its fp32 graph: time per operator
-    type of both graphs, from the runtime's own profiler (ONNX Runtime, OpenVINO)."""
+    type of both graphs, from the runtime's own profiler (``Target.operator_profile``)."""
     for art in ctx.artifacts:
         if art.precision != "int8" or art.latency is None or art.error is not None or art.runner is None:
             continue
@@ -212,101 +211,14 @@ def profile_slow_int8(ctx) -> None:
 
 
 def operator_profile(art, feed: dict, threads: int) -> dict | None:
+    """Time per operator type from the artifact's runtime's own profiler (None: its target has none)."""
     from edgeexport.targets import get_target
 
-    backend = get_target(art.runner.target).backend
-    if backend == "onnxruntime":
-        return ort_profile(art.runner.artifact, feed, threads, art.runner.options.get("optimization", "all"))
-    if backend == "openvino":
-        return openvino_profile(art.runner.artifact, feed, threads, art.runner.options)
-    return None
+    return get_target(art.runner.target).operator_profile(art.runner, feed, threads, PROFILE_RUNS)
 
 
-def _median_ops(per_run: list[dict[str, float]]) -> dict[str, float]:
+def median_ops(per_run: list[dict[str, float]]) -> dict[str, float]:
     """ms per operator type: the median over runs (a run the shared machine preempted does not skew it)."""
     names = {k for r in per_run for k in r}
     med = {k: float(np.median([r.get(k, 0.0) for r in per_run])) for k in names}
     return {k: round(v, 4) for k, v in sorted(med.items(), key=lambda kv: -kv[1])}
-
-
-def ort_profile(path: str, feed: dict, threads: int, optimization: str = "all", runs: int = PROFILE_RUNS) -> dict:
-    """ONNX Runtime's profiler (``enable_profiling``): kernel time per operator type, ms per run (median)."""
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory(prefix="edgeexport-prof-") as tmp:
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = {
-            "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[optimization]
-        so.log_severity_level = 3
-        so.enable_profiling = True
-        so.profile_file_prefix = str(Path(tmp) / "ort")
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        names = [i.name for i in sess.get_inputs()]
-        x = {n: np.ascontiguousarray(feed[n]) for n in names}
-        sess.run(None, x)  # warm-up (also profiled: excluded below by counting runs)
-        for _ in range(runs):
-            sess.run(None, x)
-        trace = Path(sess.end_profiling())
-        events = json.loads(trace.read_text())
-    windows = sorted((ev["ts"], ev["ts"] + ev["dur"]) for ev in events
-                     if ev.get("cat") == "Session" and ev.get("name") == "model_run")[-runs:]  # not the warm-up
-    per_run: list[dict[str, float]] = [{} for _ in windows]
-    for ev in events:
-        if ev.get("cat") == "Node" and ev.get("name", "").endswith("_kernel_time"):
-            i = next((k for k, (a, b) in enumerate(windows) if a <= ev["ts"] <= b), None)
-            if i is not None:
-                op = ev.get("args", {}).get("op_name", "?")
-                per_run[i][op] = per_run[i].get(op, 0.0) + ev["dur"] / 1e3
-    return {"runtime": f"onnxruntime {ort.__version__} profiler", "ops": _median_ops(per_run),
-            "total_ms": round(float(np.median([b - a for a, b in windows])) / 1e3, 4) if windows else None}
-
-
-def openvino_profile(path: str, feed: dict, threads: int, options: dict, runs: int = PROFILE_RUNS) -> dict:
-    """OpenVINO's performance counters (``PERF_COUNT``): real time per layer type, ms per run (median).
-
-    The CPU plugin reports each layer's *average* time over every inference since compilation (in whole
-    microseconds); one run's time is recovered as ``n * avg_n - (n - 1) * avg_(n-1)``.
-    """
-    import openvino as ov
-
-    core = ov.Core()
-    config = {"PERF_COUNT": True, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": int(threads)}
-    device = options.get("device", "CPU")
-    if options.get("inference_precision") and device.startswith("CPU"):
-        config["INFERENCE_PRECISION_HINT"] = options["inference_precision"]
-    compiled = core.compile_model(core.read_model(str(path)), device, config)
-    req = compiled.create_infer_request()
-    x = [np.ascontiguousarray(v) for v in feed.values()]
-
-    def cumulative(n: int) -> dict[str, tuple[str, float]]:
-        out = {}
-        for info in req.get_profiling_info():
-            if info.status != ov.ProfilingInfo.Status.EXECUTED:
-                continue
-            kind = info.node_type + (" (int8)" if any(t in info.exec_type.upper() for t in ("I8", "U8")) else "")
-            out[info.node_name] = (kind, n * info.real_time.total_seconds() * 1e3)
-        return out
-
-    warmup = 2
-    for _ in range(warmup):
-        req.infer(x)
-    prev = cumulative(warmup)
-    per_run: list[dict[str, float]] = []
-    totals = []
-    for n in range(warmup + 1, warmup + runs + 1):
-        t0 = time.perf_counter()
-        req.infer(x)
-        totals.append((time.perf_counter() - t0) * 1e3)
-        cur = cumulative(n)
-        ops: dict[str, float] = {}
-        for node, (kind, total) in cur.items():
-            ops[kind] = ops.get(kind, 0.0) + max(0.0, total - prev.get(node, (kind, 0.0))[1])
-        per_run.append(ops)
-        prev = cur
-    return {"runtime": f"openvino {ov.get_version().split('-')[0]} performance counters",
-            "ops": _median_ops(per_run), "total_ms": round(float(np.median(totals)), 4)}

@@ -208,7 +208,9 @@ def test_openvino_operator_profile(cls, tmp_path):
     onnx_path = cls[1].with_name("mobilenetv3_small.onnx")
     ov.save_model(ov.convert_model(str(onnx_path)), str(tmp_path / "m.xml"), compress_to_fp16=False)
     x = {"input": np.random.default_rng(0).standard_normal((1, 3, 64, 64), dtype=np.float32)}
-    p = views.openvino_profile(str(tmp_path / "m.xml"), x, 2, {"inference_precision": "f32"})
+    from edgeexport.targets.openvino import openvino_profile
+
+    p = openvino_profile(str(tmp_path / "m.xml"), x, 2, {"inference_precision": "f32"})
     assert p["runtime"].startswith("openvino") and "Convolution" in p["ops"]
     # per-run kernel times (not the plugin's running averages, which carry the first run's cost)
     assert 0 < sum(p["ops"].values()) < 3 * p["total_ms"] + 1.0

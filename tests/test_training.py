@@ -1,15 +1,30 @@
 """Training reproduces from a seed, stores weights as safetensors (no pickle) with its recipe and metrics."""
 from dataclasses import replace
 
+import pytest
 import torch
 
 import edgeexport.training as T
-from edgeexport.training import RECIPES, save_weights, train
+from edgeexport.training import RECIPES, save_weights
 from tests.conftest import assert_one_line_error
 
 
 def _tiny(name="lraspp_mobilenetv3_small"):
     return replace(RECIPES[name], batch=2, size=64, steps=3)
+
+
+@pytest.fixture(autouse=True)
+def _small(monkeypatch):
+    """Tiny runs: one BatchNorm batch, evaluation at 96x96, batches made in-process (no fork in a test
+    process that may hold JAX's threads)."""
+    monkeypatch.setattr(T, "BN_BATCHES", 2)
+    monkeypatch.setattr(T, "VAL_BN_BATCHES", 1)
+    real = T.train
+    monkeypatch.setattr(T, "train", lambda *a, **k: real(*a, **{"eval_size": (96, 96), "workers": 0, **k}))
+
+
+def train(*args, **kwargs):
+    return T.train(*args, **kwargs)
 
 
 def test_training_is_deterministic_and_round_trips_through_safetensors(tmp_path, monkeypatch):

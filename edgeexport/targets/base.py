@@ -121,6 +121,8 @@ class Target:
     backend: ClassVar[str]  # the runtime that executes its artifacts
     help: ClassVar[str]
     order: ClassVar[int] = 50  # position in recipes and reports (the fp32 ONNX graph first)
+    default_stage: ClassVar[bool] = False  # its recipe stage is on unless a recipe turns it off
+    input_replaces: ClassVar[bool] = False  # a model file the user gives (an .onnx) is this target's artifact
     Options: ClassVar[type[TargetOptions]] = TargetOptions
     Record: ClassVar[type[BuildRecord]] = BuildRecord
     formats: ClassVar[tuple[Format, ...]] = ()
@@ -172,6 +174,12 @@ class Target:
     @classmethod
     def runner(cls, spec: RunnerSpec, threads: int | None) -> "Runner":
         raise NotImplementedError(f"{cls.__name__}.runner")
+
+    @classmethod
+    def operator_profile(cls, spec: RunnerSpec, feed: dict, threads: int, runs: int) -> dict | None:
+        """Time per operator type from the runtime's own profiler, ``{"runtime", "ops": {type: ms},
+        "total_ms"}`` (ms per run, median over ``runs``); None when the runtime has no profiler here."""
+        return None
 
 
 def _importable(modules) -> Availability:

@@ -17,7 +17,7 @@ from pydantic import Field
 from edgeexport.errors import EdgeExportError
 from edgeexport.runners.base import Runner
 from edgeexport.targets import register_target
-from edgeexport.targets.base import BuildRecord, Format, RunnerSpec, Target, TargetOptions
+from edgeexport.targets.base import BuildRecord, Format, Requirement, RunnerSpec, Target, TargetOptions
 from edgeexport.util import atomic_path, quiet
 
 DYNAMIC_AXES = {"none": (), "batch": (0,), "hw": (2, 3), "all": (0, 2, 3)}
@@ -170,6 +170,62 @@ class OnnxRuntimeRunner(Runner):
                 "providers": self.providers, "artifact": str(self.path)}
 
 
+def ort_profile(path: str, feed: dict, threads: int, optimization: str = "all", runs: int = 10) -> dict:
+    """ONNX Runtime's profiler (``enable_profiling``): kernel time per operator type, ms per run (median)."""
+    import json
+    import tempfile
+
+    import onnxruntime as ort
+
+    from edgeexport.views import median_ops
+
+    with tempfile.TemporaryDirectory(prefix="edgeexport-prof-") as tmp:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = {
+            "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[optimization]
+        so.log_severity_level = 3
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(tmp) / "ort")
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        names = [i.name for i in sess.get_inputs()]
+        x = {n: np.ascontiguousarray(feed[n]) for n in names}
+        sess.run(None, x)  # warm-up (also profiled: excluded below by counting runs)
+        for _ in range(runs):
+            sess.run(None, x)
+        trace = Path(sess.end_profiling())
+        events = json.loads(trace.read_text())
+    windows = sorted((ev["ts"], ev["ts"] + ev["dur"]) for ev in events
+                     if ev.get("cat") == "Session" and ev.get("name") == "model_run")[-runs:]  # not the warm-up
+    per_run: list[dict[str, float]] = [{} for _ in windows]
+    for ev in events:
+        if ev.get("cat") == "Node" and ev.get("name", "").endswith("_kernel_time"):
+            i = next((k for k, (a, b) in enumerate(windows) if a <= ev["ts"] <= b), None)
+            if i is not None:
+                op = ev.get("args", {}).get("op_name", "?")
+                per_run[i][op] = per_run[i].get(op, 0.0) + ev["dur"] / 1e3
+    return {"runtime": f"onnxruntime {ort.__version__} profiler", "ops": median_ops(per_run),
+            "total_ms": round(float(np.median([b - a for a, b in windows])) / 1e3, 4) if windows else None}
+
+
+# ---------------------------------------------------------------- the fp32 graph other targets start from
+
+
+def fp32_graph_requirement(ctx) -> list[Requirement]:
+    """What a target that starts from the fp32 ONNX graph requires: this target's export, unless the
+    user gave an ONNX file (then that file is the graph)."""
+    return [] if ctx.handle.is_onnx else [Requirement("onnx", kind="onnx")]
+
+
+def fp32_graph(ctx) -> Path:
+    """The fp32 ONNX graph: the user's file, or this run's export."""
+    return Path(ctx.handle.onnx_path) if ctx.handle.is_onnx else ctx.require("onnx").path
+
+
 # ---------------------------------------------------------------- the target
 
 
@@ -196,6 +252,8 @@ class OnnxRecord(BuildRecord):
 class OnnxTarget(Target):
     name = "onnx"
     order = 0
+    default_stage = True  # on in every recipe unless turned off: the graph most targets start from
+    input_replaces = True  # a user\'s .onnx file is this artifact
     title = "ONNX Runtime"
     backend = "onnxruntime"
     help = "Export to ONNX, check it, simplify it, compare it with eager PyTorch and time both."
@@ -233,3 +291,7 @@ class OnnxTarget(Target):
     @classmethod
     def runner(cls, spec: RunnerSpec, threads):
         return OnnxRuntimeRunner(spec.artifact, threads=threads, **spec.options)
+
+    @classmethod
+    def operator_profile(cls, spec: RunnerSpec, feed, threads: int, runs: int) -> dict:
+        return ort_profile(spec.artifact, feed, threads, spec.options.get("optimization", "all"), runs)

@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 import re
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -37,6 +38,11 @@ from edgeexport.targets import register_target
 from edgeexport.targets.base import BuildRecord, Format, Requirement, Target, TargetOptions
 from edgeexport.targets.base import BUDGET_METRICS
 from edgeexport.util import atomic_path, quiet
+
+# OpenVINO's converter and NNCF send usage events to Google Analytics (from a forked process) unless the
+# user opted out; both fall back to a no-op stub when `openvino_telemetry` cannot be imported. edgeexport
+# never touches the network at run time, so it is made unimportable before either is imported.
+sys.modules.setdefault("openvino_telemetry", None)
 
 INSTALL_HINT = "pip install 'edgeexport[openvino]'"
 TASK_BUDGETS = ("miou_drop", "top1_drop")
@@ -284,7 +290,9 @@ class OpenVINOTarget(Target):
 
     @classmethod
     def requires(cls, options, ctx) -> list[Requirement]:
-        return [] if ctx.handle.is_onnx else [Requirement("onnx", kind="onnx")]
+        from edgeexport.targets.onnx import fp32_graph_requirement
+
+        return fp32_graph_requirement(ctx)
 
     def build(self, ctx, options: OpenVINOOptions, art) -> None:
         import openvino as ov
@@ -294,7 +302,9 @@ class OpenVINOTarget(Target):
         int8 = options.quantize == "int8"
         art.dynamic = ctx.recipe.dynamic
         art.compare_to = ("openvino" if ctx.find("openvino") else "onnx") if int8 else None
-        source = ctx.fp32_onnx() if ctx.handle.is_onnx else ctx.require("onnx").path
+        from edgeexport.targets.onnx import fp32_graph
+
+        source = fp32_graph(ctx)
         if source is None:
             raise BuildFailed("no fp32 ONNX graph to start from")
         core = ov.Core()
@@ -424,6 +434,58 @@ class OpenVINOTarget(Target):
                            "images": td.count}
 
     @classmethod
+    def operator_profile(cls, spec, feed, threads: int, runs: int) -> dict:
+        return openvino_profile(spec.artifact, feed, threads, spec.options, runs)
+
+    @classmethod
     def runner(cls, spec, threads):
         return OpenVINORunner(spec.artifact, threads, spec.input_names, spec.output_names,
                               spec.options.get("device", "CPU"), spec.options.get("inference_precision", "f32"))
+
+
+def openvino_profile(path: str, feed: dict, threads: int, options: dict, runs: int = 10) -> dict:
+    """OpenVINO's performance counters (``PERF_COUNT``): real time per layer type, ms per run (median).
+
+    The CPU plugin reports each layer's *average* time over every inference since compilation (in whole
+    microseconds); one run's time is recovered as ``n * avg_n - (n - 1) * avg_(n-1)``.
+    """
+    import openvino as ov
+
+    from edgeexport.views import median_ops
+
+    core = ov.Core()
+    config = {"PERF_COUNT": True, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": int(threads)}
+    device = options.get("device", "CPU")
+    if options.get("inference_precision") and device.startswith("CPU"):
+        config["INFERENCE_PRECISION_HINT"] = options["inference_precision"]
+    compiled = core.compile_model(core.read_model(str(path)), device, config)
+    req = compiled.create_infer_request()
+    x = [np.ascontiguousarray(v) for v in feed.values()]
+
+    def cumulative(n: int) -> dict[str, tuple[str, float]]:
+        out = {}
+        for info in req.get_profiling_info():
+            if info.status != ov.ProfilingInfo.Status.EXECUTED:
+                continue
+            kind = info.node_type + (" (int8)" if any(t in info.exec_type.upper() for t in ("I8", "U8")) else "")
+            out[info.node_name] = (kind, n * info.real_time.total_seconds() * 1e3)
+        return out
+
+    warmup = 2
+    for _ in range(warmup):
+        req.infer(x)
+    prev = cumulative(warmup)
+    per_run: list[dict[str, float]] = []
+    totals = []
+    for n in range(warmup + 1, warmup + runs + 1):
+        t0 = time.perf_counter()
+        req.infer(x)
+        totals.append((time.perf_counter() - t0) * 1e3)
+        cur = cumulative(n)
+        ops: dict[str, float] = {}
+        for node, (kind, total) in cur.items():
+            ops[kind] = ops.get(kind, 0.0) + max(0.0, total - prev.get(node, (kind, 0.0))[1])
+        per_run.append(ops)
+        prev = cur
+    return {"runtime": f"openvino {ov.get_version().split('-')[0]} performance counters",
+            "ops": median_ops(per_run), "total_ms": round(float(np.median(totals)), 4)}

@@ -145,18 +145,19 @@ class QuantizeTarget(Target):
 
     @classmethod
     def requires(cls, options, ctx) -> list[Requirement]:
-        return [] if ctx.handle.is_onnx else [Requirement("onnx", kind="onnx")]
+        from edgeexport.targets.onnx import fp32_graph_requirement
+
+        return fp32_graph_requirement(ctx)
 
     def build(self, ctx, options: QuantizeOptions, art) -> None:
-        from edgeexport.pipeline import BuildFailed, evaluator, task_budget
+        from edgeexport.pipeline import task_budget
+        from edgeexport.targets.onnx import fp32_graph
         from edgeexport.quantize.fp16 import build_fp16
         from edgeexport.quantize.int8 import Int8Options, build_int8, build_int8_dynamic
 
         art.compare_to = "onnx"
         art.dynamic = ctx.recipe.dynamic if options.mode == "fp16" else "none"  # int8 graphs are static
-        fp32 = ctx.fp32_onnx() if ctx.handle.is_onnx else ctx.require("onnx").path
-        if fp32 is None:
-            raise BuildFailed("no fp32 ONNX graph to start from")
+        fp32 = fp32_graph(ctx)
         with ctx.status(f"Building {art.path.name}"):
             if options.mode == "int8":
                 opts = Int8Options(calib_size=options.calib_size, calib_folder=ctx.calib_spec(options.calib_folder),
@@ -183,3 +184,46 @@ class QuantizeTarget(Target):
         from edgeexport.targets.onnx import OnnxRuntimeRunner
 
         return OnnxRuntimeRunner(spec.artifact, threads=threads, **spec.options)
+
+    @classmethod
+    def operator_profile(cls, spec, feed, threads: int, runs: int) -> dict:
+        from edgeexport.targets.onnx import ort_profile
+
+        return ort_profile(spec.artifact, feed, threads, spec.options.get("optimization", "all"), runs)
+
+
+def evaluator(ctx):
+    """What the int8 builder may measure (an :class:`~edgeexport.quantize.int8.Evaluator`): accuracy of a
+    graph against the reference, latencies here."""
+    import contextlib
+
+    from edgeexport.bench import benchmark_interleaved
+    from edgeexport.pipeline import check_parity
+    from edgeexport.quantize.int8 import Evaluator
+
+    refs, shape = ctx.refs, ctx.shape
+    tol = ctx.tolerance("int8")
+
+    def accuracy(path) -> dict:
+        with QuantizeTarget.runner(ctx.runner_spec(QuantizeTarget, path), ctx.threads) as r:
+            res = check_parity(r, refs, [shape], "int8", tol)[0]
+            task = ctx.task_data.evaluate(r, refs.input_name)[0] if ctx.task_data is not None else None
+        ms = [o.metrics for o in res.outputs]
+        worst = lambda k: min((m[k] for m in ms if m.get(k) is not None), default=None)  # noqa: E731
+        acc = {"snr_db": worst("snr_db"), "agreement": worst("agreement"), "cosine": worst("cosine")}
+        if task is not None:
+            acc[task.primary] = task.value
+            acc["task_drop"] = task.drop_points(ctx.eager_task)
+        return acc
+
+    def latency(paths) -> list[float]:
+        runners = {str(i): QuantizeTarget.runner(ctx.runner_spec(QuantizeTarget, p), ctx.threads)
+               for i, p in enumerate(paths)}
+        with contextlib.ExitStack() as stack:
+            for r in runners.values():
+                stack.enter_context(r)
+            stats = benchmark_interleaved(runners, refs.feed(), warmup=1, runs=20, budget_s=2.0, rounds=5, min_runs=5)
+        return [stats[str(i)].median_ms for i in range(len(paths))]
+
+    return Evaluator(refs.input_name, shape, ctx.handle.preprocess, accuracy, latency,
+                     [b for _, b in refs.batches[shape]], ctx.recipe.inputs.folder)

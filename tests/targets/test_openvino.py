@@ -222,3 +222,21 @@ def test_unsupported_operator_is_named(tmp_path):
         ov.convert_model(str(path))
     msg = _failing_op(info.value)
     assert "NoSuchOp" in msg and "\n" not in msg
+
+
+def test_no_telemetry_leaves_the_process():
+    """OpenVINO's converter would send usage events to Google Analytics from a forked process."""
+    import subprocess
+    import sys
+
+    code = ("import os, edgeexport.targets.openvino\n"
+            "forks = []\n"
+            "real = os.fork\n"
+            "os.fork = lambda: forks.append(1) or real()\n"
+            "import openvino as ov\n"
+            "from openvino.tools.ovc import telemetry_utils\n"
+            "import nncf.telemetry.wrapper as w\n"
+            "print(telemetry_utils.tm.__name__, type(w.telemetry).__name__, len(forks))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["openvino.tools.ovc.telemetry_stub", "MagicMock", "0"]  # nncf: a no-op stub
