@@ -6,7 +6,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.edgeexport-installed
-EXTRAS ?= test,coreml,executorch,litert,ncnn,openvino,ray
+# Every optional extra in pyproject.toml except those that need hardware this kind of machine lacks
+# (TensorRT: an NVIDIA GPU and NVIDIA's wheels): a new target's extra is installed without editing this.
+HARDWARE_EXTRAS ?= tensorrt
+EXTRAS ?= $(shell $(PYTHON) -c "import tomllib; e = tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']; print(','.join(k for k in e if k not in '$(HARDWARE_EXTRAS)'.split()))")
 PYTEST_WORKERS ?= 2
 
 .PHONY: demo test bench install clean weights weights-pyconvresnet50 browser

@@ -44,10 +44,6 @@ def target_rows() -> list[dict]:
     return rows
 
 
-# Ray resources a runtime needs besides its own ``{backend: 1}`` (``edgeexport matrix`` asks for both).
-EXTRA_RAY_RESOURCES = {"tensorrt": {"GPU": 1}}
-
-
 def ray_resources(backends: set[str] | None = None) -> dict[str, float]:
     """The custom Ray resources this machine offers: ``{backend: 1}`` for every runtime that can run
     artifacts here (``ray start --resources="$(edgeexport doctor --ray-resources)"``). ``edgeexport

@@ -30,9 +30,11 @@ node. The recipe's own option set for the kind is used when it has one, else the
   trained or user weights; the seed for the default seeded weights), the cell's recipe (stage options,
   tolerances, inputs, shape, bench settings and threads), the input data (bundled photos: the
   scikit-image version; folders: a hash of their files) and the tool versions (edgeexport and every
-  target's packages). A cell whose key is in the cache is not run again (its artifacts, reports and
-  bundle are copied from it); a verification is cached with its cell once it ran. Only finished
-  pipeline runs are cached: a crashed task, an input error or "no node can run" is tried again.
+  target's packages). A cell whose key is in the cache is not run again (its artifacts and bundle are
+  hard-linked from it, read-only, and its reports copied); a verification is cached with its cell once
+  it ran. Only finished pipeline runs are cached: a crashed task, an input error or "no node can run"
+  is tried again. Artifacts travel from the nodes to the cache through Ray's object store, bundles
+  from the cache to verifying nodes the same way, so nodes need no shared folder.
 * **Resume.** Each finished cell is written atomically to ``OUTPUT/cells/MODEL/KIND.json`` as it
   finishes; ``--resume`` continues the interrupted matrix in OUTPUT (its plan, ``matrix.plan.json``,
   when no models are given) and keeps every finished cell whose key is unchanged, cache or not.
@@ -51,6 +53,7 @@ killed mid-task; it is read by the driver and passed to the task, and is not par
 from __future__ import annotations
 
 import ast
+import contextlib
 import datetime as _dt
 import hashlib
 import importlib.util
@@ -72,6 +75,7 @@ from typing import Callable
 
 from edgeexport import __version__
 from edgeexport.errors import EdgeExportError, UserError
+from edgeexport.targets import get_target, list_targets
 from edgeexport.util import atomic_path, format_shape
 
 DEFAULT_KINDS = ("onnx", "onnx-int8", "executorch", "coreml")
@@ -80,7 +84,6 @@ PACKAGE = Path(__file__).resolve().parent
 # Files of edgeexport that do not change a cell's result (the command line, this scheduler, HTML
 # rendering, training, doctor); the zoo is keyed per model.
 NOT_IN_KEY = {"cli.py", "__main__.py", "matrix.py", "report_html.py", "training.py", "doctor.py"}
-BUILT_WHERE_RUN = {"tensorrt"}  # runtimes whose artifacts are built on the node that runs them
 STATUS_TEXT = {"passed": "passed", "failed": "FAILED", "build_failed": "BUILD FAILED", "not_run": "not run",
                "skipped": "skipped", "error": "ERROR"}
 
@@ -139,7 +142,11 @@ def _requires_onnx(target, options, is_onnx: bool) -> bool:
     from edgeexport.targets import get_target
 
     stub = SimpleNamespace(handle=SimpleNamespace(is_onnx=is_onnx))  # what requires() may look at
-    for req in target.requires(options, stub):
+    try:
+        reqs = target.requires(options, stub)
+    except AttributeError:  # it asks the context for more: build the fp32 graph too, to be safe
+        return True
+    for req in reqs:
         if req.target == "onnx":
             return True
         rt = get_target(req.target)
@@ -163,11 +170,12 @@ def cell_recipe(recipe, kind: str, threads: int, overrides: dict | None = None) 
     data = recipe.model_dump(mode="json")
     is_onnx = recipe.model.endswith(".onnx")
     onnx_opts = (recipe.stages.onnx or options_for_kind("onnx")[1]).model_dump(mode="json")
+    own_opts = options.model_dump(mode="json")
     if target.name == "onnx":
-        stages = {"onnx": options.model_dump(mode="json")}
+        stages = {"onnx": own_opts}
     else:
         stages = {"onnx": onnx_opts if _requires_onnx(target, options, is_onnx) and not is_onnx else None,
-                  target.name: [options.model_dump(mode="json")] if target.multiple else options.model_dump(mode="json")}
+                  target.name: [own_opts] if target.multiple else own_opts}
     data["stages"] = stages
     data["bench"]["threads"] = threads
     data["output"] = "."
@@ -193,7 +201,6 @@ def cell_recipe(recipe, kind: str, threads: int, overrides: dict | None = None) 
 
 def plan_cells(models: list[str], kinds: list[str], threads: int = 1, overrides: dict | None = None) -> list[Cell]:
     """Every cell of models x kinds, validated (bad input fails here, before anything runs)."""
-    from edgeexport.doctor import EXTRA_RAY_RESOURCES
     from edgeexport.recipe import Recipe
     from edgeexport.targets import options_for_kind
 
@@ -216,7 +223,7 @@ def plan_cells(models: list[str], kinds: list[str], threads: int = 1, overrides:
             data = cell_recipe(recipe, kind, threads, overrides)
             Recipe.from_dict(data, source=f"{spec} ({kind})")
             cells.append(Cell(row, kind, target.name, target.backend, data,
-                              resources={target.backend: 1, **EXTRA_RAY_RESOURCES.get(target.backend, {})}))
+                              resources={target.backend: 1, **target.ray_resources}))
     keys = Keys()
     for c in cells:
         c.key = keys.cell_key(c)
@@ -521,16 +528,18 @@ class Cluster:
                 from edgeexport.util import default_threads
 
                 self._local = {"CPU": float(self.cpus or default_threads()), **ray_resources(self.backends)}
-                if "tensorrt" in self._local:
-                    self._local["GPU"] = 1.0
+                for t in list_targets():  # a local instance counts what a runtime here needs (a GPU)
+                    if t.backend in self._local:
+                        self._local.update({k: float(v) for k, v in t.ray_resources.items()})
             return dict(self._local)
         return dict(self.connect().cluster_resources())
 
     def nodes(self) -> list[dict]:
         if not self.connected:
             return [{"hostname": socket.gethostname(), "node_id": None, "alive": True, "resources": self.resources()}]
-        return [{"hostname": n.get("NodeManagerHostname"), "node_id": n.get("NodeID"), "ip": n.get("NodeManagerAddress"),
-                 "alive": n.get("Alive"), "resources": n.get("Resources")} for n in self.connect().nodes()]
+        return [{"hostname": n.get("NodeManagerHostname"), "node_id": n.get("NodeID"),
+                 "ip": n.get("NodeManagerAddress"), "alive": n.get("Alive"), "resources": n.get("Resources")}
+                for n in self.connect().nodes()]
 
     def close(self):
         if self.started:
@@ -544,7 +553,8 @@ def missing_resources(need: dict, offered: dict) -> list[str]:
 
 def no_node_reason(cell: Cell, missing: list[str], why_here: str | None = None) -> str:
     names = ", ".join(f'"{m}"' for m in missing)
-    text = (f"no node can run {cell.backend} (no node of the cluster offers the Ray resource{'s' if len(missing) > 1 else ''} "
+    plural = "s" if len(missing) > 1 else ""
+    text = (f"no node can run {cell.backend} (no node of the cluster offers the Ray resource{plural} "
             f"{names}; on a machine that runs it: ray start --address=HEAD:6379 "
             "--resources=\"$(edgeexport doctor --ray-resources)\")")
     return text + (f"; here: {why_here}" if why_here else "")
@@ -590,6 +600,9 @@ class Cache:
         with atomic_path(e) as tmp:
             tmp.mkdir()
             _unpack(files, tmp / "files")
+            for f in (tmp / "files").rglob("*"):  # outputs hard-link these: read-only, so no one edits the cache
+                if f.is_file():
+                    f.chmod(0o444)
             (tmp / "result.json").write_text(json.dumps(result, indent=1, default=str))
         return e
 
@@ -635,8 +648,8 @@ def _relocate(obj, old: str, new: str):
 
 
 def _place(entry: Path, result: dict, dest: Path) -> None:
-    """The cell's files from its cache entry into the output: artifacts hard-linked (copied across file
-    systems), its reports copied with their paths pointing at ``dest``."""
+    """The cell's files from its cache entry into the output: artifacts hard-linked (read-only; copied
+    across file systems), its reports copied with their paths pointing at ``dest``."""
     src = entry / "files"
     dest.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(dest) as tmp:
@@ -802,8 +815,10 @@ def run_matrix(models: list[str] | None, kinds: list[str] | None = None, *, clus
         log(f"interrupted: {done} of {len(cells)} cells finished (in {output / 'cells'}); continue with --resume")
         raise
     finally:
-        nodes = run.cluster.nodes() if run.cluster.connected else None
-        offered = run.cluster.resources() if run.cluster.connected else None
+        nodes = offered = None
+        with contextlib.suppress(Exception):  # never hide what ended the run
+            if run.cluster.connected:
+                nodes, offered = run.cluster.nodes(), run.cluster.resources()
         run.cluster.close()
     matrix = _matrix_report(run, kinds, nodes, offered, use_cache, time.perf_counter() - t0, command)
     write_matrix_reports(matrix, output, html=html, log=log)
@@ -882,7 +897,7 @@ class _Run:
         return True
 
     def submit_build(self, c: Cell) -> None:
-        where_run = c.backend in BUILT_WHERE_RUN
+        where_run = get_target(c.target).builds_where_it_runs
         if where_run and self.unavailable(c):
             return
         spec = {"label": c.label, "key": c.key, "kind": c.kind, "target": c.target, "recipe": c.recipe,
@@ -944,7 +959,7 @@ class _Run:
         """Cancel the tasks waiting for a runtime that no node offers any more (its node left)."""
         offered = self.cluster.resources()
         for ref, (what, c) in list(self.pending.items()):
-            if what == "build" and c.backend not in BUILT_WHERE_RUN:
+            if what == "build" and not get_target(c.target).builds_where_it_runs:
                 continue
             missing = missing_resources(c.resources, offered)
             if missing:
@@ -1027,10 +1042,11 @@ def to_markdown(m: dict) -> str:
     shapes = {r["model"]: r["shape"] for r in m["cells"] if r.get("shape")}
     nodes = m["cluster"]["nodes"] or []
     c = m["cache"]
+    cpus = lambda n: int((n.get("resources") or {}).get("CPU", 0))  # noqa: E731
+    where = (f"{len(nodes)} node(s): " + ", ".join(f"{n.get('hostname')} {cpus(n)} CPUs" for n in nodes) if nodes
+             else "not started: every cell came from the cache or could not run")
     lines = [f"# edgeexport matrix: {len(m['models'])} model(s) x {len(m['kinds'])} artifact kind(s)", "",
-             f"- cluster: {m['cluster']['address']} ({len(nodes)} node(s): "
-             + (", ".join(f"{n.get('hostname')} {int((n.get('resources') or {}).get('CPU', 0))} CPUs" for n in nodes)
-                or "none started: every cell from the cache") + ")",
+             f"- cluster: {m['cluster']['address']} ({where})",
              f"- wall time: {m['elapsed_s']:.1f} s; the cells run here took {m['cells_s']:.1f} s together",
              f"- cache: {c['dir']}: {c['hits']} hit(s), {c['resumed']} resumed, {c['built']} built",
              f"- latencies: {m['latency_note']}",
@@ -1048,13 +1064,15 @@ def to_markdown(m: dict) -> str:
         lat = (a.get("latency") or {}).get("median_ms")
         v = r.get("verify") or {}
         reason = (r["reason"] or "").replace("|", "/")
-        lines.append(f"| {r['model']} | {r['kind']} | {STATUS_TEXT.get(r['status'], r['status'])} | {_node_name(r['node'])} | "
+        lines.append(f"| {r['model']} | {r['kind']} | {STATUS_TEXT.get(r['status'], r['status'])} | "
+                     f"{_node_name(r['node'])} | "
                      f"{_node_name(v.get('node'))} | {r['cache']} | {r['attempts'] or '–'} | "
                      f"{'–' if r['wall_s'] is None else format(r['wall_s'], '.1f')} | "
                      f"{'–' if lat is None else format(lat, '.2f')} | "
                      f"{'–' if a.get('ratio_to_eager') is None else format(a['ratio_to_eager'], '.2f')} | "
                      f"{'–' if a.get('ratio_to_fp32') is None else format(a['ratio_to_fp32'], '.2f')} | {reason} |")
-    lines += ["", "Each cell's own report: `cells/MODEL/KIND/`; a model's cells in one report: `models/MODEL.report.html`.", ""]
+    lines += ["", "Each cell's own report: `cells/MODEL/KIND/`; a model's cells in one report: "
+                  "`models/MODEL.report.html`.", ""]
     return "\n".join(lines)
 
 
@@ -1091,7 +1109,8 @@ def model_reports(m: dict, output: Path) -> dict[str, dict]:
                     for k, v in (cell_rep.get("views") or {}).items():
                         views[k] = {**v, **views.get(k, {})} if isinstance(v, dict) else views.get(k, v)
             a = {**a, "notes": list(a.get("notes") or []) + [
-                f"matrix cell: built on {_node_name(r['node'])}, cache {r['cache']}, attempts {r['attempts'] or '–'}, "
+                f"matrix cell: built on {_node_name(r['node'])}, cache {r['cache']}, "
+                f"attempts {r['attempts'] or '–'}, "
                 f"{r['wall_s'] or 0:.0f} s"]}
             arts.append(a)
         failed = [a["kind"] for a in arts if a["parity"]["status"] in ("failed", "build_failed")]
@@ -1168,7 +1187,8 @@ def print_matrix(m: dict, console) -> None:
     cells = {(r["model"], r["kind"]): r for r in m["cells"]}
     c = m["cache"]
     t = Table(title=escape(f"matrix · {m['threads']} thread(s) per cell · {m['elapsed_s']:.0f} s · cache "
-                           f"{c['hits']} hit(s), {c['resumed']} resumed, {c['built']} built · verdict: {m['verdict']}"))
+                           f"{c['hits']} hit(s), {c['resumed']} resumed, {c['built']} built · "
+                           f"verdict: {m['verdict']}"))
     t.add_column("model")
     for k in m["kinds"]:
         t.add_column(k)

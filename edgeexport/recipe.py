@@ -153,7 +153,8 @@ class Recipe(_Strict):
         over = self.tolerances.get(precision)
         if over is None:
             return base
-        fields = {k: v for k, v in over.model_dump().items() if k in over.model_fields_set}
+        # null is "the default" (a dumped and re-read recipe carries every field, unset ones as null)
+        fields = {k: v for k, v in over.model_dump().items() if k in over.model_fields_set and v is not None}
         return Tolerance(**{**base.__dict__, **fields})
 
     # ---------------------------------------------------------------- loading

@@ -77,3 +77,12 @@ def test_tolerance_override_merges_with_defaults():
 def test_shape_accepts_string_or_list():
     assert Recipe.from_dict({"model": "x", "input_shape": "2x3x64x32"}).input_shape == [2, 3, 64, 32]
     assert Recipe.from_dict({"model": "x", "input_shape": [1, 3, 8, 8]}).input_shape == [1, 3, 8, 8]
+
+
+def test_a_dumped_recipe_keeps_its_limits():
+    """Re-reading a recipe's dump (as the matrix does for every cell) must not turn default limits off."""
+    r = Recipe.from_dict({"model": "lraspp_mobilenetv3", "tolerances": {"int8": {"max_task_drop": 0.5}}})
+    again = Recipe.from_dict(r.model_dump(mode="json"))
+    for labeled in (False, True):
+        assert again.tolerance("int8", labeled=labeled) == r.tolerance("int8", labeled=labeled)
+    assert again.tolerance("int8").min_snr_db == 20.0 and again.tolerance("int8").max_task_drop == 0.5

@@ -123,6 +123,10 @@ class Target:
     order: ClassVar[int] = 50  # position in recipes and reports (the fp32 ONNX graph first)
     default_stage: ClassVar[bool] = False  # its recipe stage is on unless a recipe turns it off
     input_replaces: ClassVar[bool] = False  # a model file the user gives (an .onnx) is this target's artifact
+    # Ray scheduling (``edgeexport matrix``): what a node must offer besides ``{backend: 1}`` to run this
+    # target's artifacts, and whether they are built on that node too (engines tied to the GPU that built them).
+    ray_resources: ClassVar[dict[str, float]] = {}
+    builds_where_it_runs: ClassVar[bool] = False
     Options: ClassVar[type[TargetOptions]] = TargetOptions
     Record: ClassVar[type[BuildRecord]] = BuildRecord
     formats: ClassVar[tuple[Format, ...]] = ()

@@ -282,6 +282,8 @@ _GRAPH_KIND = {"fp32": "onnx", "fp16": "onnx-fp16", "int8": "onnx-int8-tensorrt"
 class TensorRTTarget(Target):
     name = "trt"
     order = 20
+    ray_resources = {"GPU": 1}
+    builds_where_it_runs = True  # an engine runs only on the GPU (and TensorRT version) that built it
     title = "TensorRT"
     backend = "tensorrt"
     help = "Build a TensorRT engine (strongly typed: fp32, fp16 or int8 from the graph), after a pre-flight of its ONNX graph."
