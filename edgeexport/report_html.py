@@ -201,6 +201,25 @@ def layer_figure(rows: list[dict]) -> str | None:
     return _svg(fig)
 
 
+def _label_points(ax, fig, points: list[tuple[str, float, float, bool]], gap_pt: float = 12.0) -> None:
+    """Label scatter points to their right, pushing labels apart vertically where points are close
+    (two plans of nearly the same latency and accuracy otherwise print over each other)."""
+    fig.canvas.draw()
+    to_px = ax.transData.transform
+    px_per_pt = fig.dpi / 72.0
+    placed: list[tuple[float, float]] = []  # label anchors in display pixels
+    for text, x, y, bold in sorted(points, key=lambda t: -to_px((t[1], t[2]))[1]):  # top to bottom
+        bx, by = to_px((x, y))
+        dy = 0.0
+        while any(abs(bx - ox) < 90 * px_per_pt and abs(by + dy * px_per_pt - oy) < gap_pt * px_per_pt
+                  for ox, oy in placed):
+            dy -= gap_pt
+        placed.append((bx, by + dy * px_per_pt))
+        ax.annotate(text, (x, y), xytext=(8, dy - 3), textcoords="offset points", fontsize=9,
+                    fontweight="bold" if bold else "normal",
+                    arrowprops=dict(arrowstyle="-", color="#bbbbbb", linewidth=0.6) if dy else None)
+
+
 def plans_figure(plans: list[dict], chosen: str | None, fp32_ms: float | None) -> str | None:
     """Latency against accuracy of every int8 plan measured, the chosen one marked."""
     plans = [p for p in plans if p.get("ratio_to_fp32") is not None]
@@ -214,12 +233,10 @@ def plans_figure(plans: list[dict], chosen: str | None, fp32_ms: float | None) -
     ax = fig.add_subplot()
     xs = [p["ratio_to_fp32"] for p in plans]
     ys = [p[key] for p in plans]
-    for i, (p, x, y) in enumerate(zip(plans, xs, ys)):
+    for p, x, y in zip(plans, xs, ys):
         chosen_one = p["plan"] == chosen
         ax.scatter([x], [y], s=180 if chosen_one else 50, marker="*" if chosen_one else "o",
                    color="#2ca02c" if chosen_one else "#7f7f7f", zorder=3, edgecolors="black" if chosen_one else "none")
-        ax.annotate(p["plan"] + (" (chosen)" if chosen_one else ""), (x, y), xytext=(8, 10 if i % 2 == 0 else -14),
-                    textcoords="offset points", fontsize=9, fontweight="bold" if chosen_one else "normal")
     ax.axvline(1.0, color="#1f77b4", linestyle="--", linewidth=1)
     ax.axvline(1 / 1.25, color="#999999", linestyle=":", linewidth=1)
     for x, text, colour in ((1.0, "fp32 graph", "#1f77b4"), (1 / 1.25, "1.25x faster", "#777777")):
@@ -236,6 +253,8 @@ def plans_figure(plans: list[dict], chosen: str | None, fp32_ms: float | None) -
     else:
         ax.set_ylabel("worst-output SNR (dB)", fontsize=9)
     ax.set_xlabel("latency / fp32 graph" + (f" ({fp32_ms:.3g} ms while planning)" if fp32_ms else ""), fontsize=9)
+    _label_points(ax, fig, [(p["plan"] + (" (chosen)" if p["plan"] == chosen else ""), x, y, p["plan"] == chosen)
+                            for p, x, y in zip(plans, xs, ys)])
     _style(ax, "both")
     return _svg(fig)
 

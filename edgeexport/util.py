@@ -30,6 +30,8 @@ def atomic_path(final: str | os.PathLike, suffix: str = ""):
         yield tmp
         if not tmp.exists():
             raise RuntimeError(f"nothing was written to {tmp}")
+        if tmp.is_file():  # some writers (safetensors) create 0600 files: give the umask's usual mode
+            os.chmod(tmp, 0o666 & ~_umask())
         if final.is_dir() and not final.is_symlink():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -38,6 +40,12 @@ def atomic_path(final: str | os.PathLike, suffix: str = ""):
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def ensure_output_dir(path: str | os.PathLike) -> Path:
