@@ -6,24 +6,17 @@ a backend: targets declare their modules, availability probes and install hints.
 """
 from __future__ import annotations
 
-import importlib.metadata as md
+from edgeexport.targets.base import version_of
 
 CORE = {"torch": "torch", "onnx": "onnx", "onnxruntime": "onnxruntime", "onnxsim": "onnxsim",
         "onnxscript": "onnxscript", "onnxconverter_common": "onnxconverter-common", "safetensors": "safetensors"}
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return md.version(dist)
-    except md.PackageNotFoundError:
-        return None
 
 
 def installed_versions() -> dict[str, str | None]:
     """Versions of the core packages and of every target's modules (None: not installed)."""
     from edgeexport.targets import list_targets
 
-    out = {name: _version(dist) for name, dist in CORE.items()}
+    out = {name: version_of(dist) for name, dist in CORE.items()}
     for t in list_targets():
         for module, version in t.versions().items():
             out.setdefault(module.split(".")[0], version)
@@ -63,7 +56,7 @@ def ray_resources(backends: set[str] | None = None) -> dict[str, float]:
 def doctor() -> list[dict]:
     rows = []
     for name, dist in CORE.items():
-        v = _version(dist)
+        v = version_of(dist)
         rows.append({"backend": name, "status": "available" if v else "missing", "version": v,
                      "reason": "" if v else f"{dist} is not installed", "install": "" if v else f"pip install {dist}"})
     for r in target_rows():

@@ -150,7 +150,7 @@ class Target:
     @classmethod
     def versions(cls) -> dict[str, str | None]:
         mods = dict.fromkeys(cls.build_modules + cls.run_modules)
-        return {m: _version(cls.distributions.get(m, m)) for m in mods}
+        return {m: version_of(cls.distributions.get(m, m)) for m in mods}
 
     # ---- what it builds
     @classmethod
@@ -199,8 +199,10 @@ def _importable(modules) -> Availability:
     return Availability(True)
 
 
-def _version(dist: str) -> str | None:
+def version_of(dist: str) -> str | None:
+    """The installed version of a distribution (None: not installed)."""
     try:
         return md.version(dist)
     except md.PackageNotFoundError:
         return None
+

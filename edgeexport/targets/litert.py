@@ -41,7 +41,7 @@ from pydantic import Field
 from edgeexport.errors import BackendMissing, EdgeExportError
 from edgeexport.runners.base import Runner
 from edgeexport.targets import register_target
-from edgeexport.targets.base import Availability, BuildRecord, Format, Target, TargetOptions, _version
+from edgeexport.targets.base import Availability, BuildRecord, Format, Target, TargetOptions, version_of
 from edgeexport.util import quiet
 
 INSTALL_HINT = "pip install 'edgeexport[litert]'"
@@ -442,7 +442,7 @@ class LiteRTTarget(Target):
         int8 = options.quantize == "int8"
         inputs, outputs = list(ctx.handle.input_names), list(ctx.handle.output_names)
         facts: dict = {"quantize": options.quantize, "path": "litert_torch.convert",
-                       "litert_torch": _version("litert-torch"), "ai_edge_litert": _version("ai-edge-litert")}
+                       "litert_torch": version_of("litert-torch"), "ai_edge_litert": version_of("ai-edge-litert")}
         t0 = time.perf_counter()
         # this run's fp32 file, when it built one: quantize that (or fail as it did) instead of converting again
         fp32 = next((a for a in ctx.artifacts if a.kind == self.formats[0].kind), None) if int8 else None
@@ -462,7 +462,7 @@ class LiteRTTarget(Target):
                     t1 = time.perf_counter()
                     content, kept = quantize_int8(content, inputs[0], calib, ctx.threads)
                     facts.update(path="litert_torch.convert + ai-edge-quantizer static int8 (min/max ranges)",
-                                 ai_edge_quantizer=_version("ai-edge-quantizer"), calib_size=len(calib),
+                                 ai_edge_quantizer=version_of("ai-edge-quantizer"), calib_size=len(calib),
                                  quantize_s=round(time.perf_counter() - t1, 1), kept_float_for_xnnpack=kept)
             except LiteRTConversionFailed as exc:
                 raise BuildFailed(str(exc)) from None

@@ -43,7 +43,7 @@ from pydantic import Field
 from edgeexport.errors import BackendMissing, EdgeExportError
 from edgeexport.runners.base import Runner
 from edgeexport.targets import register_target
-from edgeexport.targets.base import BuildRecord, Format, Target, TargetOptions
+from edgeexport.targets.base import BuildRecord, Format, Target, TargetOptions, version_of
 from edgeexport.util import quiet
 
 INSTALL_HINT = "pip install 'edgeexport[ncnn]'"
@@ -65,15 +65,6 @@ def require_pnnx():
     except ImportError:
         raise BackendMissing("pnnx", "pnnx is not installed", INSTALL_HINT) from None
     return pnnx
-
-
-def _version(dist: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return None
 
 
 # ---------------------------------------------------------------- the param file
@@ -244,7 +235,7 @@ class NcnnRunner(Runner):
     def describe(self) -> dict:
         net = getattr(self, "net", None)  # what the loaded net really runs with, else what it will
         opts = {k: bool(getattr(net.opt, k)) for k in FP16_OPTIONS} if net is not None else self.options
-        return {**super().describe(), "runtime": f"ncnn {_version('ncnn')}", "device": "cpu", **opts,
+        return {**super().describe(), "runtime": f"ncnn {version_of('ncnn')}", "device": "cpu", **opts,
                 "artifact": str(self.param)}
 
 
@@ -322,8 +313,8 @@ class NcnnTarget(Target):
         runtime = {k: fp16 for k in FP16_OPTIONS}
         item_shapes = {k: list(v[1:]) for k, v in (ctx.handle.output_shapes or {}).items() if k in names_out}
         record = NcnnRecord(
-            precision=options.precision, weights="fp16" if fp16 else "fp32", pnnx=_version("pnnx"),
-            ncnn=_version("ncnn"), trace_s=info["trace_s"], convert_s=info["convert_s"],
+            precision=options.precision, weights="fp16" if fp16 else "fp32", pnnx=version_of("pnnx"),
+            ncnn=version_of("ncnn"), trace_s=info["trace_s"], convert_s=info["convert_s"],
             build_s=round(info["trace_s"] + info["convert_s"], 2), layer_count=sum(info["layers"].values()),
             layers=info["layers"], rewrites=rewrites, blobs=blobs, runtime=runtime,
             bin_bytes=companion(art.path).stat().st_size, pnnx_log_lines=info["pnnx_log_lines"],

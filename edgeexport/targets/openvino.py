@@ -280,9 +280,9 @@ class OpenVINOTarget(Target):
 
     @classmethod
     def versions(cls) -> dict[str, str | None]:
-        from edgeexport.targets.base import _version
+        from edgeexport.targets.base import version_of
 
-        return {**super().versions(), "nncf": _version("nncf")}
+        return {**super().versions(), "nncf": version_of("nncf")}
 
     @classmethod
     def format_for(cls, options: OpenVINOOptions) -> Format:

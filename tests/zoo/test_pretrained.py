@@ -38,3 +38,40 @@ def test_missing_cache_weights_are_a_clear_error(tmp_path, monkeypatch, cli):
 
     code, _, err = cli("onnx", "pyconvresnet50", "--weights", "pyconvresnet50:shapes", "-o", tmp_path)
     assert_one_line_error(code, err, "edgeexport train pyconvresnet50")
+
+
+SHIPPED = [w for w in TRAINED.values() if w.shipped]
+QUALITY = {"segmentation": 0.70, "classification": 0.85}  # eager quality the reference weights must keep
+
+
+@pytest.mark.parametrize("entry", SHIPPED, ids=lambda w: w.spec)
+def test_shipped_weights_are_safetensors_with_their_recipe_and_metrics(entry):
+    assert entry.available(), f"{entry.path()} is missing from the package"
+    head = entry.path().read_bytes()[:8]
+    assert head[:2] != b"PK" and head[:1] != b"\x80"  # neither a zip (torch.save) nor a raw pickle
+    meta = entry.metadata()
+    assert meta["recipe"] == entry.recipe.to_dict()  # trained by the recipe the registry names
+    ev = meta["eval"]
+    assert ev["split"] == "eval" and ev["images"] >= 40
+    assert ev["value"] >= QUALITY[ev["task"]], ev
+
+
+@pytest.mark.parametrize("entry", SHIPPED, ids=lambda w: w.spec)
+def test_shipped_weights_reproduce_their_eager_metric(entry):
+    """The stored metric is measured again on the same evaluation images: the weights, the offline
+    generator and the metric all still agree with what was trained."""
+    import torch
+
+    from edgeexport.data import Preprocess
+    from edgeexport.training import evaluate
+    from edgeexport.zoo import create_model, get_meta
+
+    stored = entry.metadata()["eval"]
+    count = stored["images"]
+    model = create_model(entry.model, weights=entry.spec)
+    meta = get_meta(entry.model, entry.num_classes)
+    with torch.inference_mode():
+        got = evaluate(model, entry.dataset, Preprocess(meta.mean, meta.std, meta.resize), tuple(meta.input_size[1:]),
+                       count)
+    assert got["images"] == count and got["metric"] == stored["metric"]
+    assert got["value"] == pytest.approx(stored["value"], abs=2e-3)  # thread-count rounding at most
