@@ -92,9 +92,31 @@ def build_report(ctx, elapsed_s: float, command: str | None = None) -> dict:
         "artifacts": arts,
         "verdict": "failed" if failed else "passed",
         "failed": failed,
+        "fastest": fastest(arts),
         "command": command,
         "views": ctx.views,
     }
+
+
+def fastest(arts: list[dict]) -> dict | None:
+    """The fastest artifact that meets its tolerances here (parity and task metric passed, timed)."""
+    ok = [a for a in arts if a["parity"]["status"] == "passed" and a["latency"]]
+    if not ok:
+        return None
+    best = min(ok, key=lambda a: a["latency"]["median_ms"])
+    return {"kind": best["kind"], "backend": best["backend"], "precision": best["precision"],
+            "median_ms": best["latency"]["median_ms"], "ratio_to_eager": best["ratio_to_eager"],
+            "task_drop": (best.get("task") or {}).get("drop_points")}
+
+
+def fastest_line(report: dict) -> str | None:
+    f = report.get("fastest")
+    if not f:
+        return None
+    drop = f" ({f['task_drop']:+.2f} points of the task metric)" if f.get("task_drop") is not None else ""
+    ratio = f", {f['ratio_to_eager']:.2f}x eager" if f.get("ratio_to_eager") else ""
+    return (f"fastest artifact that meets its tolerances: {f['kind']} ({f['backend']}, {f['precision']}), "
+            f"{f['median_ms']:.1f} ms{ratio}{drop}")
 
 
 def write_reports(report: dict, out_dir: Path, name: str, log=None) -> tuple[Path, Path]:
@@ -254,7 +276,8 @@ def to_markdown(report: dict) -> str:
              f"{report['machine']['threads']} threads for every backend",
              "- versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v),
              *_eval_data_lines(report),
-             f"- verdict: **{report['verdict']}**", "",
+             f"- verdict: **{report['verdict']}**",
+             *([f"- {fastest_line(report)}"] if fastest_line(report) else []), "",
              "| " + " | ".join(headers(report)) + " |", "|" + "---|" * len(headers(report))]
     lines += ["| " + " | ".join(r) + " |" for r in summary_rows(report)]
     for a in report["artifacts"]:
@@ -314,6 +337,8 @@ def print_table(report: dict, console) -> None:
         style = "red" if "FAILED" in row[4] else "yellow" if "not run" in row[4] else None
         t.add_row(*[escape(c) for c in row], style=style)
     console.print(t)
+    if fastest_line(report):
+        console.print(fastest_line(report), markup=False, highlight=False)
     for a in report["artifacts"]:
         kind = escape(a["kind"])
         record = record_of(a)

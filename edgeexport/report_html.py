@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeexport.report import STATUS_TEXT, _fmt, _size, headers, record_of, summary_rows, task_label
+from edgeexport.report import STATUS_TEXT, _fmt, _size, fastest_line, headers, record_of, summary_rows, task_label
 from edgeexport.util import atomic_path, format_shape
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -690,7 +690,7 @@ def page_context(report: dict, json_path: str | None = None) -> dict:
     return {
         "title": f"edgeexport report: {m.get('name', '?')}",
         "model": m, "shape": format_shape(m.get("input_shape") or []), "verdict": report["verdict"],
-        "summary": verdict_summary(report), "table": table_context(report),
+        "summary": verdict_summary(report), "table": table_context(report), "fastest": fastest_line(report),
         "latency": latency_figure(report),
         "threads": (report.get("machine") or {}).get("threads"),
         "model_line": (f"{m.get('origin')}, weights: {m.get('weights')}"

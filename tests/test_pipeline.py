@@ -89,6 +89,20 @@ def test_report_json_markdown_and_table_agree(tmp_path):
     assert rows[0][0] == "eager" and rows[1][0] == "onnx" and rows[1][4] == "passed"
     err = a["parity"]["checks"][0]["outputs"][0]["metrics"]["max_abs_scaled"]
     assert rows[1][5] == f"{err:.2e}"  # the table shows the JSON's number
+    assert on_disk["fastest"]["kind"] == "onnx" and on_disk["fastest"]["median_ms"] == a["latency"]["median_ms"]
+    assert "- fastest artifact that meets its tolerances: onnx (onnxruntime, fp32)" in md
+
+
+def test_fastest_is_the_quickest_artifact_that_passed():
+    from edgeexport.report import fastest
+
+    def art(kind, status, ms):
+        return {"kind": kind, "backend": "b", "precision": "int8", "parity": {"status": status},
+                "latency": {"median_ms": ms} if ms else None, "ratio_to_eager": None, "task": None}
+
+    arts = [art("a", "passed", 10.0), art("b", "failed", 2.0), art("c", "not_run", None), art("d", "passed", 5.0)]
+    assert fastest(arts)["kind"] == "d"  # b is faster but failed its tolerances; c did not run
+    assert fastest([art("b", "failed", 2.0)]) is None
 
 
 def test_doctor_and_targets_list_every_registered_target():
