@@ -155,8 +155,12 @@ class Target:
     # ---- what it builds
     @classmethod
     def format_for(cls, options: TargetOptions) -> Format:
-        """The format these options build (targets with several formats override)."""
-        return cls.formats[0]
+        """The format these options build: of the formats whose declared ``options`` all hold, the most
+        specific one (so ``mode=int8, target=tensorrt`` picks the TensorRT int8 graph over plain int8)."""
+        matches = [f for f in cls.formats if all(getattr(options, k) == v for k, v in f.options.items())]
+        if not matches:
+            raise ValueError(f"{cls.name}: no format is built by {options!r}")
+        return max(matches, key=lambda f: len(f.options))  # max keeps the first of equally specific ones
 
     @classmethod
     def requires(cls, options: TargetOptions, ctx: "Context") -> list[Requirement]:

@@ -202,9 +202,9 @@ class CoreMLTarget(Target):
     multiple = True
     formats = (
         Format(kind="coreml", suffix=".mlpackage", precision="fp16", runs_on="macOS / iOS (converts anywhere)",
-               options={"precision": "fp16"}),
+               options={"precision": "fp16", "compress": "none"}),
         Format(kind="coreml-fp32", suffix=".fp32.mlpackage", precision="fp32",
-               runs_on="macOS / iOS (converts anywhere)", options={"precision": "fp32"}),
+               runs_on="macOS / iOS (converts anywhere)", options={"precision": "fp32", "compress": "none"}),
         Format(kind="coreml-int8", suffix=".int8.mlpackage", precision="fp16",
                runs_on="macOS / iOS (int8 weights, fp16 compute)", options={"compress": "int8"}),
         Format(kind="coreml-palettize4", suffix=".palettize4.mlpackage", precision="fp16",
@@ -223,11 +223,6 @@ class CoreMLTarget(Target):
             return Availability(False, "CoreML prediction needs macOS (coremltools converts on Linux but cannot predict)")
         return super().run_availability()
 
-    @classmethod
-    def format_for(cls, options: CoreMLOptions) -> Format:
-        kind = ("coreml" if options.precision == "fp16" else "coreml-fp32") if options.compress == "none" \
-            else f"coreml-{options.compress}"
-        return next(f for f in cls.formats if f.kind == kind)
 
     def build(self, ctx, options: CoreMLOptions, art) -> None:
         from edgeexport.pipeline import BuildFailed

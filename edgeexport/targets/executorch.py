@@ -189,9 +189,6 @@ class ExecuTorchTarget(Target):
     install = INSTALL_HINT
     extra = "executorch"
 
-    @classmethod
-    def format_for(cls, options: ExecuTorchOptions) -> Format:
-        return cls.formats[1] if options.quantize == "int8" else cls.formats[0]
 
     def build(self, ctx, options: ExecuTorchOptions, art) -> None:
         import torch

@@ -431,9 +431,6 @@ class LiteRTTarget(Target):
         with quiet_fds():  # importing litert-torch imports TensorFlow, which logs from C++
             return super().build_availability()
 
-    @classmethod
-    def format_for(cls, options: LiteRTOptions) -> Format:
-        return cls.formats[1] if options.quantize == "int8" else cls.formats[0]
 
     def build(self, ctx, options: LiteRTOptions, art) -> None:
         from edgeexport.pipeline import BuildFailed

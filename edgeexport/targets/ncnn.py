@@ -290,9 +290,6 @@ class NcnnTarget(Target):
     install = INSTALL_HINT
     extra = "ncnn"
 
-    @classmethod
-    def format_for(cls, options: NcnnOptions) -> Format:
-        return cls.formats[1] if options.precision == "fp16" else cls.formats[0]
 
     def build(self, ctx, options: NcnnOptions, art) -> None:
         from edgeexport.pipeline import BuildFailed

@@ -284,9 +284,6 @@ class OpenVINOTarget(Target):
 
         return {**super().versions(), "nncf": version_of("nncf")}
 
-    @classmethod
-    def format_for(cls, options: OpenVINOOptions) -> Format:
-        return cls.formats[1] if options.quantize == "int8" else cls.formats[0]
 
     @classmethod
     def requires(cls, options, ctx) -> list[Requirement]:

@@ -134,15 +134,6 @@ class QuantizeTarget(Target):
     run_modules = ("onnxruntime",)
     distributions = {"onnxconverter_common": "onnxconverter-common"}
 
-    @staticmethod
-    def mode_of(options: QuantizeOptions) -> str:
-        return "int8-tensorrt" if options.mode == "int8" and options.target == "tensorrt" else options.mode
-
-    @classmethod
-    def format_for(cls, options: QuantizeOptions) -> Format:
-        kind = f"onnx-{cls.mode_of(options)}"
-        return next(f for f in cls.formats if f.kind == kind)
-
     @classmethod
     def requires(cls, options, ctx) -> list[Requirement]:
         from edgeexport.targets.onnx import fp32_graph_requirement

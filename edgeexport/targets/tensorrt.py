@@ -309,9 +309,6 @@ class TensorRTTarget(Target):
     def run_availability(cls) -> Availability:
         return tensorrt_available()
 
-    @classmethod
-    def format_for(cls, options: TensorRTOptions) -> Format:
-        return cls.formats[("fp32", "fp16", "int8").index(options.precision)]
 
     @classmethod
     def requires(cls, options: TensorRTOptions, ctx) -> list[Requirement]:
