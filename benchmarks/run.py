@@ -126,6 +126,10 @@ def target_rows(name: str, rep: dict) -> list[tuple[str, str, float, float | Non
     return rows
 
 
+def _parity_status(a: dict) -> str:
+    return a["parity"]["status"].replace("not_run", "not run here")
+
+
 def _mark(ok):
     return "" if ok is None else (" ✓" if ok else " ✗")
 
@@ -163,7 +167,7 @@ def render(reports: dict[str, dict], args) -> str:
         for a in rep["artifacts"]:
             t = a["task"]
             m = got[a["kind"]]
-            status = "build failed" if a["error"] else a["parity"]["status"].replace("not_run", "not run here")
+            status = "build failed" if a["error"] else _parity_status(a)
             lines.append(f"| {name} | {shape} | {a['kind']} ({a['backend']}) | {a['precision']} | "
                          f"{t['metric'] if t else '–'} | {fmt(t and t['value'], '.4f')} | "
                          f"{fmt(t and t['drop_points'], '+.2f')} | {fmt(m['x_eager'], '.2f')} | "
@@ -187,8 +191,7 @@ def render(reports: dict[str, dict], args) -> str:
         for a in rep["artifacts"]:
             lat = a["latency"] or {}
             size = f"{a['size_bytes'] / 1e6:.1f} MB" if a["size_bytes"] else "–"
-            status = ("build failed: " + a["error"].replace("|", "/")[:120]) if a["error"] else \
-                a["parity"]["status"].replace("not_run", "not run here")
+            status = ("build failed: " + a["error"].replace("|", "/")[:120]) if a["error"] else _parity_status(a)
             if a.get("failures"):
                 status += " (" + "; ".join(a["failures"]) + ")"
             lines.append(
