@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -23,6 +24,8 @@ from edgeexport.report import versions  # noqa: E402
 STAGES = {
     "onnx": {},
     "quantize": [{"mode": "int8"}, {"mode": "fp16"}],
+    "trt": {"precision": "fp16"},  # built where TensorRT and a GPU exist; here: pre-flight, "not run here"
+    "coreml": [{"precision": "fp16"}],  # converted and validated here, predicted on macOS only
     "executorch": [{"quantize": "none"}, {"quantize": "int8"}],
     "litert": [{"quantize": "none"}, {"quantize": "int8"}],
     "ncnn": [{"precision": "fp32"}, {"precision": "fp16"}],
@@ -206,6 +209,7 @@ def render(reports: dict[str, dict], args) -> str:
 
 MATRIX_OUT = ROOT / "out" / "bench" / "matrix"
 MATRIX_PAGE = MATRIX_OUT / "matrix.report.html"
+MATRIX_SECTION = MATRIX_OUT / "benchmarks-section.md"  # what --reuse-matrix puts in BENCHMARKS.md
 MATRIX_KINDS = ["onnx", "onnx-int8", "executorch", "litert", "ncnn", "openvino", "coreml"]
 # The matrix-vs-serial comparison runs on these models' cells (both ways, same cells); the full serial
 # pass over the whole zoo (--matrix-serial-all) doubles the benchmark's longest section.
@@ -240,7 +244,10 @@ def zoo_matrix(args) -> str:
     from edgeexport.matrix import run_matrix
     from edgeexport.zoo import list_models
 
-    models = list_models()
+    every = list_models()
+    models = [n for n in every if n in args.matrix_models] if args.matrix_models else every
+    left_out = [n for n in every if n not in models]
+    load0 = os.getloadavg()[0]
     overrides = {"inputs": {"images": 2}, "bench": {"runs": args.matrix_runs, "warmup": 2, "budget_s": 15.0}}
     common = dict(cache=MATRIX_OUT.parent / "matrix-cache", overrides=overrides, threads=1,
                   log=lambda m: print(f"zoo {m}", file=sys.stderr))
@@ -259,6 +266,8 @@ def zoo_matrix(args) -> str:
         which = "every cell" if subset == models else f"the {len(par['cells'])} cells of {', '.join(subset)}"
         timing.append(f"- {which}: {par['elapsed_s']:.0f} s as a matrix, {serial['elapsed_s']:.0f} s one after another "
                       f"(a 1-CPU local cluster): **{ratio:.2f}x** (target ≤ 0.7x){' ✓' if ratio <= 0.7 else ' ✗'}")
+    else:
+        timing.append("- the same cells one after another: not timed in this run (--no-matrix-serial)")
     rerun = again["elapsed_s"] / m["elapsed_s"]
     timing.append(f"- a re-run with nothing changed: {again['elapsed_s']:.1f} s, every cell from the cache "
                   f"({again['cache']['hits']} hits): **{100 * rerun:.1f}%** of the first run (target < 10%)"
@@ -275,7 +284,12 @@ def zoo_matrix(args) -> str:
              f"(each cell is a 1-CPU task), medians over up to {args.matrix_runs} interleaved runs against eager "
              "PyTorch at 1 thread in the same cell. CoreML: converted and validated here; its prediction needs a "
              "macOS node (`no node can run coreml` on this Linux machine).", "",
-             "Matrix wall time:", "", *timing, "",
+             *([f"Left out of this run (`--matrix-models`): {', '.join(left_out)}; "
+                f"`edgeexport matrix {' '.join(left_out)} --targets {','.join(MATRIX_KINDS)}` runs them.", ""]
+               if left_out else []),
+             f"Matrix wall time, measured on {dt.date.today().isoformat()} (1-minute load average "
+             f"{load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, on {cores} cores: above {cores} "
+             "means other work shared the machine and every time here is inflated):", "", *timing, "",
              "| model | input | fp32 ONNX parity (max err / scale) | ONNX x eager | int8 x fp32 | int8 SNR dB | "
              "int8 agreement | ExecuTorch (max err / scale) | LiteRT | ncnn | OpenVINO | x eager: ET / LiteRT / ncnn / "
              "OpenVINO | CoreML |",
@@ -297,7 +311,17 @@ def zoo_matrix(args) -> str:
             f"{fmt(_matrix_metric(int8 or {}, 'snr_db'), '.1f')} | {fmt(_matrix_metric(int8 or {}, 'agreement'), '.3f')} | "
             f"{fp32_cell(et)} | {fp32_cell(lrt)} | {fp32_cell(nc)} | {fp32_cell(ov)} | {ratios} | {_matrix_status(cm)} |")
     print(f"wrote {MATRIX_PAGE}", file=sys.stderr)
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    MATRIX_SECTION.write_text(text)
+    return text
+
+
+def reused_matrix() -> str:
+    """The zoo-matrix section as the last full matrix run wrote it (``--reuse-matrix``)."""
+    try:
+        return MATRIX_SECTION.read_text()
+    except OSError:
+        sys.exit(f"--reuse-matrix: no earlier zoo matrix run left {MATRIX_SECTION.relative_to(ROOT)}")
 
 
 def _hetconv_stack():
@@ -421,6 +445,9 @@ def main():
     ap.add_argument("--no-matrix", action="store_true", help="skip every-zoo-model-through-every-target (long)")
     ap.add_argument("--no-rewrites", action="store_true", help="skip the rewrite comparison")
     ap.add_argument("--cases-only", action="store_true", help="only the rewrite / matrix sections, no head cases")
+    ap.add_argument("--reuse-matrix", action="store_true",
+                    help="take the zoo-matrix section from the last matrix run (out/bench/matrix) instead of running it")
+    ap.add_argument("--matrix-models", nargs="*", metavar="MODEL", help="zoo models in the matrix (default: every one)")
     ap.add_argument("--matrix-runs", type=int, default=10)
     ap.add_argument("--no-matrix-serial", dest="matrix_serial", action="store_false",
                     help="skip timing the zoo matrix's cells one after another (the 0.7x target needs it)")
@@ -431,7 +458,9 @@ def main():
     text = render(reports, args) if reports else "# Benchmarks\n"
     if not args.no_rewrites:
         text += rewrite_section(args)
-    if not args.no_matrix:
+    if args.reuse_matrix:
+        text += reused_matrix()
+    elif not args.no_matrix:
         text += zoo_matrix(args)
     Path(args.output).write_text(text)
     (ROOT / "out" / "bench").mkdir(parents=True, exist_ok=True)
