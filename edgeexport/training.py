@@ -226,7 +226,7 @@ def train(recipe: TrainRecipe, log=print, device: str | None = None, steps: int 
                                                 pct_start=recipe.warmup_pct)
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=255, label_smoothing=recipe.label_smoothing)
     t0 = time.perf_counter()
-    losses, start, history = [], 0, []
+    losses, start, history, before, resumes = [], 0, [], 0.0, []  # before: minutes the checkpoint had trained
     if checkpoint is not None and checkpoint.exists():
         saved = torch.load(checkpoint, map_location=device, weights_only=True)
         if saved.get("recipe") == json.dumps(recipe.to_dict()) and saved.get("steps") == steps:
@@ -234,6 +234,8 @@ def train(recipe: TrainRecipe, log=print, device: str | None = None, steps: int 
             opt.load_state_dict(saved["opt"])
             sched.load_state_dict(saved["sched"])
             start, history = int(saved["step"]), json.loads(saved["history"])
+            before = float(saved.get("minutes", float("nan")))  # nan: a checkpoint that did not record it
+            resumes = [*json.loads(saved.get("resumes", "[]")), start]
             log(f"resumed {recipe.model} from {checkpoint} at step {start}")
             loader = make_loader(torch.utils.data.Subset(batches, range(start, steps)))
     for step, (x, y) in enumerate(loader, start=start):
@@ -263,7 +265,9 @@ def train(recipe: TrainRecipe, log=print, device: str | None = None, steps: int 
                 with atomic_path(checkpoint) as tmp:
                     torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                                 "step": step + 1, "steps": steps, "recipe": json.dumps(recipe.to_dict()),
-                                "history": json.dumps(history)}, tmp)
+                                "history": json.dumps(history),
+                                "minutes": before + (time.perf_counter() - t0) / 60, "resumes": json.dumps(resumes)},
+                               tmp)
     # Precise BatchNorm: MobileNetV3's BatchNorm momentum is 0.01 (torchvision's), so after a few
     # thousand steps its running statistics still remember the first, very different weights.
     # Re-estimate them as plain averages over training batches at the final training size.
@@ -274,7 +278,10 @@ def train(recipe: TrainRecipe, log=print, device: str | None = None, steps: int 
     model.load_state_dict(state)
     model = model.to(device)
     metrics = evaluate(model, recipe.dataset, pre, eval_size, eval_images or ds.eval_count)
-    info = {"recipe": recipe.to_dict(), "steps_run": steps, "train_minutes": round((time.perf_counter() - t0) / 60, 1),
+    minutes = before + (time.perf_counter() - t0) / 60
+    info = {"recipe": recipe.to_dict(), "steps_run": steps,
+            "train_minutes": round(minutes, 1) if math.isfinite(minutes) else None,  # across resumes; None: unknown
+            "resumed_at_steps": resumes,
             "validation": history,
             "device": device, "threads": torch.get_num_threads(), "torch": torch.__version__,
             "final_loss": round(float(np.mean(losses[-50:])), 4) if losses else None,

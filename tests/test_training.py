@@ -56,9 +56,13 @@ def test_resume_from_checkpoint_gives_the_same_weights(tmp_path, monkeypatch):
     whole, info = train(r, eval_images=1)
     ck = tmp_path / "ck"
     train(replace(r, steps=4), eval_images=1, checkpoint=ck)  # leaves a checkpoint at step 2
-    assert ck.exists() and info["validation"][0]["step"] == 2
-    resumed, _ = train(r, eval_images=1, checkpoint=ck)
+    assert ck.exists() and info["validation"][0]["step"] == 2 and info["resumed_at_steps"] == []
+    first = torch.load(ck, weights_only=True)["minutes"]
+    resumed, again = train(r, eval_images=1, checkpoint=ck)
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    # the record says it was resumed, and its training time includes the minutes before the resume
+    assert again["resumed_at_steps"] == [2] and first > 0
+    assert again["train_minutes"] is not None and again["train_minutes"] >= round(first, 1)
 
 
 def test_classification_recipe_trains(monkeypatch):
