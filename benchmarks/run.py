@@ -274,7 +274,8 @@ def zoo_matrix(args) -> str:
     timing = [f"- `--cluster local` on {cores} cores: **{m['elapsed_s']:.0f} s** for {len(m['cells'])} cells "
               f"(their own wall times add up to {m['cells_s']:.0f} s)"]
     if args.matrix_serial:  # the same cells one after another, built again (not from the cache)
-        subset = models if args.matrix_serial_all else [n for n in SERIAL_MODELS if n in models]
+        # named models (--matrix-models) are compared on all their cells; the whole zoo on SERIAL_MODELS
+        subset = models if args.matrix_serial_all or args.matrix_models else [n for n in SERIAL_MODELS if n in models]
         par = m if subset == models else run_matrix(subset, MATRIX_KINDS, use_cache=False,
                                                     output=MATRIX_OUT.parent / "matrix-subset", html=False, **common)
         serial = run_matrix(subset, MATRIX_KINDS, cpus=1, use_cache=False, output=MATRIX_OUT.parent / "matrix-serial",
