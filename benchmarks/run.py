@@ -275,7 +275,8 @@ def zoo_matrix(args) -> str:
               f"(their own wall times add up to {m['cells_s']:.0f} s)"]
     if args.matrix_serial:  # the same cells one after another, built again (not from the cache)
         # named models (--matrix-models) are compared on all their cells; the whole zoo on SERIAL_MODELS
-        subset = models if args.matrix_serial_all or args.matrix_models else [n for n in SERIAL_MODELS if n in models]
+        subset = models if args.matrix_serial_all or args.matrix_models else \
+            [n for n in args.matrix_serial_models or SERIAL_MODELS if n in models]
         par = m if subset == models else run_matrix(subset, MATRIX_KINDS, use_cache=False,
                                                     output=MATRIX_OUT.parent / "matrix-subset", html=False, **common)
         serial = run_matrix(subset, MATRIX_KINDS, cpus=1, use_cache=False, output=MATRIX_OUT.parent / "matrix-serial",
@@ -468,6 +469,8 @@ def main():
     ap.add_argument("--reuse-matrix", action="store_true",
                     help="take the zoo-matrix section from the last matrix run (out/bench/matrix) instead of running it")
     ap.add_argument("--matrix-models", nargs="*", metavar="MODEL", help="zoo models in the matrix (default: every one)")
+    ap.add_argument("--matrix-serial-models", nargs="*", metavar="MODEL",
+                    help="the models whose cells are timed both ways (default: SERIAL_MODELS)")
     ap.add_argument("--matrix-runs", type=int, default=10)
     ap.add_argument("--no-matrix-serial", dest="matrix_serial", action="store_false",
                     help="skip timing the zoo matrix's cells one after another (the 0.7x target needs it)")
