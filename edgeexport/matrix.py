@@ -1121,8 +1121,6 @@ def model_reports(m: dict, output: Path) -> dict[str, dict]:
 
 def write_matrix_reports(m: dict, output: Path, html: bool = True, log=None) -> None:
     """``matrix.report.json``, ``.md`` and ``.html`` (with ``models/MODEL.report.*`` the rows link to)."""
-    from edgeexport import report as R
-
     with atomic_path(output / "matrix.report.json") as tmp:
         tmp.write_text(json.dumps(m, indent=2, default=str) + "\n")
     with atomic_path(output / "matrix.report.md") as tmp:
@@ -1130,18 +1128,27 @@ def write_matrix_reports(m: dict, output: Path, html: bool = True, log=None) -> 
     if not html:
         return
     try:
-        reports = model_reports(m, output)
-        links = {}
-        for model, rep in reports.items():
-            (output / "models").mkdir(exist_ok=True)
-            R.write_reports(rep, output / "models", _safe(model), log=log)
-            links[model] = f"models/{_safe(model)}.report.html"
-        with atomic_path(output / "matrix.report.html") as tmp:
-            tmp.write_text(render_html(m, reports, links), encoding="utf-8")
+        write_matrix_html(m, output, log)
     except Exception as exc:  # a page that cannot be rendered costs a warning, never the matrix
         if os.environ.get("EDGEEXPORT_DEBUG"):
             raise
         (log or print)(f"no HTML matrix page: {_one_line(exc)}")
+
+
+def write_matrix_html(m: dict, output: Path, log=None) -> Path:
+    """``OUTPUT/matrix.report.html`` and the ``models/MODEL.report.*`` pages its rows link to (from the
+    matrix report and the cells' reports in OUTPUT alone: ``edgeexport report`` re-renders it)."""
+    from edgeexport import report as R
+
+    reports = model_reports(m, output)
+    links = {}
+    for model, rep in reports.items():
+        (output / "models").mkdir(exist_ok=True)
+        R.write_reports(rep, output / "models", _safe(model), log=log)
+        links[model] = f"models/{_safe(model)}.report.html"
+    with atomic_path(output / "matrix.report.html") as tmp:
+        tmp.write_text(render_html(m, reports, links), encoding="utf-8")
+    return output / "matrix.report.html"
 
 
 def render_html(m: dict, reports: dict[str, dict], links: dict[str, str]) -> str:

@@ -122,6 +122,22 @@ def test_small_matrix_end_to_end(first):
     assert written["cells"] == json.loads(json.dumps(m["cells"], default=str))
 
 
+def test_report_command_re_renders_the_matrix_page(first, cli):
+    m, root, _ = first
+    out = root / "out"
+    page = out / "matrix.report.html"
+    page.unlink()
+    (out / "models" / f"{ROW}.report.html").unlink()
+    code, stdout, err = cli("report", out / "matrix.report.json", "--html")
+    assert code == 0, err
+    assert f"report: {page}" in stdout and "no node can run coreml" in stdout  # the matrix table, then the page
+    text = page.read_text()
+    assert "no node can run coreml" in text and f'href="models/{ROW}.report.html"' in text
+    assert (out / "models" / f"{ROW}.report.html").is_file()  # the page's links work again
+    code, _, err = cli("report", out / "matrix.report.json", "--html", "-o", root / "elsewhere.html")
+    assert_one_line_error(code, err, "beside its JSON")
+
+
 def test_a_cell_no_node_can_run_is_reported_at_once(first):
     from edgeexport.bundle import load_bundle, load_public_key
 
