@@ -61,8 +61,7 @@ def test_runner_from_a_spec(onnx_path):
 def test_registry_imports_no_backend_until_asked():
     """Importing edgeexport, its CLI and every target module loads no optional backend (checked in a
     fresh interpreter: sys.modules shows what really was imported)."""
-    import subprocess
-    import sys
+    from tests.support.fresh import fresh_python
 
     code = ("import sys, edgeexport.cli, edgeexport.pipeline\n"
             "from edgeexport.targets import list_targets\n"
@@ -70,7 +69,5 @@ def test_registry_imports_no_backend_until_asked():
             "heavy = ('tensorrt', 'coremltools', 'executorch', 'onnxruntime', 'openvino', 'ncnn', 'pnnx', "
             "'ai_edge_litert', 'litert_torch', 'nncf', 'tensorflow', 'ray')\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy), len(names))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    loaded, count = out.stdout.strip().rsplit(" ", 1)
+    loaded, count = fresh_python(code).strip().rsplit(" ", 1)
     assert loaded == "[]" and int(count) >= 5
