@@ -547,30 +547,23 @@ def report_cmd(path: Path = typer.Argument(..., metavar="REPORT_JSON", help="a N
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"{path}: not a JSON report ({type(exc).__name__})") from None
     out = _console(stderr=False)
+    page = None
     if isinstance(rep, dict) and isinstance(rep.get("cells"), list) and isinstance(rep.get("models"), list):
-        return _rerender_matrix(rep, path, html or open_page, output, open_page, out)
-    if not isinstance(rep, dict) or not isinstance(rep.get("artifacts"), list) or "model" not in rep:
+        from edgeexport.matrix import print_matrix, write_matrix_html  # a matrix report (edgeexport matrix)
+
+        if output is not None:
+            raise UserError("--output: a matrix page links the model pages beside it; it is written beside its JSON")
+        print_matrix(rep, out)
+        if html or open_page:
+            page = write_matrix_html(rep, path.parent)
+    elif not isinstance(rep, dict) or not isinstance(rep.get("artifacts"), list) or "model" not in rep:
         raise UserError(f"{path}: not an edgeexport report (no model and artifacts)")
-    R.print_table(rep, out)
-    if html or open_page or output:
-        name = path.name.removesuffix(".json").removesuffix(".report")
-        page = write_html(rep, output or R.html_path(path.parent, name))
-        out.print(f"report: {page}", markup=False, highlight=False)
-        if open_page:
-            import webbrowser
-
-            webbrowser.open(page.resolve().as_uri())
-
-
-def _rerender_matrix(m: dict, path: Path, html: bool, output: Path | None, open_page: bool, out) -> None:
-    """A matrix report (``edgeexport matrix``): its table and, with --html, its page and the model pages."""
-    from edgeexport.matrix import print_matrix, write_matrix_html
-
-    if output is not None:
-        raise UserError("--output: a matrix page links the model pages beside it; it is written beside its JSON")
-    print_matrix(m, out)
-    if html:
-        page = write_matrix_html(m, path.parent)
+    else:
+        R.print_table(rep, out)
+        if html or open_page or output:
+            name = path.name.removesuffix(".json").removesuffix(".report")
+            page = write_html(rep, output or R.html_path(path.parent, name))
+    if page is not None:
         out.print(f"report: {page}", markup=False, highlight=False)
         if open_page:
             import webbrowser
