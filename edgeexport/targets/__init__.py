@@ -11,6 +11,7 @@ verification all iterate over this registry. Adding a backend means one file in 
 from __future__ import annotations
 
 import importlib
+import inspect
 import pkgutil
 
 from edgeexport.errors import UserError
@@ -30,6 +31,8 @@ _LOADED = False
 
 def register_target(cls: type[Target]) -> type[Target]:
     """Class decorator: register a target under ``cls.name``."""
+    if inspect.isabstract(cls):
+        raise TypeError(f"target {cls.__name__} does not implement {sorted(cls.__abstractmethods__)}")
     if cls.name in _TARGETS and _TARGETS[cls.name] is not cls:
         raise ValueError(f"target {cls.name!r} registered twice")
     kinds = {f.kind for t in _TARGETS.values() for f in t.formats if t is not cls}

@@ -21,6 +21,7 @@ only its own target.
 """
 from __future__ import annotations
 
+import abc
 import importlib
 import importlib.metadata as md
 import json
@@ -115,7 +116,7 @@ class Requirement:
     kind: str = ""  # the artifact kind that satisfies it
 
 
-class Target:
+class Target(abc.ABC):
     name: ClassVar[str]  # recipe stage and CLI command
     title: ClassVar[str]  # how people call the backend ("TensorRT")
     backend: ClassVar[str]  # the runtime that executes its artifacts
@@ -167,12 +168,12 @@ class Target:
         """Artifacts of other targets this build starts from (built first by the pipeline)."""
         return []
 
+    @abc.abstractmethod
     def build(self, ctx: "Context", options: TargetOptions, art) -> None:
         """Write ``art.path`` (atomically) and call ``art.finish(record, runner_spec)``.
 
         Raise :class:`~edgeexport.pipeline.BuildFailed` with one line when the conversion fails.
         """
-        raise NotImplementedError(f"{type(self).__name__}.build")
 
     def unavailable(self, ctx: "Context", options: TargetOptions, art, reason: str) -> None:
         """Called instead of :meth:`build` when this machine lacks the converter; a target may still
@@ -180,8 +181,9 @@ class Target:
 
     # ---- how to run what it built
     @classmethod
+    @abc.abstractmethod
     def runner(cls, spec: RunnerSpec, threads: int | None) -> "Runner":
-        raise NotImplementedError(f"{cls.__name__}.runner")
+        """A runner (not yet activated) for the artifact ``spec`` describes."""
 
     @classmethod
     def operator_profile(cls, spec: RunnerSpec, feed: dict, threads: int, runs: int) -> dict | None:

@@ -66,6 +66,21 @@ def test_declaration_is_complete():
         assert isinstance(t.build_availability(), Availability) and isinstance(t.run_availability(), Availability)
 
 
+def test_a_target_without_build_or_runner_is_refused_at_registration():
+    from edgeexport.targets import _TARGETS, Format, Target, register_target
+
+    class HalfDone(Target):
+        name = title = backend = help = "halfdone"
+        formats = (Format(kind="halfdone", suffix=".halfdone", precision="fp32", runs_on="cpu"),)
+
+        def build(self, ctx, options, art):
+            art.finish(BuildRecord(), None)
+
+    with pytest.raises(TypeError, match=r"does not implement \['runner'\]"):
+        register_target(HalfDone)
+    assert "halfdone" not in _TARGETS
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_format_options_build_that_format(name):
     """Each format's ``options`` build exactly that format, so an artifact kind names a build
