@@ -1161,6 +1161,11 @@ def render_html(m: dict, reports: dict[str, dict], links: dict[str, str]) -> str
                                  f"(cells {m['cells_s']:.0f} s together); cache {m['cache']['hits']} hit(s), "
                                  f"{m['cache']['resumed']} resumed, {m['cache']['built']} built.")
     cells = {(r["model"], r["kind"]): r for r in m["cells"]}
+    nodes = {_node_name(r["node"]) for r in m["cells"]} | {_node_name((r.get("verify") or {}).get("node"))
+                                                         for r in m["cells"] if (r.get("verify") or {}).get("node")}
+    one_node = len(nodes) == 1  # then the node is said once, not in every cell
+    if one_node:
+        ctx["intro"] += f" Every cell ran on {next(iter(nodes))}."
     ctx["kinds"] = [k for k in m["kinds"]]
     for row in ctx["rows"]:
         for kind, c in list(row["cells"].items()):
@@ -1169,10 +1174,10 @@ def render_html(m: dict, reports: dict[str, dict], links: dict[str, str]) -> str
                 row["cells"].pop(kind)  # an artifact a cell required (e.g. the fp32 graph of onnx-int8)
                 continue
             v = r.get("verify") or {}
-            c["lines"] = c["lines"] + [f"built on {_node_name(r['node'])}"] \
-                + ([f"verified on {_node_name(v.get('node'))}"] if v.get("node") else []) \
-                + [f"cache {r['cache']}" + (f" · {r['attempts']} attempts" if (r["attempts"] or 1) > 1 else "")
-                   + (f" · {r['wall_s']:.0f} s" if r["wall_s"] is not None else "")]
+            wall = "" if r["wall_s"] is None else f" · {r['wall_s']:.0f} s"  # the build's time, also on a hit
+            c["lines"] = c["lines"] + ([] if one_node else [f"built on {_node_name(r['node'])}"]
+                                       + ([f"verified on {_node_name(v.get('node'))}"] if v.get("node") else [])) \
+                + [f"cache {r['cache']}" + (f" · {r['attempts']} attempts" if (r["attempts"] or 1) > 1 else "") + wall]
             if r["status"] == "not_run" and (r["reason"] or "").startswith("no node can run"):
                 c["text"] = f"no node can run {r['backend']}"
             c["title"] = r["reason"] or c["title"]

@@ -117,6 +117,8 @@ def test_small_matrix_end_to_end(first):
     assert f"| {ROW} | 1x3x64x64 | passed" in md and "no node can run coreml" in md
     page = (out / "matrix.report.html").read_text()
     assert "no node can run coreml" in page and f'href="models/{ROW}.report.html"' in page
+    # one node ran every cell: said once in the header, not repeated in every cell
+    assert page.count(f"Every cell ran on {socket.gethostname()}") == 1 and "built on" not in page
     assert (out / "models" / f"{ROW}.report.html").is_file()
     written = json.loads((out / "matrix.report.json").read_text())
     assert written["cells"] == json.loads(json.dumps(m["cells"], default=str))
