@@ -477,8 +477,8 @@ def main():
     ap.add_argument("--matrix-serial-all", action="store_true",
                     help="compare on every zoo cell, not on the SERIAL_MODELS subset (twice as long)")
     args = ap.parse_args()
-    def case(name):
-        fresh = name in (args.only or []) or not (args.only or args.reuse_cases)
+    def case(name):  # --reuse-cases: only the cases --only names run again
+        fresh = not args.reuse_cases or name in (args.only or [])
         return run_case(name, CASES[name][0], args) if fresh else reused_case(name)
 
     reports = {} if args.cases_only else \

@@ -1161,12 +1161,12 @@ def render_html(m: dict, reports: dict[str, dict], links: dict[str, str]) -> str
                                  f"(cells {m['cells_s']:.0f} s together); cache {m['cache']['hits']} hit(s), "
                                  f"{m['cache']['resumed']} resumed, {m['cache']['built']} built.")
     cells = {(r["model"], r["kind"]): r for r in m["cells"]}
-    nodes = {_node_name(r["node"]) for r in m["cells"]} | {_node_name((r.get("verify") or {}).get("node"))
-                                                         for r in m["cells"] if (r.get("verify") or {}).get("node")}
+    ran_on = [r["node"] for r in m["cells"]] + [(r.get("verify") or {}).get("node") for r in m["cells"]]
+    nodes = {_node_name(n) for n in ran_on if n}
     one_node = len(nodes) == 1  # then the node is said once, not in every cell
     if one_node:
         ctx["intro"] += f" Every cell ran on {next(iter(nodes))}."
-    ctx["kinds"] = [k for k in m["kinds"]]
+    ctx["kinds"] = list(m["kinds"])
     for row in ctx["rows"]:
         for kind, c in list(row["cells"].items()):
             r = cells.get((row["name"], kind))

@@ -223,7 +223,6 @@ class CoreMLTarget(Target):
             return Availability(False, "CoreML prediction needs macOS (coremltools converts on Linux but cannot predict)")
         return super().run_availability()
 
-
     def build(self, ctx, options: CoreMLOptions, art) -> None:
         from edgeexport.pipeline import BuildFailed
 

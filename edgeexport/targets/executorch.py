@@ -189,7 +189,6 @@ class ExecuTorchTarget(Target):
     install = INSTALL_HINT
     extra = "executorch"
 
-
     def build(self, ctx, options: ExecuTorchOptions, art) -> None:
         import torch
 

@@ -431,7 +431,6 @@ class LiteRTTarget(Target):
         with quiet_fds():  # importing litert-torch imports TensorFlow, which logs from C++
             return super().build_availability()
 
-
     def build(self, ctx, options: LiteRTOptions, art) -> None:
         from edgeexport.pipeline import BuildFailed
         from edgeexport.util import atomic_path

@@ -290,7 +290,6 @@ class NcnnTarget(Target):
     install = INSTALL_HINT
     extra = "ncnn"
 
-
     def build(self, ctx, options: NcnnOptions, art) -> None:
         from edgeexport.pipeline import BuildFailed
 

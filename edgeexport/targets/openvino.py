@@ -284,7 +284,6 @@ class OpenVINOTarget(Target):
 
         return {**super().versions(), "nncf": version_of("nncf")}
 
-
     @classmethod
     def requires(cls, options, ctx) -> list[Requirement]:
         from edgeexport.targets.onnx import fp32_graph_requirement

@@ -309,7 +309,6 @@ class TensorRTTarget(Target):
     def run_availability(cls) -> Availability:
         return tensorrt_available()
 
-
     @classmethod
     def requires(cls, options: TensorRTOptions, ctx) -> list[Requirement]:
         target, opts = _GRAPH[options.precision]
