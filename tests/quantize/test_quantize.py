@@ -72,9 +72,12 @@ def int8_run(tmp_path_factory):
     from edgeexport.cli import app
 
     out = tmp_path_factory.mktemp("int8")
-    res = CliRunner().invoke(app, ["quantize", "pyconvresnet18", "--mode", "int8", "--shape", "1x3x96x96",
-                                   "--exporter", "torchscript", "--calib-size", "6", "--images", "2", "--runs", "3",
-                                   "-o", str(out)])
+    # Trained weights and their labeled task: int8 is judged by the top-1 drop, as users judge it. On seeded
+    # weights the classes' logits are nearly tied, and the top-1 of two photographs flipped on one machine's
+    # int8 kernels and not on another's.
+    res = CliRunner().invoke(app, ["quantize", "pyconvresnet18", "--mode", "int8", "--weights", "pyconvresnet18:shapes",
+                                   "--shape", "1x3x128x128", "--eval-images", "48", "--exporter", "torchscript",
+                                   "--calib-size", "6", "--images", "2", "--runs", "3", "-o", str(out)])
     return res, out
 
 
@@ -85,10 +88,12 @@ def test_int8_end_to_end(int8_run):
     rep = report(out, "pyconvresnet18")
     a = art(rep, "onnx-int8")
     assert a["precision"] == "int8" and a["parity"]["status"] == "passed"
+    assert rep["eager"]["task"]["value"] > 0.6  # a trained classifier, not a degenerate one
+    assert a["task"]["drop_points"] <= 1.0 and not a["task"]["issue"]  # the verdict's rule on labeled data
     m = a["parity"]["checks"][0]["outputs"][0]["metrics"]
-    assert m["snr_db"] >= 20 and m["agreement"] == 1.0
+    assert m["snr_db"] >= 15  # a broken int8 graph is below 5 dB; the photographs are not the shapes task
     vs = a["parity"]["vs_onnx"][0]["outputs"][0]["metrics"]  # also compared with the fp32 graph
-    assert vs["snr_db"] >= 20
+    assert vs["snr_db"] >= 15
     b = a["build"]
     assert b["prep"]["densify_grouped_convs"] > 0 and b["prep"]["fold_bn_after_concat"] > 0
     assert {p["plan"] for p in b["plans"]} <= {"all", "float_stem", "dense"} and "all" in {p["plan"] for p in b["plans"]}
