@@ -26,6 +26,7 @@ demo: $(STAMP)
 	$(VENV)/bin/edgeexport run recipes/lraspp_mobilenetv3.yaml
 
 test: $(STAMP) browser
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=15
 
 # Headless Chromium for the HTML report's browser test, where this machine lets us install it (root with

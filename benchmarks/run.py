@@ -384,7 +384,7 @@ def rewrite_section(args) -> str:
     from edgeexport.bench import benchmark_interleaved
     from edgeexport.targets.onnx import ExportFailed, export_onnx, simplify_onnx
     from edgeexport.rewrite import apply_rewrites
-    from edgeexport.targets.onnx import OnnxRuntimeRunner
+    from edgeexport.runners.onnxruntime import OnnxRuntimeRunner
     from edgeexport.source import NamedOutputs
     from edgeexport.util import default_threads
 

@@ -112,3 +112,11 @@ def benchmark_interleaved(runners: dict[str, object], feed: dict[str, np.ndarray
                 samples[name].append(dt)
                 spent[name] += dt / 1e3
     return {name: LatencyStats.from_samples(s, warmup, runners[name].threads) for name, s in samples.items()}
+
+
+def median_ops(per_run: list[dict[str, float]]) -> dict[str, float]:
+    """ms per operator type from a runtime's profiler: the median over runs (a run the shared machine
+    preempted does not skew it), the biggest first."""
+    names = {k for r in per_run for k in r}
+    med = {k: float(np.median([r.get(k, 0.0) for r in per_run])) for k in names}
+    return {k: round(v, 4) for k, v in sorted(med.items(), key=lambda kv: -kv[1])}

@@ -421,7 +421,7 @@ def bundle(name: str = typer.Argument(..., help="zoo model the artifact was buil
     from edgeexport.targets import format_for_path
 
     if sign_key is not None:
-        from edgeexport.bundle import load_private_key
+        from edgeexport.keys import load_private_key
 
         load_private_key(sign_key)  # a bad key fails now, not after the model has run
 
@@ -451,13 +451,13 @@ def bundle(name: str = typer.Argument(..., help="zoo model the artifact was buil
     missing = [c for c in companions if not c.exists()]
     if missing:
         raise UserError(f"{artifact} needs {missing[0].name} beside it")
-    art = pipeline.Artifact(fmt.kind, target.name, target.backend, precision or fmt.precision, artifact)
+    art = pipeline.RunArtifact(fmt.kind, target.name, target.backend, precision or fmt.precision, artifact)
     art.runner = ctx.runner_spec(target, artifact, companions, **options)
     out = Path(output) if output else artifact.parent / f"{ctx.name}.{fmt.kind}.bundle"
     manifest = pipeline.write_bundle_for(ctx, art, out, sign_key=sign_key)
     signed = ""
     if "signature" in manifest:
-        from edgeexport.bundle import fingerprint
+        from edgeexport.keys import fingerprint
 
         signed = f", signed by key {fingerprint(bytes.fromhex(manifest['signature']['public_key']))}"
     print(f"wrote {out} ({manifest['artifact']['backend']}, {art.precision}, {len(manifest['input_shapes'])} "
@@ -480,7 +480,8 @@ def verify(bundle_path: Path = typer.Argument(..., metavar="BUNDLE"),
     The report says whether the bundle was signed and by which key (fingerprint: SHA-256 of the raw
     public key); with --trust-key an unsigned, foreign-signed or altered bundle is refused (exit 2).
     """
-    from edgeexport.bundle import load_public_key, verify_bundle
+    from edgeexport.bundle import verify_bundle
+    from edgeexport.keys import load_public_key
     from edgeexport.errors import BackendMissing
     from edgeexport.report import print_table
 
@@ -501,7 +502,7 @@ def verify(bundle_path: Path = typer.Argument(..., metavar="BUNDLE"),
 def keygen(output: Path = typer.Option(..., "--output", "-o", help="folder for NAME.key and NAME.pub"),
            name: str = typer.Option("edgeexport", "--name", help="file name stem")):
     """Make an Ed25519 key pair for signing bundles: NAME.key (private, mode 0600) and NAME.pub (public)."""
-    from edgeexport.bundle import generate_keypair
+    from edgeexport.keys import generate_keypair
 
     priv, pub, fp = generate_keypair(output, name)
     print(f"wrote {priv} (private: keep it on the build host) and {pub} (public: give it to verifying machines)")
@@ -538,7 +539,7 @@ def report_cmd(path: Path = typer.Argument(..., metavar="REPORT_JSON", help="a N
                                                           "beside the JSON)")):
     """Re-render an existing report: the terminal table and, with --html, the HTML page (from the JSON alone)."""
     from edgeexport import report as R
-    from edgeexport.report_html import write_html
+    from edgeexport.report.html import write_html
 
     if not path.is_file():
         raise UserError(f"{path}: no such report")

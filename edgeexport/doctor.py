@@ -6,7 +6,7 @@ a backend: targets declare their modules, availability probes and install hints.
 """
 from __future__ import annotations
 
-from edgeexport.targets.base import version_of
+from edgeexport.util import version_of
 
 CORE = {"torch": "torch", "onnx": "onnx", "onnxruntime": "onnxruntime", "onnxsim": "onnxsim",
         "onnxscript": "onnxscript", "onnxconverter_common": "onnxconverter-common", "safetensors": "safetensors"}

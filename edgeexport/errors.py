@@ -1,7 +1,11 @@
-"""Exceptions with a meaning for the command line.
+"""Exceptions with a meaning for the command line and the library.
 
 ``UserError`` is bad input: the CLI prints its one-line message and exits 2.
 ``BackendMissing`` is a ``UserError`` for an optional runtime that is not installed.
+``BuildFailed`` is a target that could not build its artifact: the artifact is reported as a failed
+build (exit 1), the rest of the run goes on.
+
+This module is the bottom of the package: it imports nothing from edgeexport.
 """
 from __future__ import annotations
 
@@ -25,3 +29,7 @@ class BackendMissing(UserError):
         if hint:
             msg += f" ({hint})"
         super().__init__(msg)
+
+
+class BuildFailed(EdgeExportError):
+    """A target could not build its artifact; the artifact is reported as a failed build."""

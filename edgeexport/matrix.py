@@ -141,7 +141,7 @@ def _requires_onnx(target, options, is_onnx: bool) -> bool:
 
     from edgeexport.targets import get_target
 
-    stub = SimpleNamespace(handle=SimpleNamespace(is_onnx=is_onnx))  # what requires() may look at
+    stub = SimpleNamespace(source_onnx="user.onnx" if is_onnx else None)  # what requires() may look at
     try:
         reqs = target.requires(options, stub)
     except AttributeError:  # it asks the context for more: build the fp32 graph too, to be safe
@@ -317,7 +317,7 @@ class Keys:
             return f"{w or 'default'}:seed=0"  # build_model seeds 0; default BN statistics from the bundled photos
         if ":" not in model:
             from edgeexport.zoo import resolve_name
-            from edgeexport.zoo.pretrained import resolve_weights
+            from edgeexport.zoo.registry import resolve_weights
 
             trained = resolve_weights(resolve_name(model), w)
             if trained is not None:
@@ -612,7 +612,7 @@ class Cache:
 
     def signing_key(self):
         """(private key, raw public key, fingerprint) of this cache's Ed25519 key (made once, mode 0600)."""
-        from edgeexport.bundle import fingerprint, generate_keypair, load_private_key, load_public_key
+        from edgeexport.keys import fingerprint, generate_keypair, load_private_key, load_public_key
 
         folder = self.dir / "keys"
         if not (folder / "matrix.key").is_file():
@@ -1154,7 +1154,7 @@ def write_matrix_html(m: dict, output: Path, log=None) -> Path:
 def render_html(m: dict, reports: dict[str, dict], links: dict[str, str]) -> str:
     """The matrix page of :mod:`edgeexport.report_html` with every cell's node, cache state, attempts and
     wall time added."""
-    from edgeexport import report_html as H
+    from edgeexport.report import html as H
 
     ctx = H.matrix_context(reports, links, title=f"matrix of {len(m['models'])} model(s) x {len(m['kinds'])} kind(s)",
                            intro=f"{m['latency_note'].capitalize()}. Wall time {m['elapsed_s']:.0f} s "

@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from edgeexport.errors import UserError
+
 SNR_CAP_DB = 200.0
 HIST_LO, HIST_STEP, HIST_BINS = -10.0, 0.25, 64  # |error| bins: 1e-10 .. 1e6, four per decade
 
@@ -62,6 +64,7 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "fp16": Tolerance(max_abs_scaled=2e-2, min_cosine=0.999, min_snr_db=35.0, min_agreement=0.99, max_task_drop=0.1),
     "int8": Tolerance(min_cosine=0.99, min_snr_db=20.0, min_agreement=0.9, max_task_drop=1.0),
 }
+HIGHER_IS_WORSE = ("max_abs", "mean_abs", "max_abs_scaled", "max_rel")  # the other metrics: lower is worse
 # With labeled data, int8 is judged by the task metric (users judge it by mIoU / top-1, not logit SNR):
 # its tensor limits apply only when a recipe sets them.
 TASK_JUDGED = ("int8",)
@@ -212,6 +215,12 @@ class ParityResult:
     def passed(self) -> bool:
         return not self.issues and all(o.passed for o in self.outputs)
 
+    def worst(self, metric: str):
+        """The worst value of ``metric`` over the outputs (the smallest SNR, the largest error; None when no
+        output has it)."""
+        values = [o.metrics.get(metric) for o in self.outputs if o.metrics.get(metric) is not None]
+        return (max if metric in HIGHER_IS_WORSE else min)(values) if values else None
+
     def all_issues(self) -> list[ParityIssue]:
         return self.issues + [i for o in self.outputs for i in o.issues]
 
@@ -305,3 +314,27 @@ def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], 
     check = ParityCheck(input_shape, precision, tolerance or DEFAULT_TOLERANCES[precision], tasks)
     check.add(reference, candidate)
     return check.result()
+
+
+# ---------------------------------------------------------------- accuracy budgets
+
+TASK_BUDGETS = {"miou_drop": "segmentation", "top1_drop": "classification"}
+
+
+def resolve_budget(budget: dict | None, labeled_task: str | None) -> dict | None:
+    """An accuracy budget with ``miou_drop`` / ``top1_drop`` checked against the run's labeled data (its
+    task, None without labeled data) and mapped to ``task_drop``; tensor budgets pass unchanged."""
+    if not budget:
+        return None
+    out = {}
+    for key, value in budget.items():
+        if key in TASK_BUDGETS:
+            need = TASK_BUDGETS[key]
+            if labeled_task is None:
+                raise UserError(f"--budget {key}={value:g} needs labeled data (--eval-data)")
+            if labeled_task != need:
+                raise UserError(f"--budget {key} is a {need} metric; the labeled data is {labeled_task}")
+            out["task_drop"] = value
+        else:
+            out[key] = value
+    return out

@@ -60,7 +60,7 @@ class BundleStage(_Strict):
     def _key(cls, v):
         """Load the key now: a bad key path fails before the build, not after it."""
         if v is not None:
-            from edgeexport.bundle import load_private_key
+            from edgeexport.keys import load_private_key
 
             try:
                 load_private_key(v)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeexport.data import Preprocess
+from edgeexport.images import Preprocess
 from edgeexport.errors import UserError
 from edgeexport.zoo.registry import IMAGENET_MEAN, IMAGENET_STD, TASKS, ModelMeta
 
@@ -111,7 +111,7 @@ class ModelHandle:
     def reference_runner(self, threads: int | None):
         """The runner every artifact is compared with: eager PyTorch, or the user's fp32 ONNX graph."""
         if self.is_onnx:
-            from edgeexport.targets.onnx import OnnxRuntimeRunner
+            from edgeexport.runners.onnxruntime import OnnxRuntimeRunner
 
             return OnnxRuntimeRunner(self.onnx_path, threads=threads)
         from edgeexport.runners.torch_eager import TorchRunner
@@ -209,7 +209,7 @@ def load_model(model: str, weights: str | None = None, num_classes: int | None =
         handle = ModelHandle(model.rsplit(":", 1)[1], module.eval(), meta, f"user:{model}",
                              weights or "the factory's own")
     else:
-        from edgeexport.zoo.pretrained import resolve_weights
+        from edgeexport.zoo.registry import resolve_weights
 
         name = resolve_name(model)
         trained = resolve_weights(name, weights) if weights not in (None, "init") else None

@@ -7,7 +7,8 @@ confident logits), measured by a task metric, not on seeded random weights.
     edgeexport train lraspp_mobilenetv3 --tag shapes          # the committed reference weights
     python -m edgeexport.training pyconvresnet50              # the same, as a script
 
-Each model's :class:`TrainRecipe` is fixed in :data:`RECIPES`; with the same recipe, seed, torch
+Each model's :class:`~edgeexport.zoo.pretrained.TrainRecipe` is fixed in
+:data:`~edgeexport.zoo.pretrained.RECIPES` (the metadata of the weights it trains); with the same recipe, seed, torch
 version and thread count the weights are the same. It runs on 2 CPU cores (channels-last
 convolutions; 15-60 minutes per model) and uses a CUDA GPU when one is visible. Training
 samples are generated on the fly from the task's ``train`` split; the reported metrics are
@@ -19,47 +20,13 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from edgeexport.errors import UserError
-
-
-@dataclass(frozen=True)
-class TrainRecipe:
-    model: str  # canonical zoo name
-    dataset: str  # built-in task
-    steps: int
-    batch: int
-    size: int  # training input (segmentation: canvas; classification: network input)
-    lr: float
-    weight_decay: float = 1e-4
-    seed: int = 0
-    label_smoothing: float = 0.0
-    final_size: int | None = None  # classification: last ``final_steps`` at this input size (train/test resolution)
-    final_steps: int = 0
-    warmup_pct: float = 0.1
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-RECIPES: dict[str, TrainRecipe] = {
-    "lraspp_mobilenetv3_large": TrainRecipe("lraspp_mobilenetv3_large", "shapes_seg", steps=3600, batch=16, size=256,
-                                            lr=4e-3),
-    "lraspp_mobilenetv3_small": TrainRecipe("lraspp_mobilenetv3_small", "shapes_seg", steps=3600, batch=16, size=256,
-                                            lr=5e-3),
-    # Classification: most steps at 160 px, the last ones at the evaluation's 224 (objects are a fixed
-    # fraction of the image, so their size in pixels changes with the resolution; 150 final steps at 224
-    # after 128 px training left pyconvresnet18 at 0.795 top-1).
-    "pyconvresnet18": TrainRecipe("pyconvresnet18", "shapes_cls", steps=2000, batch=32, size=160, lr=2e-3,
-                                  label_smoothing=0.1, final_size=224, final_steps=500),
-    "pyconvresnet50": TrainRecipe("pyconvresnet50", "shapes_cls", steps=1500, batch=32, size=160, lr=2e-3,
-                                  label_smoothing=0.1, final_size=224, final_steps=400),
-}
+from edgeexport.zoo.pretrained import RECIPES, TrainRecipe  # noqa: F401  (RECIPES: the trainable models)
 
 
 TRAIN_SHAPES = (3, 8)  # shapes per training canvas: denser than evaluation scenes, for more foreground per step
@@ -209,7 +176,7 @@ def train(recipe: TrainRecipe, log=print, device: str | None = None, steps: int 
     model = build_model(recipe.model, num_classes=ds.num_classes).to(device).train()
     cl = torch.channels_last if device == "cpu" else torch.contiguous_format
     model = model.to(memory_format=cl)
-    from edgeexport.data import Preprocess
+    from edgeexport.images import Preprocess
 
     pre = Preprocess(meta.mean, meta.std, meta.resize)
     batches = Batches(recipe, pre, eval_size, steps, final_steps)

@@ -1,14 +1,17 @@
-"""Small shared helpers: atomic writes, output folders, shapes, thread counts."""
+"""Small shared helpers: atomic writes, output folders, shapes, thread counts, hashes, versions, one-line
+messages and Markdown tables. One copy of each, for every layer above."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import importlib.metadata as md
 import io
 import logging
 import os
-import warnings
 import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 from edgeexport.errors import UserError
@@ -63,6 +66,7 @@ def ensure_output_dir(path: str | os.PathLike) -> Path:
     return p
 
 
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,254}")  # a plain file name (POSIX portable characters)
 _SHAPE = re.compile(r"^\s*(\d+)\s*(?:[x,]\s*(\d+)\s*){3}$")
 
 
@@ -120,3 +124,65 @@ def quiet(loggers=("torch", "torch.onnx", "torch.export", "torch._dynamo", "onnx
     finally:
         for lg, level in zip(objs, levels):
             lg.setLevel(level)
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """``Type: first line of the message`` (at most ``limit`` characters): how an error enters a report."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:limit]}" if text else type(exc).__name__
+
+
+def version_of(dist: str) -> str | None:
+    """The installed version of a distribution (None: not installed)."""
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return None
+
+
+def _feed(h, path: Path) -> None:
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+
+
+def sha256_files(files, root: Path) -> str:
+    """SHA-256 over files under ``root``: each file's POSIX name relative to ``root``, its size and its
+    bytes, in name order, names and sizes length-prefixed so that no other set of files has the digest."""
+    h = hashlib.sha256()
+    for f in sorted((Path(f) for f in files), key=lambda f: f.relative_to(root).parts):
+        name = f.relative_to(root).as_posix().encode("utf-8", "surrogateescape")
+        h.update(len(name).to_bytes(8, "big") + name + f.stat().st_size.to_bytes(8, "big"))
+        _feed(h, f)
+    return h.hexdigest()
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes; of a folder (an ``.mlpackage``), :func:`sha256_files` of every file in it."""
+    path = Path(path)
+    if path.is_dir():
+        return sha256_files([p for p in path.rglob("*") if p.is_file()], path)
+    h = hashlib.sha256()
+    _feed(h, path)
+    return h.hexdigest()
+
+
+def fmt(v, spec: str = ".3g", none: str = "–") -> str:
+    """A value in a table cell: floats by ``spec``, None as a dash."""
+    if v is None:
+        return none
+    if isinstance(v, float):
+        return format(v, spec)
+    return str(v)
+
+
+def md_table(rows: list[dict], columns: list[str] | None = None) -> list[str]:
+    """A Markdown table of dict rows (the columns of the first row unless given)."""
+    if not rows:
+        return []
+    columns = columns or list(rows[0])
+    out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        out.append("| " + " | ".join(fmt(r.get(c), ".4g") if not isinstance(r.get(c), str) else r[c].replace("|", "/")
+                                     for c in columns) + " |")
+    return out

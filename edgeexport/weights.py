@@ -103,7 +103,8 @@ def _recal_shape(meta) -> tuple[int, int, int, int]:
 
 def apply_default_weights(model: nn.Module, name: str, meta, build_kwargs: dict) -> None:
     """Give ``model`` the deterministic default weights of ``name`` (cached after the first time)."""
-    from edgeexport.data import InputSource, Preprocess
+    from edgeexport.images import Preprocess
+    from edgeexport.inputs import InputSource
 
     opts = json.dumps({k: v for k, v in sorted(build_kwargs.items()) if v is not None}, default=str)
     key = hashlib.sha256(f"{name}|{opts}|{torch.__version__}|{__version__}|{RECAL_VERSION}".encode()).hexdigest()[:16]

@@ -112,7 +112,7 @@ def test_torchvision_checkpoint_export_matches_torchvision(cli, tmp_path):
     code, out, err = cli("onnx", "lraspp_mobilenetv3", "--weights", ckpt, "--shape", "1x3x96x128",
                          "--dynamic", "batch", "--no-bench", "-o", tmp_path / "o")
     assert code == 0, err
-    from edgeexport.targets.onnx import OnnxRuntimeRunner
+    from edgeexport.runners.onnxruntime import OnnxRuntimeRunner
 
     with OnnxRuntimeRunner(tmp_path / "o" / "lraspp_mobilenetv3.onnx") as r:
         got = r.infer({"input": ref.inputs})["out"]  # the photographs torchvision saw

@@ -13,9 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeexport import pipeline, views
+from edgeexport import pipeline
+from edgeexport.pipeline import views
+from edgeexport.report import images
 from edgeexport.recipe import Recipe
-from edgeexport.report_html import render, render_matrix
+from edgeexport.report.html import render, render_matrix
 
 BENCH = {"runs": 4, "warmup": 1}
 INT8 = {"mode": "int8", "calib_size": 2}
@@ -114,7 +116,7 @@ def test_segmentation_views_in_the_json_are_compact_and_true(seg):
     int8 = next(a for a in rep["artifacts"] if a["kind"] == "onnx-int8")
     v = int8["views"]["segmentation"][0]
     img = rep["views"]["images"][v["image"]]
-    eager, got = views.decode_mask(img["eager"][v["output"]]), views.decode_mask(v["artifact"])
+    eager, got = images.decode_mask(img["eager"][v["output"]]), images.decode_mask(v["artifact"])
     assert eager.shape == got.shape == (96, 96)
     assert (eager != got).mean() == pytest.approx(v["disagreement"], abs=1e-6)
     # the worst image is the one with the largest per-image drop (ties: the most pixels that differ)

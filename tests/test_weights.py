@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from edgeexport.data import InputSource, Preprocess
+from edgeexport.images import Preprocess
+from edgeexport.inputs import InputSource
 from edgeexport.errors import UserError
 from edgeexport.weights import load_weights, read_state_dict
 from edgeexport.zoo import create_model, get_meta

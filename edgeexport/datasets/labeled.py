@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeexport.data import IMAGE_EXTENSIONS, read_image
+from edgeexport.images import IMAGE_EXTENSIONS, read_image
 from edgeexport.errors import UserError
 from edgeexport.metrics import IGNORE_INDEX
 

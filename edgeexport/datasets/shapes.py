@@ -115,7 +115,7 @@ def render_alpha(polys, radius: float, aspect: float, angle: float) -> tuple[np.
 
 
 def _photos() -> list[np.ndarray]:
-    from edgeexport.data import photos
+    from edgeexport.images import photos
 
     return [a for _, a in photos("all")]
 

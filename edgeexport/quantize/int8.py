@@ -38,7 +38,8 @@ import onnx
 
 from edgeexport.errors import UserError
 from edgeexport.quantize import prep
-from edgeexport.quantize.calib import BatchReader, calibration_batches
+from edgeexport.inputs import calibration_batches
+from edgeexport.quantize.calib import BatchReader
 from edgeexport.quantize.debug import per_layer_errors, top_drops
 
 NO_INT8_KERNEL = {"HardSigmoid", "HardSwish", "Elu", "Selu", "Gelu", "Erf", "Tanh", "Exp", "Log", "Pow", "Div",
@@ -69,7 +70,9 @@ class Int8Options:
     plans: list[str] | str = "auto"
     max_budget_steps: int = 16
     table_rows: int = 15
-    target: str = "cpu"  # "tensorrt": signed symmetric int8 activations (TensorRT's explicit quantization)
+    consumer: str = "cpu"  # what runs the graph (recorded in the report)
+    symmetric: bool = False  # signed symmetric int8 activations and weights (explicit quantization for GPUs)
+    cpu_plans: bool = True  # measure plans on this CPU; off when another runtime chooses its own kernels
 
 
 @dataclass
@@ -78,11 +81,10 @@ class Evaluator:
 
     input_name: str
     shape: tuple[int, int, int, int]
-    calib_preprocess: object
+    calibration: Callable[[int, str | None], list[np.ndarray]]  # (batches, folder) -> calibration batches
     accuracy: Callable[[Path], dict]  # path -> {"snr_db", "agreement", "cosine"[, "task_drop"]} vs eager
     latency: Callable[[list[Path]], list[float]]  # paths -> median ms, measured interleaved
     debug_batches: list[np.ndarray]
-    eval_folder: str | None = None
 
 
 def _quant_args(opts: Int8Options):
@@ -93,7 +95,7 @@ def _quant_args(opts: Int8Options):
     args = dict(per_channel=opts.per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                 calibrate_method=method,
                 quant_format=QuantFormat.QDQ if opts.format == "qdq" else QuantFormat.QOperator)
-    if opts.target == "tensorrt":
+    if opts.symmetric:
         args.update(activation_type=QuantType.QInt8, quant_format=QuantFormat.QDQ,
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
     return args
@@ -125,7 +127,7 @@ class Int8Builder:
         self.fp32_path, self.opts, self.ev, self.log = Path(fp32_path), opts, ev, log
         self.tmp = Path(tempfile.mkdtemp(prefix="edgeexport-int8-"))
         self.plan_paths: dict[frozenset, Path] = {}  # QDQ graph of each measured plan, by its exclusions
-        self.info: dict = {"target": opts.target, "format": opts.format, "method": opts.method,
+        self.info: dict = {"target": opts.consumer, "format": opts.format, "method": opts.method,
                            "per_channel": opts.per_channel,
                            "calib_size": opts.calib_size,
                            "calib_source": opts.calib_folder or "bundled calibration photographs"}
@@ -167,8 +169,7 @@ class Int8Builder:
     # ---------------------------------------------------------------- calibration
 
     def calibrate(self) -> None:
-        batches = calibration_batches(self.ev.shape, self.opts.calib_size, self.ev.calib_preprocess,
-                                      self.opts.calib_folder, self.ev.eval_folder)
+        batches = self.ev.calibration(self.opts.calib_size, self.opts.calib_folder)
         self.cache = self.tmp / "calibration.json"
         if self.opts.method == "entropy":
             self._entropy_ranges(batches)
@@ -185,7 +186,7 @@ class Int8Builder:
         calibrator = create_calibrator(self.prepared, augmented_model_path=str(self.tmp / "augmented.onnx"),
                                        calibrate_method=CalibrationMethod.Entropy,
                                        extra_options={"num_bins": 2048, "num_quantized_bins": 128,
-                                                      "symmetric": self.opts.target == "tensorrt"})
+                                                      "symmetric": self.opts.symmetric})
         calibrator.collect_data(BatchReader(self.ev.input_name, batches))
         save_tensors_data(calibrator.compute_data(), self.cache)
         del calibrator
@@ -277,7 +278,7 @@ class Int8Builder:
     def choose_plan(self, floor: dict[str, float]) -> tuple[str, set[str], list[dict]]:
         why = self.classify()
         self.why = why
-        if self.opts.target == "tensorrt":  # TensorRT chooses its own kernels; CPU plans do not apply
+        if not self.opts.cpu_plans:  # the consumer chooses its own kernels: plans measured here do not apply
             return "all", set(self.opts.exclude), []
         plans = list(PLANS) if self.opts.plans == "auto" else list(self.opts.plans)
         candidates = []

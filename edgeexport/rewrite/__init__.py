@@ -12,6 +12,7 @@ from typing import Callable
 from torch import nn
 
 from edgeexport.errors import UserError
+from edgeexport.rewrite.modules import replace_modules  # noqa: F401  (part of the package's interface)
 from edgeexport.rewrite.adaptive_pool import rewrite_adaptive_max_pool, rewrite_adaptive_pool
 from edgeexport.rewrite.fold_bn import rewrite_fold_bn
 
@@ -44,15 +45,3 @@ def apply_rewrites(model: nn.Module, names, inplace: bool = False) -> tuple[nn.M
         model = copy.deepcopy(model)
     counts = {name: REWRITES[name](model) for name in names}
     return model, counts
-
-
-def replace_modules(model: nn.Module, predicate, factory) -> int:
-    """Replace every submodule for which ``predicate(m)`` holds by ``factory(m)``; return the count."""
-    count = 0
-    for name, child in list(model.named_children()):
-        if predicate(child):
-            setattr(model, name, factory(child))
-            count += 1
-        else:
-            count += replace_modules(child, predicate, factory)
-    return count

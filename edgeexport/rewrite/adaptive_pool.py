@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from edgeexport.rewrite.modules import replace_modules
+
 
 def pooling_matrix(n_in, n_out: int, dtype: torch.dtype, device=None) -> torch.Tensor:
     i = torch.arange(n_out, device=device)
@@ -52,8 +54,6 @@ def _needs_rewrite(m: nn.Module) -> bool:
 
 
 def rewrite_adaptive_pool(model: nn.Module) -> int:
-    from edgeexport.rewrite import replace_modules
-
     return replace_modules(model, _needs_rewrite, lambda m: AdaptiveAvgPool2dMatmul(m.output_size))
 
 
@@ -123,6 +123,4 @@ def _needs_max_rewrite(m: nn.Module) -> bool:
 
 
 def rewrite_adaptive_max_pool(model: nn.Module) -> int:
-    from edgeexport.rewrite import replace_modules
-
     return replace_modules(model, _needs_max_rewrite, lambda m: AdaptiveMaxPool2dMasked(m.output_size))

@@ -7,13 +7,15 @@ talk to this interface, so they never special-case a backend:
     with SomeRunner(path, threads=2) as r:      # activate() ... deactivate()
         outputs = r.infer({"input": x})         # dict[str, np.ndarray] -> dict[str, np.ndarray]
 
-A runner whose runtime cannot execute on this machine (CoreML off macOS, TensorRT
-without a GPU) reports it through ``availability()`` (its target's ``run_availability``);
-callers then record the check as "not run on this machine" instead of running it.
+Whether a runtime can execute on this machine (CoreML off macOS, TensorRT without a GPU) is its
+target's ``run_availability()``: :func:`edgeexport.targets.make_runner` refuses a runner whose
+runtime is missing (one line, exit 2), and the pipeline records such a check as "not run on this
+machine" instead of running it.
 
 Runners of exported artifacts live with their target (``edgeexport/targets/<name>.py``) and are
 made from a serialisable :class:`~edgeexport.targets.base.RunnerSpec`; this package holds the
-interface and the eager PyTorch reference.
+interface, the eager PyTorch reference and ONNX Runtime's runner (the reference for a user's
+``.onnx`` file, and the runtime of every ONNX artifact).
 """
 from __future__ import annotations
 
@@ -25,7 +27,6 @@ import numpy as np
 
 class Runner(abc.ABC):
     backend: ClassVar[str] = "?"
-    target: ClassVar[str | None] = None  # the registered target whose artifacts it runs
 
     def __init__(self, threads: int | None = None):
         self.threads = threads
@@ -33,24 +34,9 @@ class Runner(abc.ABC):
         self._inputs: list[str] = []  # set by the constructor or by _activate()
         self._outputs: list[str] = []
 
-    # ---- capability
-    @classmethod
-    def availability(cls) -> tuple[bool, str]:
-        """(True, "") when this runner can execute here, else (False, the reason): its target's answer."""
-        if cls.target is None:
-            return True, ""
-        from edgeexport.targets import get_target
-
-        return tuple(get_target(cls.target).run_availability())
-
     # ---- lifecycle
     def activate(self) -> "Runner":
         if not self.is_active:
-            ok, reason = self.availability()
-            if not ok:
-                from edgeexport.errors import BackendMissing
-
-                raise BackendMissing(self.backend, reason)
             self._activate()
             self.is_active = True
         return self

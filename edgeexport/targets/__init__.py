@@ -6,17 +6,16 @@
 
 The recipe's stages, the CLI's per-target commands, ``doctor``, the format table and bundle
 verification all iterate over this registry. Adding a backend means one file in this package
-(its target, found by :func:`_ensure_loaded`), its test file and one line of optional dependencies.
+(its target, found by package discovery in :mod:`edgeexport.targets.registry`), its test file and
+one line of optional dependencies. Target files import only :mod:`~edgeexport.targets.base`,
+:mod:`~edgeexport.targets.registry` and the layers below (never the pipeline, never each other).
 """
 from __future__ import annotations
 
-import importlib
-import inspect
-import pkgutil
-
-from edgeexport.errors import UserError
 from edgeexport.targets.base import (  # noqa: F401
+    Artifact,
     Availability,
+    BuildContext,
     BuildRecord,
     Format,
     Requirement,
@@ -24,82 +23,18 @@ from edgeexport.targets.base import (  # noqa: F401
     Target,
     TargetOptions,
 )
+from edgeexport.targets.registry import (  # noqa: F401
+    all_formats,
+    format_for_path,
+    get_target,
+    list_targets,
+    make_runner,
+    options_for_kind,
+    register_target,
+    target_for_kind,
+    target_modules,
+)
 
-_TARGETS: dict[str, type[Target]] = {}
-_LOADED = False
-
-
-def register_target(cls: type[Target]) -> type[Target]:
-    """Class decorator: register a target under ``cls.name``."""
-    if inspect.isabstract(cls):
-        raise TypeError(f"target {cls.__name__} does not implement {sorted(cls.__abstractmethods__)}")
-    if cls.name in _TARGETS and _TARGETS[cls.name] is not cls:
-        raise ValueError(f"target {cls.name!r} registered twice")
-    kinds = {f.kind for t in _TARGETS.values() for f in t.formats if t is not cls}
-    clash = kinds & {f.kind for f in cls.formats}
-    if clash:
-        raise ValueError(f"target {cls.name!r} declares artifact kinds another target has: {sorted(clash)}")
-    _TARGETS[cls.name] = cls
-    return cls
-
-
-def target_modules() -> list[str]:
-    """Every module of this package (a target file registers its target when imported; backend
-    libraries are imported only inside methods, so importing every target file is cheap)."""
-    return sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name != "base")
-
-
-def _ensure_loaded() -> None:
-    global _LOADED
-    if not _LOADED:
-        for m in target_modules():
-            importlib.import_module(f"{__name__}.{m}")
-        _LOADED = True
-
-
-def list_targets() -> list[type[Target]]:
-    """Registered targets in report / recipe order (``Target.order``, then name)."""
-    _ensure_loaded()
-    return sorted(_TARGETS.values(), key=lambda t: (t.order, t.name))
-
-
-def get_target(name: str) -> type[Target]:
-    _ensure_loaded()
-    if name not in _TARGETS:
-        raise UserError(f"unknown target {name!r} (known: {', '.join(_TARGETS)})")
-    return _TARGETS[name]
-
-
-def all_formats() -> list[tuple[type[Target], Format]]:
-    return [(t, f) for t in list_targets() for f in t.formats]
-
-
-def target_for_kind(kind: str) -> tuple[type[Target], Format]:
-    for t, f in all_formats():
-        if f.kind == kind:
-            return t, f
-    raise UserError(f"unknown artifact kind {kind!r} (known: {', '.join(f.kind for _, f in all_formats())})")
-
-
-def options_for_kind(kind: str) -> tuple[type[Target], TargetOptions]:
-    """The target and the stage options that build an artifact kind (``Format.options`` over the
-    defaults), e.g. ``"onnx-int8"`` -> (quantize, mode=int8), ``"coreml"`` -> (coreml, precision=fp16)."""
-    target, fmt = target_for_kind(kind)
-    return target, target.Options(**fmt.options)
-
-
-def format_for_path(path: str) -> tuple[type[Target], Format] | None:
-    """The target and format of an artifact file, by its name (the longest matching suffix wins)."""
-    name = str(path).rstrip("/")
-    matches = [(t, f) for t, f in all_formats() if name.endswith(f.suffix)]
-    return max(matches, key=lambda tf: len(tf[1].suffix)) if matches else None
-
-
-def make_runner(spec: RunnerSpec, threads: int | None):
-    """The runner a spec describes (imports only that target's runtime)."""
-    return get_target(spec.target).runner(spec, threads)
-
-
-__all__ = ["Availability", "BuildRecord", "Format", "Requirement", "RunnerSpec", "Target", "TargetOptions",
-           "all_formats", "format_for_path", "get_target", "list_targets", "make_runner", "options_for_kind",
-           "register_target", "target_for_kind"]
+__all__ = ["Artifact", "Availability", "BuildContext", "BuildRecord", "Format", "Requirement", "RunnerSpec", "Target",
+           "TargetOptions", "all_formats", "format_for_path", "get_target", "list_targets", "make_runner",
+           "options_for_kind", "register_target", "target_for_kind", "target_modules"]

@@ -16,6 +16,10 @@ never name a backend:
 * ``build_availability()`` / ``run_availability()`` and ``install``: whether it can convert
   and whether it can execute on this machine, and how to get what is missing.
 
+What a target may ask of the run that builds it is :class:`BuildContext`, a small interface the
+pipeline implements; what it fills in is an :class:`Artifact`. Targets import neither the pipeline
+nor each other (an import-linter contract holds them to it).
+
 Backend libraries are imported lazily inside methods, so a missing optional backend disables
 only its own target.
 """
@@ -23,22 +27,31 @@ from __future__ import annotations
 
 import abc
 import importlib
-import importlib.metadata as md
 import json
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, NamedTuple, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
+from edgeexport.util import file_size, one_line, quiet, version_of
+
 if TYPE_CHECKING:  # pragma: no cover
-    from edgeexport.pipeline import Context
+    import numpy as np
+    import torch
+
+    from edgeexport.metrics import TaskMetrics
+    from edgeexport.parity import ParityResult, Tolerance
     from edgeexport.runners.base import Runner
+    from edgeexport.taskeval import TaskData
 
 
 # Accuracy budgets a target may accept (``--budget KEY=VALUE``): tensor metrics against eager, or the
 # drop of a task metric on labeled data, in points.
 BUDGET_METRICS = ("snr_db", "agreement", "cosine", "miou_drop", "top1_drop")
+# The artifact kind of the fp32 ONNX graph that several targets start from (see fp32_graph).
+FP32_GRAPH = "onnx"
 
 
 class Availability(NamedTuple):
@@ -116,6 +129,108 @@ class Requirement:
     kind: str = ""  # the artifact kind that satisfies it
 
 
+@dataclass
+class Artifact:
+    """One built file (or package): what a target fills in. The pipeline adds what its checks find."""
+
+    kind: str  # e.g. "onnx", "onnx-int8"
+    target: str  # the registered target that built it
+    backend: str  # the runtime that runs it
+    precision: str
+    path: Path | None
+    dynamic: str = "none"
+    runner: RunnerSpec | None = None  # how to run it (data: bundles and reports record it)
+    record: BuildRecord | None = None  # what was built
+    required_by: str | None = None  # built because that target needs it
+    built: bool = True  # False: this machine lacks the target's converter, nothing was built
+    error: str | None = None  # build failure
+    failures: list[str] = field(default_factory=list)  # build-time verdicts (e.g. an accuracy budget missed)
+    notes: list[str] = field(default_factory=list)
+    compare_to: str | None = None  # also compared against this artifact's kind (e.g. int8 vs fp32 ONNX)
+
+    def finish(self, record: BuildRecord, runner: RunnerSpec | None) -> None:
+        """What a target calls when the artifact is written: its record and how to run it."""
+        self.record, self.runner = record, runner
+
+    @property
+    def size(self) -> int | None:
+        if self.path is None or not self.path.exists():
+            return None
+        extra = [Path(f) for f in (self.runner.files if self.runner else []) if Path(f).exists()]
+        return file_size(self.path) + sum(file_size(f) for f in extra)
+
+    @property
+    def all_notes(self) -> list[str]:
+        return (self.record.notes if self.record else []) + self.notes
+
+
+class BuildContext(Protocol):
+    """What a target may ask of the run that builds it (:class:`edgeexport.pipeline.Context` implements it).
+
+    The evaluation inputs are real photographs (or the user's images) at the main ``shape``; the
+    reference is eager PyTorch, or the user's fp32 ONNX graph when ``source_onnx`` is set.
+    """
+
+    name: str  # the artifacts' base name
+    shape: tuple[int, int, int, int]  # the main input shape
+    dynamic: str  # none | batch | hw | all
+    threads: int  # threads for every runtime
+    out_dir: Path
+    input_name: str
+    output_names: list[str]
+    output_shapes: dict[str, list[int]]
+    source_onnx: Path | None  # the user's fp32 ONNX file (then there is no PyTorch model)
+    task_data: "TaskData | None"  # labeled data, when the run has it
+    eager_task: "TaskMetrics | None"  # the reference's task metrics on it
+    eval_folder: str | None  # the user's evaluation images (calibration must not use them)
+    log: Callable[[str], None]
+
+    def status(self, message: str) -> AbstractContextManager: ...
+
+    def tolerance(self, precision: str) -> "Tolerance": ...
+
+    def sample(self) -> "torch.Tensor":
+        """One input batch at the main shape (a real photograph), as a tensor."""
+
+    def eval_batches(self) -> "list[np.ndarray]":
+        """The evaluation batches at the main shape."""
+
+    def feed(self) -> "dict[str, np.ndarray]":
+        """The first evaluation batch as a named feed."""
+
+    def torch_model(self, rewrites: list[str] | None = None) -> "torch.nn.Module":
+        """The eager model with export rewrites applied, returning a tuple in ``output_names`` order."""
+
+    def rewrite_counts(self, rewrites: list[str] | None = None) -> dict[str, int]:
+        """How many modules each rewrite of :meth:`torch_model` replaced."""
+
+    def calibration(self, count: int, folder: str | None = None) -> "list[np.ndarray]":
+        """``count`` calibration batches at the main shape, never the evaluation images."""
+
+    def calib_spec(self, folder: str | None) -> str | None: ...
+
+    def check_parity(self, runner: "Runner", precision: str) -> "ParityResult":
+        """``runner`` (active) against the reference at the main shape, with ``precision``'s limits."""
+
+    def find(self, kind: str) -> Artifact | None: ...
+
+    def require(self, kind: str) -> Artifact:
+        """A built artifact this target needs (see :meth:`Target.requires`), or BuildFailed saying why not."""
+
+    def runner_spec(self, target: type["Target"], path: Path, files=(), **options) -> RunnerSpec: ...
+
+
+def fp32_graph_requirement(ctx: BuildContext) -> list[Requirement]:
+    """What a target that starts from the fp32 ONNX graph requires: the ``onnx`` target's export, unless
+    the user gave an ONNX file (then that file is the graph)."""
+    return [] if ctx.source_onnx else [Requirement(FP32_GRAPH, kind=FP32_GRAPH)]
+
+
+def fp32_graph(ctx: BuildContext) -> Path:
+    """The fp32 ONNX graph: the user's file, or this run's export."""
+    return Path(ctx.source_onnx) if ctx.source_onnx else ctx.require(FP32_GRAPH).path
+
+
 class Target(abc.ABC):
     name: ClassVar[str]  # recipe stage and CLI command
     title: ClassVar[str]  # how people call the backend ("TensorRT")
@@ -164,18 +279,18 @@ class Target(abc.ABC):
         return max(matches, key=lambda f: len(f.options))  # max keeps the first of equally specific ones
 
     @classmethod
-    def requires(cls, options: TargetOptions, ctx: "Context") -> list[Requirement]:
+    def requires(cls, options: TargetOptions, ctx: BuildContext) -> list[Requirement]:
         """Artifacts of other targets this build starts from (built first by the pipeline)."""
         return []
 
     @abc.abstractmethod
-    def build(self, ctx: "Context", options: TargetOptions, art) -> None:
+    def build(self, ctx: BuildContext, options: TargetOptions, art: Artifact) -> None:
         """Write ``art.path`` (atomically) and call ``art.finish(record, runner_spec)``.
 
-        Raise :class:`~edgeexport.pipeline.BuildFailed` with one line when the conversion fails.
+        Raise :class:`~edgeexport.errors.BuildFailed` with one line when the conversion fails.
         """
 
-    def unavailable(self, ctx: "Context", options: TargetOptions, art, reason: str) -> None:
+    def unavailable(self, ctx: BuildContext, options: TargetOptions, art: Artifact, reason: str) -> None:
         """Called instead of :meth:`build` when this machine lacks the converter; a target may still
         do what it can here (TensorRT's pre-flight of the ONNX graph)."""
 
@@ -193,22 +308,10 @@ class Target(abc.ABC):
 
 
 def _importable(modules) -> Availability:
-    from edgeexport.util import quiet
-
     for m in modules:
         try:
             with quiet():  # coremltools / executorch print warnings at import
                 importlib.import_module(m)
         except Exception as exc:  # missing, or installed but broken (a PyPI stub, missing shared libraries)
-            first = str(exc).splitlines()[0][:160] if str(exc) else ""
-            return Availability(False, f"{m} is not importable here ({type(exc).__name__}{': ' + first if first else ''})")
+            return Availability(False, f"{m} is not importable here ({one_line(exc, 160)})")
     return Availability(True)
-
-
-def version_of(dist: str) -> str | None:
-    """The installed version of a distribution (None: not installed)."""
-    try:
-        return md.version(dist)
-    except md.PackageNotFoundError:
-        return None
-

@@ -19,9 +19,9 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from edgeexport.errors import BackendMissing, EdgeExportError
+from edgeexport.errors import BackendMissing, BuildFailed, EdgeExportError
 from edgeexport.runners.base import Runner
-from edgeexport.targets import register_target
+from edgeexport.targets.registry import register_target
 from edgeexport.targets.base import Availability, BuildRecord, Format, Target, TargetOptions
 from edgeexport.util import quiet
 
@@ -134,7 +134,6 @@ COMPUTE_UNITS = ("cpu_only", "cpu_and_gpu", "all", "cpu_and_ne")
 
 class CoreMLRunner(Runner):
     backend = "coreml"
-    target = "coreml"
 
     def __init__(self, path: str | Path, threads: int | None = None, compute_units: str = "cpu_only"):
         super().__init__(threads)
@@ -224,13 +223,12 @@ class CoreMLTarget(Target):
         return super().run_availability()
 
     def build(self, ctx, options: CoreMLOptions, art) -> None:
-        from edgeexport.pipeline import BuildFailed
 
         art.precision = options.precision  # compute precision; compression is of the weights
         with ctx.status(f"Converting to CoreML ({options.precision}, compress={options.compress})"):
             try:
-                info = convert(ctx.torch_model(), ctx.sample(), art.path, input_name=ctx.refs.input_name,
-                               output_names=ctx.handle.output_names, precision=options.precision,
+                info = convert(ctx.torch_model(), ctx.sample(), art.path, input_name=ctx.input_name,
+                               output_names=ctx.output_names, precision=options.precision,
                                compress=options.compress, deployment_target=options.deployment_target)
             except CoreMLConversionFailed as exc:
                 raise BuildFailed(str(exc)) from None

@@ -15,9 +15,9 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from edgeexport.errors import BackendMissing, EdgeExportError
+from edgeexport.errors import BackendMissing, BuildFailed, EdgeExportError
 from edgeexport.runners.base import Runner
-from edgeexport.targets import register_target
+from edgeexport.targets.registry import register_target
 from edgeexport.targets.base import BuildRecord, Format, Target, TargetOptions
 from edgeexport.util import quiet
 
@@ -113,7 +113,6 @@ def _delegation(edge) -> tuple[int, int]:
 
 class ExecuTorchRunner(Runner):
     backend = "executorch"
-    target = "executorch"
 
     def __init__(self, path: str | Path, threads: int | None = None, input_names=("input",), output_names=()):
         super().__init__(threads)
@@ -192,7 +191,6 @@ class ExecuTorchTarget(Target):
     def build(self, ctx, options: ExecuTorchOptions, art) -> None:
         import torch
 
-        from edgeexport.pipeline import BuildFailed
 
         int8 = options.quantize == "int8"
         with ctx.status(f"Lowering to ExecuTorch / XNNPACK ({options.quantize})"):

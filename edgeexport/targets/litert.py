@@ -38,11 +38,11 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from edgeexport.errors import BackendMissing, EdgeExportError
+from edgeexport.errors import BackendMissing, BuildFailed, EdgeExportError
 from edgeexport.runners.base import Runner
-from edgeexport.targets import register_target
-from edgeexport.targets.base import Availability, BuildRecord, Format, Target, TargetOptions, version_of
-from edgeexport.util import quiet
+from edgeexport.targets.registry import register_target
+from edgeexport.targets.base import Availability, BuildRecord, Format, Target, TargetOptions
+from edgeexport.util import quiet, version_of
 
 INSTALL_HINT = "pip install 'edgeexport[litert]'"
 SIGNATURE = "serving_default"
@@ -313,7 +313,6 @@ def io_map(signature_names: list[str], names: list[str], what: str) -> dict[str,
 
 class LiteRTRunner(Runner):
     backend = "litert"
-    target = "litert"
 
     def __init__(self, path: str | Path, threads: int | None = None, input_names=("input",), output_names=()):
         super().__init__(threads)
@@ -432,16 +431,15 @@ class LiteRTTarget(Target):
             return super().build_availability()
 
     def build(self, ctx, options: LiteRTOptions, art) -> None:
-        from edgeexport.pipeline import BuildFailed
         from edgeexport.util import atomic_path
 
         int8 = options.quantize == "int8"
-        inputs, outputs = list(ctx.handle.input_names), list(ctx.handle.output_names)
+        inputs, outputs = [ctx.input_name], list(ctx.output_names)
         facts: dict = {"quantize": options.quantize, "path": "litert_torch.convert",
                        "litert_torch": version_of("litert-torch"), "ai_edge_litert": version_of("ai-edge-litert")}
         t0 = time.perf_counter()
         # this run's fp32 file, when it built one: quantize that (or fail as it did) instead of converting again
-        fp32 = next((a for a in ctx.artifacts if a.kind == self.formats[0].kind), None) if int8 else None
+        fp32 = ctx.find(self.formats[0].kind) if int8 else None
         if fp32 is not None and fp32.error is not None:
             raise BuildFailed(fp32.error)
         with ctx.status(f"Converting to LiteRT ({options.quantize})"):

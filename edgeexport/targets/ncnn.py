@@ -40,11 +40,11 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from edgeexport.errors import BackendMissing, EdgeExportError
+from edgeexport.errors import BackendMissing, BuildFailed, EdgeExportError
 from edgeexport.runners.base import Runner
-from edgeexport.targets import register_target
-from edgeexport.targets.base import BuildRecord, Format, Target, TargetOptions, version_of
-from edgeexport.util import quiet
+from edgeexport.targets.registry import register_target
+from edgeexport.targets.base import BuildRecord, Format, Target, TargetOptions
+from edgeexport.util import quiet, version_of
 
 INSTALL_HINT = "pip install 'edgeexport[ncnn]'"
 FP16_OPTIONS = ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic")
@@ -177,7 +177,6 @@ def _flag(value) -> bool:
 
 class NcnnRunner(Runner):
     backend = "ncnn"
-    target = "ncnn"
 
     def __init__(self, param: str | Path, weights: str | Path | None = None, threads: int | None = None,
                  input_names=("input",), output_names=(), *, blobs: dict | None = None,
@@ -291,15 +290,14 @@ class NcnnTarget(Target):
     extra = "ncnn"
 
     def build(self, ctx, options: NcnnOptions, art) -> None:
-        from edgeexport.pipeline import BuildFailed
 
         fp16 = options.precision == "fp16"
-        names_in, names_out = list(ctx.handle.input_names), list(ctx.handle.output_names)
-        if ctx.recipe.dynamic == "batch":
+        names_in, names_out = [ctx.input_name], list(ctx.output_names)
+        if ctx.dynamic == "batch":
             art.dynamic = "batch"  # items run one by one: any batch size (H and W stay as converted)
         with ctx.status(f"Converting to ncnn with pnnx ({options.precision})"):
             model = ctx.torch_model(options.rewrites)
-            rewrites = ctx.rewrites[tuple(options.rewrites)]
+            rewrites = ctx.rewrite_counts(options.rewrites)
             try:
                 info = convert(model, ctx.sample(), art.path, fp16=fp16,
                                blobs=(len(names_in), len(names_out)))
@@ -307,7 +305,7 @@ class NcnnTarget(Target):
                 raise BuildFailed(str(exc)) from None
         blobs = {**dict(zip(names_in, info["inputs"])), **dict(zip(names_out, info["outputs"]))}
         runtime = {k: fp16 for k in FP16_OPTIONS}
-        item_shapes = {k: list(v[1:]) for k, v in (ctx.handle.output_shapes or {}).items() if k in names_out}
+        item_shapes = {k: list(v[1:]) for k, v in (ctx.output_shapes or {}).items() if k in names_out}
         record = NcnnRecord(
             precision=options.precision, weights="fp16" if fp16 else "fp32", pnnx=version_of("pnnx"),
             ncnn=version_of("ncnn"), trace_s=info["trace_s"], convert_s=info["convert_s"],

@@ -1,8 +1,8 @@
-"""ONNX: export (dynamo or TorchScript exporter), checking, onnxsim simplification, and the
-ONNX Runtime runner (CPU execution provider) that every ONNX artifact, of any precision, runs with.
+"""ONNX: export (dynamo or TorchScript exporter), checking and onnxsim simplification; its artifacts
+run with ONNX Runtime's CPU execution provider (:mod:`edgeexport.runners.onnxruntime`).
 
 The ``onnx`` target builds ``NAME.onnx`` (fp32), the graph the ``quantize``, ``trt`` and
-``openvino`` targets start from.
+``openvino`` targets start from (:func:`edgeexport.targets.base.fp32_graph`).
 """
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from edgeexport.errors import EdgeExportError
-from edgeexport.runners.base import Runner
-from edgeexport.targets import register_target
-from edgeexport.targets.base import BuildRecord, Format, Requirement, RunnerSpec, Target, TargetOptions
+from edgeexport.errors import BuildFailed, EdgeExportError
+from edgeexport.runners.onnxruntime import OnnxRuntimeRunner, ort_profile
+from edgeexport.targets.base import BuildRecord, Format, RunnerSpec, Target, TargetOptions
+from edgeexport.targets.registry import register_target
 from edgeexport.util import atomic_path, quiet
 
 DYNAMIC_AXES = {"none": (), "batch": (0,), "hw": (2, 3), "all": (0, 2, 3)}
@@ -122,110 +122,6 @@ def simplify_onnx(path: Path, check_feed: dict[str, np.ndarray], tolerance: floa
     return info
 
 
-# ---------------------------------------------------------------- runner
-
-
-class OnnxRuntimeRunner(Runner):
-    backend = "onnxruntime"
-    target = "onnx"
-
-    def __init__(self, path: str | Path, threads: int | None = None, providers: list[str] | None = None,
-                 optimization: str = "all"):
-        super().__init__(threads)
-        self.path = Path(path)
-        self.providers = providers or ["CPUExecutionProvider"]
-        self.optimization = optimization
-        self.session = None
-
-    def _activate(self) -> None:
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        if self.threads:
-            so.intra_op_num_threads = self.threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = {
-            "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[self.optimization]
-        so.log_severity_level = 3
-        self.session = ort.InferenceSession(str(self.path), so, providers=self.providers)
-        self._inputs = [i.name for i in self.session.get_inputs()]
-        self._outputs = [o.name for o in self.session.get_outputs()]
-
-    def _deactivate(self) -> None:
-        self.session = None
-
-    def _infer(self, feed):
-        arrays = self.session.run(self._outputs, {n: np.ascontiguousarray(feed[n]) for n in self._inputs})
-        return {n: np.asarray(a) for n, a in zip(self._outputs, arrays)}
-
-    def describe(self) -> dict:
-        import onnxruntime as ort
-
-        return {**super().describe(), "runtime": f"onnxruntime {ort.__version__}", "device": "cpu",
-                "providers": self.providers, "artifact": str(self.path)}
-
-
-def ort_profile(path: str, feed: dict, threads: int, optimization: str = "all", runs: int = 10) -> dict:
-    """ONNX Runtime's profiler (``enable_profiling``): kernel time per operator type, ms per run (median)."""
-    import json
-    import tempfile
-
-    import onnxruntime as ort
-
-    from edgeexport.views import median_ops
-
-    with tempfile.TemporaryDirectory(prefix="edgeexport-prof-") as tmp:
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = {
-            "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[optimization]
-        so.log_severity_level = 3
-        so.enable_profiling = True
-        so.profile_file_prefix = str(Path(tmp) / "ort")
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        names = [i.name for i in sess.get_inputs()]
-        x = {n: np.ascontiguousarray(feed[n]) for n in names}
-        sess.run(None, x)  # warm-up (also profiled: excluded below by counting runs)
-        for _ in range(runs):
-            sess.run(None, x)
-        trace = Path(sess.end_profiling())
-        events = json.loads(trace.read_text())
-    windows = sorted((ev["ts"], ev["ts"] + ev["dur"]) for ev in events
-                     if ev.get("cat") == "Session" and ev.get("name") == "model_run")[-runs:]  # not the warm-up
-    per_run: list[dict[str, float]] = [{} for _ in windows]
-    for ev in events:
-        if ev.get("cat") == "Node" and ev.get("name", "").endswith("_kernel_time"):
-            i = next((k for k, (a, b) in enumerate(windows) if a <= ev["ts"] <= b), None)
-            if i is not None:
-                op = ev.get("args", {}).get("op_name", "?")
-                per_run[i][op] = per_run[i].get(op, 0.0) + ev["dur"] / 1e3
-    return {"runtime": f"onnxruntime {ort.__version__} profiler", "ops": median_ops(per_run),
-            "total_ms": round(float(np.median([b - a for a, b in windows])) / 1e3, 4) if windows else None}
-
-
-# ---------------------------------------------------------------- the fp32 graph other targets start from
-
-
-def fp32_graph_requirement(ctx) -> list[Requirement]:
-    """What a target that starts from the fp32 ONNX graph requires: this target's export, unless the
-    user gave an ONNX file (then that file is the graph)."""
-    return [] if ctx.handle.is_onnx else [Requirement("onnx", kind="onnx")]
-
-
-def fp32_graph(ctx) -> Path:
-    """The fp32 ONNX graph: the user's file, or this run's export."""
-    return Path(ctx.handle.onnx_path) if ctx.handle.is_onnx else ctx.require("onnx").path
-
-
 # ---------------------------------------------------------------- the target
 
 
@@ -253,7 +149,7 @@ class OnnxTarget(Target):
     name = "onnx"
     order = 0
     default_stage = True  # on in every recipe unless turned off: the graph most targets start from
-    input_replaces = True  # a user\'s .onnx file is this artifact
+    input_replaces = True  # a user's .onnx file is this artifact
     title = "ONNX Runtime"
     backend = "onnxruntime"
     help = "Export to ONNX, check it, simplify it, compare it with eager PyTorch and time both."
@@ -265,25 +161,22 @@ class OnnxTarget(Target):
     install = "pip install edgeexport"
 
     def build(self, ctx, options: OnnxOptions, art) -> None:
-        from edgeexport.pipeline import BuildFailed
-        from edgeexport.rewrite import apply_rewrites
-
-        art.dynamic = ctx.recipe.dynamic
-        model, counts = apply_rewrites(ctx.handle.model, options.rewrites)
-        sample = ctx.sample()
+        art.dynamic = ctx.dynamic
+        model = ctx.torch_model(options.rewrites)
         with ctx.status(f"Exporting {ctx.name} to ONNX ({options.exporter}, opset {options.opset}, "
-                        f"dynamic={ctx.recipe.dynamic})"):
+                        f"dynamic={ctx.dynamic})"):
             try:
-                facts = export_onnx(ctx.handle.wrapped(model), sample, art.path, input_name=ctx.refs.input_name,
-                                    output_names=ctx.handle.output_names, opset=options.opset,
-                                    dynamic=ctx.recipe.dynamic, exporter=options.exporter)
+                facts = export_onnx(model, ctx.sample(), art.path, input_name=ctx.input_name,
+                                    output_names=ctx.output_names, opset=options.opset,
+                                    dynamic=ctx.dynamic, exporter=options.exporter)
             except ExportFailed as exc:
                 raise BuildFailed(str(exc)) from None
         simplify = {"applied": False, "reason": "disabled"}
         if options.simplify:
             with ctx.status("Simplifying with onnxsim"):
-                simplify = simplify_onnx(art.path, ctx.refs.feed())
-        record = OnnxRecord(**facts, rewrites=counts, simplify=simplify, build_s=facts["export_s"])
+                simplify = simplify_onnx(art.path, ctx.feed())
+        record = OnnxRecord(**facts, rewrites=ctx.rewrite_counts(options.rewrites), simplify=simplify,
+                            build_s=facts["export_s"])
         if not simplify["applied"] and options.simplify:
             record.notes.append(simplify["reason"])
         art.finish(record, ctx.runner_spec(type(self), art.path))

@@ -33,11 +33,15 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
+from edgeexport.bench import median_ops
+from edgeexport.errors import BuildFailed
+from edgeexport.metrics import PRIMARY, TaskAccumulator
+from edgeexport.parity import resolve_budget
 from edgeexport.runners.base import Runner
-from edgeexport.targets import register_target
-from edgeexport.targets.base import BuildRecord, Format, Requirement, Target, TargetOptions
-from edgeexport.targets.base import BUDGET_METRICS
-from edgeexport.util import atomic_path, quiet
+from edgeexport.targets.base import (BUDGET_METRICS, BuildRecord, Format, Requirement, Target, TargetOptions,
+                                     fp32_graph, fp32_graph_requirement)
+from edgeexport.targets.registry import register_target
+from edgeexport.util import atomic_path, quiet, version_of
 
 # OpenVINO's converter and NNCF send usage events to Google Analytics (from a forked process) unless the
 # user opted out; both fall back to a no-op stub when `openvino_telemetry` cannot be imported. edgeexport
@@ -148,7 +152,6 @@ def _reverted(messages: list[str]) -> tuple[list[str], int | None]:
 
 class OpenVINORunner(Runner):
     backend = "openvino"
-    target = "openvino"
 
     def __init__(self, path: str | Path, threads: int | None = None, input_names=(), output_names=(),
                  device: str = "CPU", inference_precision: str | None = "f32"):
@@ -280,26 +283,19 @@ class OpenVINOTarget(Target):
 
     @classmethod
     def versions(cls) -> dict[str, str | None]:
-        from edgeexport.targets.base import version_of
-
         return {**super().versions(), "nncf": version_of("nncf")}
 
     @classmethod
     def requires(cls, options, ctx) -> list[Requirement]:
-        from edgeexport.targets.onnx import fp32_graph_requirement
-
         return fp32_graph_requirement(ctx)
 
     def build(self, ctx, options: OpenVINOOptions, art) -> None:
         import openvino as ov
 
-        from edgeexport.pipeline import BuildFailed
 
         int8 = options.quantize == "int8"
-        art.dynamic = ctx.recipe.dynamic
+        art.dynamic = ctx.dynamic
         art.compare_to = ("openvino" if ctx.find("openvino") else "onnx") if int8 else None
-        from edgeexport.targets.onnx import fp32_graph
-
         source = fp32_graph(ctx)
         if source is None:
             raise BuildFailed("no fp32 ONNX graph to start from")
@@ -349,22 +345,21 @@ class OpenVINOTarget(Target):
     def _quantize(self, ctx, options: OpenVINOOptions, model, notes: list[str], art):
         """NNCF post-training quantization (accuracy-controlled when the budget is a task metric and
         the run has labeled data)."""
-        from edgeexport.pipeline import BuildFailed, task_budget
-
         try:
             with quiet():
                 import nncf
         except Exception as exc:
             raise BuildFailed(f"int8 needs nncf, which is not importable here ({type(exc).__name__}); "
                               f"{INSTALL_HINT}") from None
-        name = ctx.refs.input_name
+        name = ctx.input_name
         with ctx.status(f"Reading {options.calib_size} calibration batches"):
             calib = ctx.calibration(options.calib_size, options.calib_folder)
         calibration = nncf.Dataset(calib, lambda x: {name: x})
         preset = {"performance": nncf.QuantizationPreset.PERFORMANCE,
                   "mixed": nncf.QuantizationPreset.MIXED}[options.preset]
         budget = dict(options.budget or {})
-        task_budget(ctx, budget)  # a task-metric budget without (matching) labeled data is bad input, as for quantize
+        labeled = ctx.task_data.task if ctx.task_data is not None else None
+        resolve_budget(budget, labeled)  # a task-metric budget without (matching) labeled data is bad input, as for quantize
         task_keys = [k for k in TASK_BUDGETS if k in budget]
         other = [k for k in budget if k not in TASK_BUDGETS]
         if other:
@@ -374,7 +369,7 @@ class OpenVINOTarget(Target):
                  "calib_source": ctx.calib_spec(options.calib_folder) or "photos:calib"}
         t0 = time.perf_counter()
         if task_keys:
-            max_drop = task_budget(ctx, {task_keys[0]: budget[task_keys[0]]})["task_drop"]  # checks the task
+            max_drop = resolve_budget({task_keys[0]: budget[task_keys[0]]}, labeled)["task_drop"]  # checks the task
             with ctx.status(f"Quantizing with NNCF, accuracy control ({task_keys[0]} <= {max_drop:g})"):
                 quantized, facts["accuracy_control"] = self._accuracy_control(ctx, nncf, model, calibration, preset,
                                                                               len(calib), max_drop)
@@ -393,9 +388,7 @@ class OpenVINOTarget(Target):
         """``nncf.quantize_with_accuracy_control`` with the task metric (in points) on the labeled data."""
         from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
-        from edgeexport.metrics import PRIMARY, TaskAccumulator
-
-        td, name = ctx.task_data, ctx.refs.input_name
+        td, name = ctx.task_data, ctx.input_name
         items = [(x, labels) for _, x, labels in td.batches()]
 
         def metric(compiled, data) -> tuple[float, list[float]]:
@@ -446,8 +439,6 @@ def openvino_profile(path: str, feed: dict, threads: int, options: dict, runs: i
     microseconds); one run's time is recovered as ``n * avg_n - (n - 1) * avg_(n-1)``.
     """
     import openvino as ov
-
-    from edgeexport.views import median_ops
 
     core = ov.Core()
     config = {"PERF_COUNT": True, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": int(threads)}

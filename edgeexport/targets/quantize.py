@@ -12,8 +12,12 @@ from typing import Literal
 
 from pydantic import Field
 
-from edgeexport.targets import register_target
-from edgeexport.targets.base import BUDGET_METRICS, BuildRecord, Format, Requirement, Target, TargetOptions
+from edgeexport.parity import resolve_budget
+from edgeexport.runners.onnxruntime import OnnxRuntimeRunner, ort_profile
+from edgeexport.targets.base import (BUDGET_METRICS, BuildRecord, Format, Requirement, Target, TargetOptions,
+                                     fp32_graph, fp32_graph_requirement)
+from edgeexport.targets.registry import register_target
+from edgeexport.util import md_table
 
 
 class QuantizeOptions(TargetOptions):
@@ -81,8 +85,6 @@ class QuantizeRecord(BuildRecord):
     fp32_initializers_restored: int | None = None
 
     def markdown(self) -> list[str]:
-        from edgeexport.report import md_table
-
         skip = set(TABLE_TITLES) | {"budget", "excluded", "notes", "optimized_op_counts"}
         lines = [f"- {k}: {json.dumps(v, default=str)}" for k, v in self.model_dump().items()
                  if k not in skip and v not in (None, [], {})]
@@ -136,25 +138,25 @@ class QuantizeTarget(Target):
 
     @classmethod
     def requires(cls, options, ctx) -> list[Requirement]:
-        from edgeexport.targets.onnx import fp32_graph_requirement
-
         return fp32_graph_requirement(ctx)
 
     def build(self, ctx, options: QuantizeOptions, art) -> None:
-        from edgeexport.pipeline import task_budget
-        from edgeexport.targets.onnx import fp32_graph
         from edgeexport.quantize.fp16 import build_fp16
         from edgeexport.quantize.int8 import Int8Options, build_int8, build_int8_dynamic
 
         art.compare_to = "onnx"
-        art.dynamic = ctx.recipe.dynamic if options.mode == "fp16" else "none"  # int8 graphs are static
+        art.dynamic = ctx.dynamic if options.mode == "fp16" else "none"  # int8 graphs are static
         fp32 = fp32_graph(ctx)
         with ctx.status(f"Building {art.path.name}"):
             if options.mode == "int8":
+                # TensorRT's explicit quantization: symmetric int8 activations, and TensorRT chooses its own
+                # kernels, so the plans measured on this CPU do not apply
+                for_trt = options.target == "tensorrt"
                 opts = Int8Options(calib_size=options.calib_size, calib_folder=ctx.calib_spec(options.calib_folder),
                                    method=options.method, per_channel=options.per_channel, format=options.format,
-                                   exclude=list(options.exclude), budget=task_budget(ctx, options.budget),
-                                   plans=options.plans, target=options.target)
+                                   exclude=list(options.exclude), budget=resolve_budget(options.budget, ctx.task_data and ctx.task_data.task),
+                                   plans=options.plans, consumer=options.target, symmetric=for_trt,
+                                   cpu_plans=not for_trt)
                 tol = ctx.tolerance("int8")
                 floor = {k: v for k, v in (("snr_db", tol.min_snr_db), ("agreement", tol.min_agreement),
                                            ("cosine", tol.min_cosine)) if v is not None}
@@ -167,19 +169,15 @@ class QuantizeTarget(Target):
             elif options.mode == "int8-dynamic":
                 info = build_int8_dynamic(fp32, art.path, ctx.shape, options.per_channel)
             else:
-                info = build_fp16(fp32, art.path, ctx.refs.input_name, [b for _, b in ctx.refs.batches[ctx.shape]])
+                info = build_fp16(fp32, art.path, ctx.input_name, ctx.eval_batches())
         art.finish(QuantizeRecord(**info), ctx.runner_spec(type(self), art.path))
 
     @classmethod
     def runner(cls, spec, threads):
-        from edgeexport.targets.onnx import OnnxRuntimeRunner
-
         return OnnxRuntimeRunner(spec.artifact, threads=threads, **spec.options)
 
     @classmethod
     def operator_profile(cls, spec, feed, threads: int, runs: int) -> dict:
-        from edgeexport.targets.onnx import ort_profile
-
         return ort_profile(spec.artifact, feed, threads, spec.options.get("optimization", "all"), runs)
 
 
@@ -189,19 +187,13 @@ def evaluator(ctx):
     import contextlib
 
     from edgeexport.bench import benchmark_interleaved
-    from edgeexport.pipeline import check_parity
     from edgeexport.quantize.int8 import Evaluator
-
-    refs, shape = ctx.refs, ctx.shape
-    tol = ctx.tolerance("int8")
 
     def accuracy(path) -> dict:
         with QuantizeTarget.runner(ctx.runner_spec(QuantizeTarget, path), ctx.threads) as r:
-            res = check_parity(r, refs, [shape], "int8", tol)[0]
-            task = ctx.task_data.evaluate(r, refs.input_name)[0] if ctx.task_data is not None else None
-        ms = [o.metrics for o in res.outputs]
-        worst = lambda k: min((m[k] for m in ms if m.get(k) is not None), default=None)  # noqa: E731
-        acc = {"snr_db": worst("snr_db"), "agreement": worst("agreement"), "cosine": worst("cosine")}
+            res = ctx.check_parity(r, "int8")
+            task = ctx.task_data.evaluate(r, ctx.input_name)[0] if ctx.task_data is not None else None
+        acc = {k: res.worst(k) for k in ("snr_db", "agreement", "cosine")}
         if task is not None:
             acc[task.primary] = task.value
             acc["task_drop"] = task.drop_points(ctx.eager_task)
@@ -213,8 +205,8 @@ def evaluator(ctx):
         with contextlib.ExitStack() as stack:
             for r in runners.values():
                 stack.enter_context(r)
-            stats = benchmark_interleaved(runners, refs.feed(), warmup=1, runs=20, budget_s=2.0, rounds=5, min_runs=5)
+            stats = benchmark_interleaved(runners, ctx.feed(), warmup=1, runs=20, budget_s=2.0, rounds=5, min_runs=5)
         return [stats[str(i)].median_ms for i in range(len(paths))]
 
-    return Evaluator(refs.input_name, shape, ctx.handle.preprocess, accuracy, latency,
-                     [b for _, b in refs.batches[shape]], ctx.recipe.inputs.folder)
+    return Evaluator(ctx.input_name, ctx.shape, lambda n, folder: ctx.calibration(n, folder), accuracy, latency,
+                     ctx.eval_batches())

@@ -1,4 +1,5 @@
-"""The model zoo: one module per family, each registering thin builders.
+"""The model zoo: one module per family, each registering thin builders (families are found by
+package discovery when the registry is first asked, like the targets).
 
 >>> from edgeexport.zoo import create_model, list_models
 >>> model = create_model("lraspp_mobilenetv3")          # seeded weights, BN re-estimated on photos
@@ -13,7 +14,5 @@ from edgeexport.zoo.registry import (  # noqa: F401
     list_models,
     register_model,
     resolve_name,
-)
-from edgeexport.zoo import (  # noqa: F401,E402  (importing a family registers its models)
-    aspp, fpn, hetconv, mobilenetv3, octresnet, pyconv, res2net, scnet, spp,
+    resolve_weights,
 )

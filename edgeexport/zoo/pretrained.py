@@ -13,14 +13,47 @@ metrics measured on the task's evaluation split after training, which ``edgeexpo
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from edgeexport.errors import UserError
-from edgeexport.training import RECIPES, TrainRecipe
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    model: str  # canonical zoo name
+    dataset: str  # built-in task
+    steps: int
+    batch: int
+    size: int  # training input (segmentation: canvas; classification: network input)
+    lr: float
+    weight_decay: float = 1e-4
+    seed: int = 0
+    label_smoothing: float = 0.0
+    final_size: int | None = None  # classification: last ``final_steps`` at this input size (train/test resolution)
+    final_steps: int = 0
+    warmup_pct: float = 0.1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+RECIPES: dict[str, TrainRecipe] = {
+    "lraspp_mobilenetv3_large": TrainRecipe("lraspp_mobilenetv3_large", "shapes_seg", steps=3600, batch=16, size=256,
+                                            lr=4e-3),
+    "lraspp_mobilenetv3_small": TrainRecipe("lraspp_mobilenetv3_small", "shapes_seg", steps=3600, batch=16, size=256,
+                                            lr=5e-3),
+    # Classification: most steps at 160 px, the last ones at the evaluation's 224 (objects are a fixed
+    # fraction of the image, so their size in pixels changes with the resolution; 150 final steps at 224
+    # after 128 px training left pyconvresnet18 at 0.795 top-1).
+    "pyconvresnet18": TrainRecipe("pyconvresnet18", "shapes_cls", steps=2000, batch=32, size=160, lr=2e-3,
+                                  label_smoothing=0.1, final_size=224, final_steps=500),
+    "pyconvresnet50": TrainRecipe("pyconvresnet50", "shapes_cls", steps=1500, batch=32, size=160, lr=2e-3,
+                                  label_smoothing=0.1, final_size=224, final_steps=400),
+}
 
 
 @dataclass(frozen=True)
@@ -110,27 +143,3 @@ def find_trained(model: str, tag: str) -> TrainedWeights | None:
 
 def trained_for(model: str) -> list[TrainedWeights]:
     return [w for (m, _), w in TRAINED.items() if m == model]
-
-
-def resolve_weights(model: str, spec: str | None) -> TrainedWeights | None:
-    """The trained entry ``spec`` names for ``model`` (``MODEL:TAG`` or ``TAG``), or None when ``spec``
-    is not a weights tag (then it is a file path). A tag for another model is an error."""
-    from edgeexport.zoo.registry import resolve_name
-
-    if not spec or Path(spec).exists():
-        return None
-    head, sep, tag = spec.rpartition(":")
-    if not sep:
-        entry = find_trained(model, spec)
-        return entry
-    try:
-        named = resolve_name(head)
-    except UserError:
-        return None  # e.g. a Windows drive letter or a path with a colon: treated as a file
-    entry = find_trained(named, tag)
-    if named != model:
-        raise UserError(f"weights {spec} are for {named}, not {model}")
-    if entry is None:
-        known = ", ".join(w.spec for w in trained_for(model)) or "none"
-        raise UserError(f"unknown weights {spec} (trained weights for {model}: {known})")
-    return entry

@@ -8,10 +8,14 @@ judge a model.
 from __future__ import annotations
 
 import difflib
+import importlib
+import pkgutil
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Callable
 
 from edgeexport.errors import UserError
+from edgeexport.zoo.pretrained import TrainedWeights, find_trained, trained_for
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -79,9 +83,19 @@ def register_model(*, aliases: tuple[str, ...] = (), name: str | None = None, **
     return wrap
 
 
+_FAMILIES_LOADED = False
+NOT_FAMILIES = {"registry", "pretrained", "layers"}
+
+
 def _ensure_loaded() -> None:
-    # Importing the package imports every family module, which registers its models.
-    import edgeexport.zoo  # noqa: F401
+    """Import every family module of the zoo (each registers its models), found by package discovery."""
+    global _FAMILIES_LOADED
+    if not _FAMILIES_LOADED:
+        package = __name__.rpartition(".")[0]
+        for m in pkgutil.iter_modules([str(Path(__file__).resolve().parent)]):
+            if m.name not in NOT_FAMILIES and not m.name.startswith("_"):
+                importlib.import_module(f"{package}.{m.name}")
+        _FAMILIES_LOADED = True
 
 
 def list_models(include_aliases: bool = False) -> list[str]:
@@ -139,7 +153,6 @@ def create_model(name: str, weights: str | None = None, num_classes: int | None 
     a path -> a state dict or full checkpoint, loaded strictly.
     """
     from edgeexport import weights as W
-    from edgeexport.zoo.pretrained import resolve_weights
 
     entry = get_entry(name)
     trained = resolve_weights(entry.name, weights) if weights not in (None, "init") else None
@@ -158,3 +171,25 @@ def create_model(name: str, weights: str | None = None, num_classes: int | None 
     else:
         W.load_weights(model, weights)
     return model.eval()
+
+
+def resolve_weights(model: str, spec: str | None) -> TrainedWeights | None:
+    """The trained entry ``spec`` names for ``model`` (``MODEL:TAG`` or ``TAG``), or None when ``spec``
+    is not a weights tag (then it is a file path). A tag for another model is an error."""
+    if not spec or Path(spec).exists():
+        return None
+    head, sep, tag = spec.rpartition(":")
+    if not sep:
+        entry = find_trained(model, spec)
+        return entry
+    try:
+        named = resolve_name(head)
+    except UserError:
+        return None  # e.g. a Windows drive letter or a path with a colon: treated as a file
+    entry = find_trained(named, tag)
+    if named != model:
+        raise UserError(f"weights {spec} are for {named}, not {model}")
+    if entry is None:
+        known = ", ".join(w.spec for w in trained_for(model)) or "none"
+        raise UserError(f"unknown weights {spec} (trained weights for {model}: {known})")
+    return entry

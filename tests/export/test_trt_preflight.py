@@ -6,7 +6,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeexport.targets.tensorrt import tensorrt_available
-from edgeexport.targets.tensorrt_preflight import preflight, summarize
+from edgeexport.targets.tensorrt.preflight import preflight, summarize
 from edgeexport.rewrite import apply_rewrites
 from edgeexport.source import NamedOutputs
 from edgeexport.zoo import create_model

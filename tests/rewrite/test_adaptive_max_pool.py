@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from edgeexport.rewrite.adaptive_pool import AdaptiveMaxPool2dMasked, bin_mask, rewrite_adaptive_max_pool
-from edgeexport.targets.onnx import OnnxRuntimeRunner
+from edgeexport.runners.onnxruntime import OnnxRuntimeRunner
 
 
 @pytest.mark.parametrize("size", [2, 4, 3, (2, 5), (None, 3), (4, None)])

@@ -4,7 +4,7 @@ import torch
 
 from edgeexport.rewrite import apply_rewrites
 from edgeexport.rewrite.adaptive_pool import AdaptiveAvgPool2dMatmul
-from edgeexport.targets.onnx import OnnxRuntimeRunner
+from edgeexport.runners.onnxruntime import OnnxRuntimeRunner
 
 
 @pytest.mark.parametrize("size,hw", [(9, (60, 60)), (9, (61, 37)), (9, (9, 9)), (9, (5, 7)), ((4, 3), (30, 31)),

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from edgeexport.rewrite.hetconv import to_dense, to_grouped, to_reference
-from edgeexport.targets.onnx import OnnxRuntimeRunner
+from edgeexport.runners.onnxruntime import OnnxRuntimeRunner
 from edgeexport.zoo.hetconv import HetConv, grouped_form_is_exact, hetconv_mask
 
 

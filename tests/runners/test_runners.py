@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgeexport.targets.onnx import OnnxRuntimeRunner
+from edgeexport.runners.onnxruntime import OnnxRuntimeRunner
 from edgeexport.runners.torch_eager import TorchRunner
 from edgeexport.source import NamedOutputs
 

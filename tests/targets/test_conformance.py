@@ -67,7 +67,8 @@ def test_declaration_is_complete():
 
 
 def test_a_target_without_build_or_runner_is_refused_at_registration():
-    from edgeexport.targets import _TARGETS, Format, Target, register_target
+    from edgeexport.targets import Format, Target, register_target
+    from edgeexport.targets.registry import _TARGETS
 
     class HalfDone(Target):
         name = title = backend = help = "halfdone"

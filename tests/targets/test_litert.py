@@ -110,7 +110,7 @@ def test_int8_agrees_with_eager(cls, seg):
     _, _, int8 = cls
     m = _metrics(int8)
     assert m["snr_db"] >= 9 and m["cosine"] >= 0.94  # measured 12.4 dB, 0.971 (untrained default weights)
-    assert "vs_litert" in int8.extra_parity  # also compared with the fp32 file
+    assert "litert" in int8.compared  # also compared with the fp32 file
     _, _, int8 = seg
     m = _metrics(int8)
     assert m["snr_db"] >= 15 and m["agreement"] >= 0.8

@@ -117,7 +117,7 @@ def test_int8_ir_is_quantized_runs_and_agrees(seg):
     assert (got["out"].argmax(1) == ref["out"].argmax(1)).mean() >= INT8_MIN_AGREEMENT
     assert art.record.preset == "performance" and art.record.calib_source == "photos:calib"
     assert any("accuracy control not applied to snr_db" in n for n in art.record.notes)
-    assert art.extra_parity.get("vs_openvino")  # also compared with the fp32 IR
+    assert art.compared.get("openvino")  # also compared with the fp32 IR
 
 
 def test_threads_and_precision_are_honoured(seg):

@@ -354,7 +354,7 @@ EXPECTED_TYPES = {"logger": "Logger", "builder": "Builder", "network": "INetwork
 
 
 def test_the_tensorrt_modules_are_found():
-    assert "edgeexport/targets/tensorrt.py" in SOURCES
+    assert "edgeexport/targets/tensorrt/__init__.py" in SOURCES
 
 
 @pytest.mark.parametrize("version", [V11, V10_NEWEST, V10_OLDEST])
@@ -363,7 +363,7 @@ def test_edgeexport_uses_only_names_of(version):
         checker = check(source, version)
         problems = [f"{path}:{u.line}: {u.problem}" for u in checker.problems]
         assert not problems, "\n".join(problems)
-        if path.endswith("targets/tensorrt.py"):
+        if path.endswith("targets/tensorrt/__init__.py"):
             for var, cls in EXPECTED_TYPES.items():
                 assert checker.types.get(var) == {cls}, (var, checker.types.get(var))
             used = {u.name for u in checker.uses}
@@ -378,7 +378,7 @@ def test_edgeexport_uses_only_names_of(version):
 
 
 def test_optional_lookups_are_the_strong_typing_flag():
-    uses = [u for u in check(SOURCES["edgeexport/targets/tensorrt.py"], V11).uses if u.optional]
+    uses = [u for u in check(SOURCES["edgeexport/targets/tensorrt/__init__.py"], V11).uses if u.optional]
     assert [u.name for u in uses] == ["NetworkDefinitionCreationFlag.STRONGLY_TYPED"]
     flags = {v: MANIFESTS[v]["classes"]["NetworkDefinitionCreationFlag"]["enum"] for v in MANIFESTS}
     assert "STRONGLY_TYPED" in flags[V10_OLDEST] and "STRONGLY_TYPED" in flags[V10_NEWEST]
@@ -497,7 +497,7 @@ def test_precision_picks_format_and_source_graph():
 
     kinds = {p: TensorRTTarget.format_for(TensorRTOptions(precision=p)).kind for p in ("fp32", "fp16", "int8")}
     assert kinds == {"fp32": "tensorrt", "fp16": "tensorrt-fp16", "int8": "tensorrt-int8"}
-    ctx = SimpleNamespace(handle=SimpleNamespace(is_onnx=False))
+    ctx = SimpleNamespace(source_onnx=None)
     reqs = {p: TensorRTTarget.requires(TensorRTOptions(precision=p), ctx) for p in ("fp32", "fp16", "int8")}
     assert [(r.target, r.options) for r in reqs["int8"]] == [("quantize", {"mode": "int8", "target": "tensorrt"})]
     assert [(r.target, r.options) for r in reqs["fp16"]] == [("quantize", {"mode": "fp16"})]

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import edgeexport.zoo.fpn  # noqa: F401  (registers panet_* and nasfpn_*)
-from edgeexport.targets.onnx import OnnxRuntimeRunner
+from edgeexport.runners.onnxruntime import OnnxRuntimeRunner
 from edgeexport.zoo import build_model, get_entry
 from edgeexport.zoo.fpn import LEVELS, MergingCell, PyramidNet, downsample, upsample_to
 from tests.support.onnx_check import assert_onnx_matches

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import edgeexport.zoo.hetconv  # noqa: F401  (registers hetconv_resnet34_p4)
-from edgeexport.targets.onnx import OnnxRuntimeRunner
+from edgeexport.runners.onnxruntime import OnnxRuntimeRunner
 from edgeexport.source import NamedOutputs
 from edgeexport.weights import damp_residual_branches
 from edgeexport.zoo import build_model, get_entry

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import edgeexport.zoo.octresnet  # noqa: F401  (registers octresnet50)
-from edgeexport.targets.onnx import OnnxRuntimeRunner
+from edgeexport.runners.onnxruntime import OnnxRuntimeRunner
 from edgeexport.source import NamedOutputs
 from edgeexport.weights import damp_residual_branches
 from edgeexport.zoo import build_model, get_entry

@@ -2,7 +2,8 @@
 import pytest
 
 from edgeexport.errors import UserError
-from edgeexport.zoo.pretrained import TRAINED, find_trained, resolve_weights
+from edgeexport.zoo.pretrained import TRAINED, find_trained
+from edgeexport.zoo.registry import resolve_weights
 
 
 def test_weight_specs_resolve_through_aliases():
@@ -62,7 +63,7 @@ def test_shipped_weights_reproduce_their_eager_metric(entry):
     generator and the metric all still agree with what was trained."""
     import torch
 
-    from edgeexport.data import Preprocess
+    from edgeexport.images import Preprocess
     from edgeexport.training import evaluate
     from edgeexport.zoo import create_model, get_meta
 

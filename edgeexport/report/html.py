@@ -25,7 +25,7 @@ import numpy as np
 from edgeexport.report import STATUS_TEXT, _fmt, _size, fastest_line, headers, record_of, summary_rows, task_label
 from edgeexport.util import atomic_path, format_shape
 
-TEMPLATES = Path(__file__).parent / "templates"
+TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 PRECISION_COLOURS = {"fp32": "#1f77b4", "fp16": "#ff7f0e", "int8": "#2ca02c", "eager": "#222222"}
 STATUS_CLASS = {"passed": "passed", "failed": "failed", "not_run": "notrun", "skipped": "skipped",
                 "build_failed": "failed", "reference": "reference"}
@@ -314,7 +314,7 @@ def _overlay_uri(eager_uri: str, artifact_uri: str) -> tuple[str, int]:
     around each, so that they can be found at all."""
     from PIL import Image
 
-    from edgeexport.views import data_uri, decode_mask
+    from edgeexport.report.images import data_uri, decode_mask
 
     e, a = decode_mask(eager_uri), decode_mask(artifact_uri)
     diff = e != a
@@ -342,7 +342,7 @@ def _overlay_uri(eager_uri: str, artifact_uri: str) -> tuple[str, int]:
 
 def _legend(classes: list[str] | None, masks: list[str]) -> list[dict]:
     """The classes that occur in the masks shown, with their palette colours."""
-    from edgeexport.views import PALETTE, decode_mask
+    from edgeexport.report.images import PALETTE, decode_mask
 
     present = sorted({int(v) for m in masks if m for v in np.unique(decode_mask(m)) if int(v) != 255})
     out = []

@@ -1,77 +1,20 @@
-"""What the HTML report shows that the checks do not otherwise keep: the worst image of each
-artifact (input photograph, masks, top-5 lists) and, for int8 artifacts that are not faster than
-their fp32 graph, a per-operator-type time breakdown from the runtime's own profiler.
+"""What the report shows that the checks do not otherwise keep: the worst image of each artifact
+(input photograph, masks, top-5 lists) and, for int8 artifacts that are not faster than their fp32
+graph, a per-operator-type time breakdown from the runtime's own profiler.
 
-Everything is stored compactly in the report JSON, which the page is rendered from alone:
-photographs as small JPEG data URIs, masks as palette PNG data URIs of class-index maps (the
-pixel value is the class; the palette is :data:`PALETTE`), profiles as ``{op_type: ms per run}``.
+Everything is stored compactly in the report JSON, which the page is rendered from alone (images as
+data URIs, :mod:`edgeexport.report.images`; profiles as ``{op_type: ms per run}``).
 """
 from __future__ import annotations
 
-import base64
-import io
-
 import numpy as np
+
+from edgeexport.report.images import jpeg_uri, mask_uri, photo_of
+from edgeexport.targets import get_target
+from edgeexport.util import one_line
 
 MIN_INT8_SPEEDUP = 1.25  # an int8 artifact slower than this against its fp32 graph gets an operator breakdown
 PROFILE_RUNS = 10
-INPUT_MAX_SIDE = 384  # photographs in the report are downsampled to this size
-
-
-def _palette() -> list[tuple[int, int, int]]:
-    base = [(40, 40, 40), (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-            (140, 86, 75), (227, 119, 194), (188, 189, 34), (23, 190, 207), (174, 199, 232), (255, 187, 120),
-            (152, 223, 138), (255, 152, 150), (197, 176, 213), (196, 156, 148), (247, 182, 210), (219, 219, 141),
-            (158, 218, 229), (127, 127, 127), (90, 90, 200)]
-    rng = np.random.default_rng(0)
-    extra = [tuple(int(v) for v in rng.integers(40, 240, 3)) for _ in range(256 - len(base))]
-    return base + extra
-
-
-PALETTE = _palette()  # class 0 (background) dark grey, then matplotlib's tab10 / tab20 colours
-
-
-def data_uri(data: bytes, mime: str) -> str:
-    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-
-
-def decode_data_uri(uri: str) -> bytes:
-    return base64.b64decode(uri.split(",", 1)[1])
-
-
-def jpeg_uri(image: np.ndarray, max_side: int = INPUT_MAX_SIDE, quality: int = 80) -> str:
-    from PIL import Image
-
-    im = Image.fromarray(np.asarray(image, np.uint8))
-    if max(im.size) > max_side:
-        im.thumbnail((max_side, max_side), Image.BILINEAR)
-    buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=quality, optimize=True)
-    return data_uri(buf.getvalue(), "image/jpeg")
-
-
-def mask_uri(mask: np.ndarray) -> str:
-    """A class-index map as a palette PNG (lossless: pixel value = class; 255, ignore, stays 255)."""
-    from PIL import Image
-
-    m = np.asarray(mask)
-    im = Image.fromarray(np.clip(m, 0, 255).astype(np.uint8), mode="P")
-    im.putpalette([c for rgb in PALETTE for c in rgb])
-    buf = io.BytesIO()
-    im.save(buf, "PNG", optimize=True)
-    return data_uri(buf.getvalue(), "image/png")
-
-
-def decode_mask(uri: str) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.open(io.BytesIO(decode_data_uri(uri))))
-
-
-def photo_of(x: np.ndarray, mean, std) -> np.ndarray:
-    """A normalised 3xHxW input back to HxWx3 uint8."""
-    img = np.moveaxis(np.asarray(x, np.float32), 0, -1) * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
-    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 # ---------------------------------------------------------------- worst images
@@ -84,6 +27,14 @@ def _image_entry(ctx, key: str, name: str, source: str, photo: np.ndarray | None
         images[key] = {"name": name, "source": source, "input": jpeg_uri(photo) if photo is not None else None,
                        "label": mask_uri(label) if label is not None else None, "eager": {}}
     return images[key]
+
+
+def collect_safely(ctx, art, preds: list | None) -> None:
+    """:func:`collect`; a failure here is noted on the page, never fatal."""
+    try:
+        collect(ctx, art, preds)
+    except Exception as exc:
+        art.views = {"error": one_line(exc, 200)}
 
 
 def collect(ctx, art, preds: list | None) -> None:
@@ -175,8 +126,6 @@ def baseline_of(ctx, art):
         return ctx.find(art.compare_to)
     same = next((a for a in ctx.artifacts if a.target == art.target and a.precision == "fp32" and a.error is None
                  and a is not art), None)
-    from edgeexport.targets import get_target
-
     return same or next((a for a in ctx.artifacts if a.error is None and a.precision == "fp32"
                          and get_target(a.target).default_stage), None)
 
@@ -212,13 +161,4 @@ def profile_slow_int8(ctx) -> None:
 
 def operator_profile(art, feed: dict, threads: int) -> dict | None:
     """Time per operator type from the artifact's runtime's own profiler (None: its target has none)."""
-    from edgeexport.targets import get_target
-
     return get_target(art.runner.target).operator_profile(art.runner, feed, threads, PROFILE_RUNS)
-
-
-def median_ops(per_run: list[dict[str, float]]) -> dict[str, float]:
-    """ms per operator type: the median over runs (a run the shared machine preempted does not skew it)."""
-    names = {k for r in per_run for k in r}
-    med = {k: float(np.median([r.get(k, 0.0) for r in per_run])) for k in names}
-    return {k: round(v, 4) for k, v in sorted(med.items(), key=lambda kv: -kv[1])}

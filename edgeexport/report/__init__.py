@@ -12,7 +12,7 @@ import json
 import platform
 from pathlib import Path
 
-from edgeexport import __version__
+from edgeexport.version import __version__
 from edgeexport.util import atomic_path, format_shape
 
 STATUS_TEXT = {"passed": "passed", "failed": "FAILED", "not_run": "not run here", "skipped": "skipped",
@@ -55,7 +55,8 @@ def _artifact_dict(ctx, art) -> dict:
         "runner": art.runner.model_dump() if art.runner else None,
         "build": art.record.model_dump() if art.record else {}, "error": art.error, "notes": art.all_notes,
         "parity": {"status": status, "reason": art.not_run_reason,
-                   "checks": [p.to_dict() for p in art.parity], **art.extra_parity},
+                   "checks": [p.to_dict() for p in art.parity],
+                   **{f"vs_{k}": [r.to_dict() for r in v] for k, v in art.compared.items()}},
         "latency": art.latency.to_dict() if art.latency else None,
         "ratio_to_eager": (art.latency.median_ms / eager.median_ms) if art.latency and eager else None,
         "failures": art.failures,
@@ -126,7 +127,7 @@ def write_reports(report: dict, out_dir: Path, name: str, log=None) -> tuple[Pat
         tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
     with atomic_path(md) as tmp:
         tmp.write_text(to_markdown(report))
-    from edgeexport.report_html import write_html_safely
+    from edgeexport.report.html import write_html_safely
 
     write_html_safely(json.loads(js.read_text()), html_path(out_dir, name), log)
     return js, md

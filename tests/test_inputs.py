@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from edgeexport.data import CALIB_PHOTOS, EVAL_PHOTOS, InputSource, Preprocess, folder_images, photos
+from edgeexport.images import CALIB_PHOTOS, EVAL_PHOTOS, Preprocess, folder_images, photos
+from edgeexport.inputs import InputSource
 from edgeexport.errors import UserError
 
 PRE = Preprocess((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))

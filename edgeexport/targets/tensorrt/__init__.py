@@ -12,7 +12,7 @@ already offered strong typing). So:
 
 The target declares those graphs as requirements; the pipeline builds them first. Without
 TensorRT and a GPU (this machine) the target still runs the pre-flight
-(:mod:`edgeexport.targets.tensorrt_preflight`: onnx-tensorrt's operator support matrix and
+(:mod:`edgeexport.targets.tensorrt.preflight`: onnx-tensorrt's operator support matrix and
 restrictions) on the graph it would build from, and the artifact is "not built on this machine".
 Every ``trt.*`` name this file uses is checked against manifests of the TensorRT 10 and 11 Python
 APIs in the tests, since the library cannot be imported here.
@@ -27,10 +27,10 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from edgeexport.errors import EdgeExportError
+from edgeexport.errors import BuildFailed, EdgeExportError
 from edgeexport.runners.base import Runner
-from edgeexport.targets import register_target
-from edgeexport.targets.base import Availability, BuildRecord, Format, Requirement, Target, TargetOptions
+from edgeexport.targets.registry import register_target
+from edgeexport.targets.base import Availability, BuildRecord, Format, Requirement, Target, TargetOptions, fp32_graph
 
 INSTALL_HINT = ("on a machine with an NVIDIA GPU and driver: pip install 'edgeexport[tensorrt]' "
                 "(tensorrt and cuda-python wheels from NVIDIA's index), or use a JetPack image on Jetson")
@@ -145,7 +145,6 @@ def _check(result):
 
 class TensorRTRunner(Runner):
     backend = "tensorrt"
-    target = "trt"
 
     def __init__(self, path: str | Path, threads: int | None = None):
         super().__init__(threads)  # threads do not apply to a GPU engine; kept for the report
@@ -312,20 +311,19 @@ class TensorRTTarget(Target):
     @classmethod
     def requires(cls, options: TensorRTOptions, ctx) -> list[Requirement]:
         target, opts = _GRAPH[options.precision]
-        if target == "onnx" and ctx.handle.is_onnx:
+        if target == "onnx" and ctx.source_onnx:
             return []
         return [Requirement(target, opts, kind=_GRAPH_KIND[options.precision])]
 
     def _source(self, ctx, options) -> Path:
-        if options.precision == "fp32" and ctx.handle.is_onnx:
-            return ctx.handle.onnx_path
+        if options.precision == "fp32":
+            return fp32_graph(ctx)
         return ctx.require(_GRAPH_KIND[options.precision]).path
 
     def _preflight(self, ctx, options, art) -> TensorRTRecord:
         import onnx
 
-        from edgeexport.pipeline import BuildFailed
-        from edgeexport.targets.tensorrt_preflight import preflight, summarize
+        from edgeexport.targets.tensorrt.preflight import preflight, summarize
 
         source = self._source(ctx, options)
         summary = summarize(preflight(onnx.load(str(source), load_external_data=False)))
@@ -338,7 +336,6 @@ class TensorRTTarget(Target):
 
     def unavailable(self, ctx, options, art, reason) -> None:
         """No TensorRT here: the pre-flight of the graph the engine would be built from still runs."""
-        from edgeexport.pipeline import BuildFailed
 
         try:
             art.record = self._preflight(ctx, options, art)
@@ -347,11 +344,10 @@ class TensorRTTarget(Target):
             art.error = str(exc)
 
     def build(self, ctx, options: TensorRTOptions, art) -> None:
-        from edgeexport.pipeline import BuildFailed
 
         record = self._preflight(ctx, options, art)
         source = Path(record.source)
-        art.dynamic = ctx.recipe.dynamic if options.precision != "int8" else "none"
+        art.dynamic = ctx.dynamic if options.precision != "int8" else "none"
         n, c, h, w = ctx.shape
         shapes = None
         if art.dynamic != "none":
@@ -359,7 +355,7 @@ class TensorRTTarget(Target):
             lo = tuple(options.min_shape or (1, c, max(32, h // 2) if hw else h, max(32, w // 2) if hw else w))
             opt = tuple(options.opt_shape or ctx.shape)
             hi = tuple(options.max_shape or (n * (4 if b else 1), c, h * 2 if hw else h, w * 2 if hw else w))
-            shapes = {ctx.refs.input_name: (lo, opt, hi)}
+            shapes = {ctx.input_name: (lo, opt, hi)}
         cache = Path(options.timing_cache) if options.timing_cache else ctx.out_dir / "tensorrt.timing.cache"
         with ctx.status(f"Building TensorRT engine ({options.precision}, strongly typed)"):
             try:

@@ -1,4 +1,4 @@
-"""Inputs: real photographs available offline, user image folders, preprocessing.
+"""Images: the photographs available offline, user image folders, preprocessing.
 
 The bundled photographs are scikit-image's sample images (installed with the
 ``scikit-image`` wheel, no download; provenance and licences are documented in the
@@ -7,7 +7,8 @@ The bundled photographs are scikit-image's sample images (installed with the
 * ``eval``: natural colour photographs used for parity checks and accuracy budgets;
 * ``calib``: the others, used for int8 calibration and BatchNorm re-estimation.
 
-Random tensors are only produced when explicitly asked for (``source="random"``).
+Where a run's inputs come from (photographs, a folder, labeled data, calibration) is
+:mod:`edgeexport.inputs`, above the labeled datasets; this module is below them.
 """
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import functools
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -25,7 +25,6 @@ EVAL_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.pn
 CALIB_PHOTOS = ("rocket.jpg", "hubble_deep_field.jpg", "retina.jpg", "ihc.png", "camera.png", "coins.png",
                 "moon.png", "grass.png", "gravel.png", "brick.png", "cell.png", "color.png")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
-SOURCES = ("photos", "folder", "random", "eval_data")
 
 
 def _pil():
@@ -138,54 +137,3 @@ def augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
     out = image[top:top + ch, left:left + cw]
     return out[:, ::-1] if rng.random() < 0.5 else out
-
-
-@dataclass(frozen=True)
-class InputSource:
-    """Where input samples come from: bundled photos (a split), a user folder, or random noise."""
-
-    source: str = "photos"
-    split: str = "eval"
-    folder: str | None = None
-    seed: int = 0
-
-    def images(self) -> list[tuple[str, np.ndarray]]:
-        if self.source == "photos":
-            return photos(self.split)
-        if self.source == "eval_data":  # the images of a labeled set (a folder or a built-in task)
-            from edgeexport.datasets import open_labeled
-
-            return [(name, image) for name, image, _ in open_labeled(self.folder, count=64)]
-        if self.source == "folder":
-            if not self.folder:
-                raise UserError("input source 'folder' needs a folder path")
-            return folder_images(self.folder)
-        raise UserError(f"input source {self.source!r} has no images")
-
-    def batches(self, shape: tuple[int, ...], count: int, preprocess: Preprocess,
-                augmented: bool = False) -> Iterator[tuple[list[str], np.ndarray]]:
-        """``count`` NCHW float32 batches of the given shape, with the names of their images.
-
-        Images are used in order and cycled; with ``augmented`` every reuse is a new random crop.
-        """
-        n, c, h, w = shape
-        if c != 3 and self.source != "random":
-            raise UserError(f"photographs have 3 channels, the model input has {c}")
-        if self.source == "random":
-            rng = np.random.default_rng(self.seed)
-            for i in range(count):
-                yield [f"random{i}"], rng.standard_normal(shape, dtype=np.float32)
-            return
-        images = self.images()
-        rng = np.random.default_rng(self.seed)
-        k = 0
-        for _ in range(count):
-            names, arrays = [], []
-            for _ in range(n):
-                name, img = images[k % len(images)]
-                if augmented and k >= len(images):
-                    img, name = augment(img, rng), f"{name}#aug{k}"
-                names.append(name)
-                arrays.append(preprocess(img, h, w))
-                k += 1
-            yield names, np.stack(arrays)

@@ -1,0 +1,17 @@
+"""The pipeline: prepare, build, check, time, report. It names no backend.
+
+``run(recipe)`` loads the model and its evaluation data (:func:`prepare`), asks every target the
+recipe's stages name to build its artifacts, building first what a target requires from other
+targets (:func:`plan`, :func:`build`), then checks every artifact the same way through its
+runner (:func:`check_artifact`: task metrics on labeled data, parity against eager PyTorch on
+real photographs at the main shape and, for dynamic exports, at other shapes), times them all
+beside eager with the same thread count (:func:`time_all`) and writes the report.
+"""
+from edgeexport.pipeline.context import Context, References, RunArtifact, check_parity  # noqa: F401
+from edgeexport.pipeline.execute import build, check_artifact, plan, task_issue, time_all  # noqa: F401
+from edgeexport.pipeline.prepare import auto_extra_shapes, prepare, stage_options  # noqa: F401
+from edgeexport.pipeline.run import run, stage_bundle, unbuilt, write_bundle_for  # noqa: F401
+
+__all__ = ["Context", "References", "RunArtifact", "auto_extra_shapes", "build", "check_artifact", "check_parity",
+           "plan", "prepare", "run", "stage_bundle", "stage_options", "task_issue", "time_all", "unbuilt",
+           "write_bundle_for"]

@@ -1,0 +1,94 @@
+"""ONNX Runtime (CPU execution provider): the runner every ONNX artifact of any precision runs with,
+the reference runner when the user gives an fp32 ``.onnx`` file instead of a PyTorch model, and its
+operator profiler. It lives with the runners, not with a target, because all of those use it.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from edgeexport.bench import median_ops
+from edgeexport.runners.base import Runner
+
+OPTIMIZATION_LEVELS = ("none", "basic", "extended", "all")
+
+
+def session_options(threads: int | None, optimization: str = "all"):
+    """Session options: ``threads`` intra-op threads, one inter-op thread, sequential execution."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = dict(zip(OPTIMIZATION_LEVELS, (
+        ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)))[optimization]
+    so.log_severity_level = 3
+    return so
+
+
+class OnnxRuntimeRunner(Runner):
+    backend = "onnxruntime"
+
+    def __init__(self, path: str | Path, threads: int | None = None, providers: list[str] | None = None,
+                 optimization: str = "all"):
+        super().__init__(threads)
+        self.path = Path(path)
+        self.providers = providers or ["CPUExecutionProvider"]
+        self.optimization = optimization
+        self.session = None
+
+    def _activate(self) -> None:
+        import onnxruntime as ort
+
+        self.session = ort.InferenceSession(str(self.path), session_options(self.threads, self.optimization),
+                                            providers=self.providers)
+        self._inputs = [i.name for i in self.session.get_inputs()]
+        self._outputs = [o.name for o in self.session.get_outputs()]
+
+    def _deactivate(self) -> None:
+        self.session = None
+
+    def _infer(self, feed):
+        arrays = self.session.run(self._outputs, {n: np.ascontiguousarray(feed[n]) for n in self._inputs})
+        return {n: np.asarray(a) for n, a in zip(self._outputs, arrays)}
+
+    def describe(self) -> dict:
+        import onnxruntime as ort
+
+        return {**super().describe(), "runtime": f"onnxruntime {ort.__version__}", "device": "cpu",
+                "providers": self.providers, "artifact": str(self.path)}
+
+
+def ort_profile(path: str, feed: dict, threads: int, optimization: str = "all", runs: int = 10) -> dict:
+    """ONNX Runtime's profiler (``enable_profiling``): kernel time per operator type, ms per run (median)."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="edgeexport-prof-") as tmp:
+        so = session_options(threads, optimization)
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(tmp) / "ort")
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        names = [i.name for i in sess.get_inputs()]
+        x = {n: np.ascontiguousarray(feed[n]) for n in names}
+        sess.run(None, x)  # warm-up (also profiled: excluded below by counting runs)
+        for _ in range(runs):
+            sess.run(None, x)
+        trace = Path(sess.end_profiling())
+        events = json.loads(trace.read_text())
+    windows = sorted((ev["ts"], ev["ts"] + ev["dur"]) for ev in events
+                     if ev.get("cat") == "Session" and ev.get("name") == "model_run")[-runs:]  # not the warm-up
+    per_run: list[dict[str, float]] = [{} for _ in windows]
+    for ev in events:
+        if ev.get("cat") == "Node" and ev.get("name", "").endswith("_kernel_time"):
+            i = next((k for k, (a, b) in enumerate(windows) if a <= ev["ts"] <= b), None)
+            if i is not None:
+                op = ev.get("args", {}).get("op_name", "?")
+                per_run[i][op] = per_run[i].get(op, 0.0) + ev["dur"] / 1e3
+    return {"runtime": f"onnxruntime {ort.__version__} profiler", "ops": median_ops(per_run),
+            "total_ms": round(float(np.median([b - a for a, b in windows])) / 1e3, 4) if windows else None}
