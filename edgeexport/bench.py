@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass
 
 import numpy as np
+from pydantic import ConfigDict
+
+from edgeexport.util import Data
 
 
-@dataclass(frozen=True)
-class LatencyStats:
+class LatencyStats(Data):
+    """Latency of one runner: order statistics of every timed run, and the runs themselves."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     runs: int
     warmup: int
     threads: int | None
@@ -25,12 +30,7 @@ class LatencyStats:
     std_ms: float
     min_ms: float
     max_ms: float
-    samples_ms: tuple[float, ...] = ()  # every timed sample, in the order measured (the report's latency plot)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["samples_ms"] = list(self.samples_ms)
-        return d
+    samples_ms: list[float] = []  # every timed sample, in the order measured (the report's latency plot)
 
     @classmethod
     def from_samples(cls, samples_ms: list[float], warmup: int, threads: int | None) -> "LatencyStats":
@@ -45,7 +45,7 @@ class LatencyStats:
             mean_ms=float(a.mean()),
             std_ms=float(statistics.stdev(a)) if len(a) > 1 else 0.0,
             min_ms=float(a.min()), max_ms=float(a.max()),
-            samples_ms=tuple(round(float(v), 3) for v in a),
+            samples_ms=[round(float(v), 3) for v in a],
         )
 
 

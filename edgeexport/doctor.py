@@ -6,16 +6,34 @@ a backend: targets declare their modules, availability probes and install hints.
 """
 from __future__ import annotations
 
-from edgeexport.util import version_of
+import os
+import platform
+
+from edgeexport.targets import list_targets
+from edgeexport.util import default_threads, version_of
 
 CORE = {"torch": "torch", "onnx": "onnx", "onnxruntime": "onnxruntime", "onnxsim": "onnxsim",
         "onnxscript": "onnxscript", "onnxconverter_common": "onnxconverter-common", "safetensors": "safetensors"}
 
 
+def machine_info(threads: int | None = None) -> dict:
+    """The machine a report was measured on; ``threads``: the thread count every backend ran with."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": default_threads(), "logical_cpus": os.cpu_count(), "threads": threads,
+            "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
+            "machine": platform.machine()}
+
+
 def installed_versions() -> dict[str, str | None]:
     """Versions of the core packages and of every target's modules (None: not installed)."""
-    from edgeexport.targets import list_targets
-
     out = {name: version_of(dist) for name, dist in CORE.items()}
     for t in list_targets():
         for module, version in t.versions().items():
@@ -24,8 +42,6 @@ def installed_versions() -> dict[str, str | None]:
 
 
 def target_rows() -> list[dict]:
-    from edgeexport.targets import list_targets
-
     rows = []
     for t in list_targets():
         build, run = t.build_availability(), t.run_availability()
@@ -44,8 +60,6 @@ def ray_resources(backends: set[str] | None = None) -> dict[str, float]:
     (``{"coreml": 1}`` on a Mac; TensorRT asks for ``{"GPU": 1, "tensorrt": 1}``, GPUs are counted by Ray
     itself). 1 means one verification at a time on this node; raise it to allow more. ``backends``: probe
     only these runtimes (each probe imports the runtime)."""
-    from edgeexport.targets import list_targets
-
     out: dict[str, float] = {}
     for t in list_targets():
         if t.backend not in out and (backends is None or t.backend in backends) and t.run_availability().ok:

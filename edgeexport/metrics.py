@@ -11,9 +11,12 @@ Values are fractions (0..1); drops against eager PyTorch are reported in **point
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
+from pydantic import Field, computed_field
+
+from edgeexport.util import Data
 
 IGNORE_INDEX = 255
 PRIMARY = {"segmentation": "miou", "classification": "top1"}
@@ -79,34 +82,41 @@ class TopK:
         return self.correct[k] / self.count if self.count else None
 
 
-@dataclass
-class TaskMetrics:
-    """Task metrics of one model or artifact on one labeled set."""
+class TaskMetrics(Data):
+    """Task metrics of one model or artifact on one labeled set (fractions, 0..1)."""
 
-    task: str
-    output: str
+    task: Literal["segmentation", "classification"]
+    output: str  # the model output the metric reads
     images: int
-    values: dict  # miou / pixel_accuracy / per_class_iou, or top1 / top5
+    miou: float | None = None  # segmentation
+    pixel_accuracy: float | None = None
+    per_class_iou: list[float | None] | None = None
+    top1: float | None = None  # classification
+    top5: float | None = None
     classes: list[str] | None = None
-    per_image: list[float] = field(default_factory=list)  # primary metric per image (for the worst-image views)
+    per_image: list[float] = Field(default_factory=list, exclude=True)  # primary metric per image (worst-image views)
+
+    @computed_field
+    @property
+    def metric(self) -> str:
+        """The primary metric's name (``miou`` or ``top1``)."""
+        return PRIMARY[self.task]
+
+    @computed_field
+    @property
+    def value(self) -> float | None:
+        """The primary metric's value."""
+        return getattr(self, self.metric)
 
     @property
     def primary(self) -> str:
-        return PRIMARY[self.task]
+        return self.metric
 
-    @property
-    def value(self) -> float | None:
-        return self.values.get(self.primary)
-
-    def drop_points(self, reference: "TaskMetrics") -> float | None:
+    def drop_below(self, reference: "TaskMetrics") -> float | None:
         """How many points this is below ``reference`` (negative: better than the reference)."""
         if self.value is None or reference.value is None:
             return None
         return 100.0 * (reference.value - self.value)
-
-    def to_dict(self) -> dict:
-        return {"task": self.task, "output": self.output, "images": self.images, "metric": self.primary,
-                "value": self.value, **self.values, "classes": self.classes}
 
 
 class TaskAccumulator:
@@ -145,4 +155,5 @@ class TaskAccumulator:
                       "per_class_iou": self.cm.per_class_iou()}
         else:
             values = {"top1": self.topk.accuracy(1), "top5": self.topk.accuracy(5)}
-        return TaskMetrics(self.task, self.output, self.images, values, self.classes, self.per_image)
+        return TaskMetrics(task=self.task, output=self.output, images=self.images, classes=self.classes,
+                           per_image=self.per_image, **values)

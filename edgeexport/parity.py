@@ -25,19 +25,22 @@ outputs, the sample that disagrees most with the reference (argmax maps or top-5
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
+from pydantic import ConfigDict, Field, computed_field
 
 from edgeexport.errors import UserError
+from edgeexport.util import Data
 
 SNR_CAP_DB = 200.0
 HIST_LO, HIST_STEP, HIST_BINS = -10.0, 0.25, 64  # |error| bins: 1e-10 .. 1e6, four per decade
 
 
-@dataclass(frozen=True)
-class Tolerance:
+class Tolerance(Data):
     """Limits for one precision. ``None`` disables a limit."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_abs_scaled: float | None = None
     min_cosine: float | None = None
@@ -58,6 +61,10 @@ class Tolerance:
             out["agreement"] = (">=", self.min_agreement)
         return out
 
+    def set_limits(self) -> dict[str, float]:
+        """The limits that are set, by field name."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
 
 DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(max_abs_scaled=1e-4, min_cosine=0.99999, min_agreement=0.999, max_task_drop=0.1),
@@ -70,14 +77,44 @@ HIGHER_IS_WORSE = ("max_abs", "mean_abs", "max_abs_scaled", "max_rel")  # the ot
 TASK_JUDGED = ("int8",)
 
 
-@dataclass
-class ParityIssue:
+class ParityIssue(Data):
     kind: str  # shape_mismatch | missing_output | non_finite | degenerate_reference | tolerance_exceeded
     output: str
     message: str
     metric: str | None = None
     value: float | None = None
     limit: float | None = None
+
+
+class Metrics(Data):
+    """How one output of an artifact differs from the reference's (non-finite values are None)."""
+
+    max_abs: float | None = None
+    mean_abs: float | None = None
+    max_abs_scaled: float | None = None
+    max_rel: float | None = None
+    cosine: float | None = None
+    snr_db: float | None = None
+    agreement: float | None = None  # argmax agreement (segmentation) / top-1 agreement (classification)
+    top5_agreement: float | None = None  # classification: mean overlap of the top-5 sets
+    ref_scale: float | None = None  # largest |reference| value
+    ref_spread: float | None = None  # max - min of the reference
+    ref_classes: int | None = None  # classes the reference predicts
+
+    def get(self, metric: str):
+        """A metric by name (the names tolerances and budgets use)."""
+        return getattr(self, metric, None)
+
+
+class Histogram(Data):
+    """|error| histogram, trimmed to its occupied bins: bin i spans 10^(lo + i*step) .. 10^(lo + (i+1)*step);
+    ``under``: errors below 10^-10 (exact matches included)."""
+
+    lo: float
+    step: float
+    counts: list[int]
+    under: int
+    total: int
 
 
 class _Accumulator:
@@ -155,13 +192,11 @@ class _Accumulator:
             k = np.floor((np.log10(above) - HIST_LO) / HIST_STEP).astype(np.int64)
             self.hist += np.bincount(np.clip(k, 0, HIST_BINS - 1), minlength=HIST_BINS)
 
-    def histogram(self) -> dict:
-        """The |error| histogram, trimmed to its occupied bins: bin i spans
-        10^(lo + i*step) .. 10^(lo + (i+1)*step); ``under``: errors below 10^-10 (exact matches included)."""
+    def histogram(self) -> Histogram:
         nz = np.flatnonzero(self.hist)
         a, b = (int(nz[0]), int(nz[-1]) + 1) if nz.size else (0, 0)
-        return {"lo": HIST_LO + a * HIST_STEP, "step": HIST_STEP, "counts": self.hist[a:b].tolist(),
-                "under": self.hist_under, "total": int(self.hist.sum()) + self.hist_under}
+        return Histogram(lo=HIST_LO + a * HIST_STEP, step=HIST_STEP, counts=self.hist[a:b].tolist(),
+                         under=self.hist_under, total=int(self.hist.sum()) + self.hist_under)
 
     def metrics(self) -> dict[str, float | int | None]:
         cos_den = math.sqrt(self.ref2 * self.got2)
@@ -184,33 +219,36 @@ class _Accumulator:
         return m
 
 
-@dataclass
-class OutputParity:
+class OutputParity(Data):
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
     name: str
     task: str
     shape: list[int]
-    metrics: dict
-    issues: list[ParityIssue] = field(default_factory=list)
-    hist: dict | None = None  # |error| histogram (see _Accumulator.histogram)
-    worst: dict | None = None  # the sample that disagrees most (argmax maps / top-5), for the report's views
+    metrics: Metrics
+    issues: list[ParityIssue] = []
+    hist: Histogram | None = None
+    # the sample that disagrees most (argmax maps / top-5), for the report's views; not written to JSON
+    worst: dict[str, Any] | None = Field(None, exclude=True)
 
+    @computed_field
     @property
     def passed(self) -> bool:
         return not self.issues
 
 
-@dataclass
-class ParityResult:
+class ParityResult(Data):
     """Parity of one artifact at one input shape."""
 
     shape: list[int]
     samples: int
     precision: str
     tolerance: Tolerance
-    outputs: list[OutputParity] = field(default_factory=list)
-    issues: list[ParityIssue] = field(default_factory=list)  # issues not tied to a single output
-    sample_names: list[str] = field(default_factory=list)
+    outputs: list[OutputParity] = []
+    issues: list[ParityIssue] = []  # issues not tied to a single output
+    sample_names: list[str] = []
 
+    @computed_field
     @property
     def passed(self) -> bool:
         return not self.issues and all(o.passed for o in self.outputs)
@@ -223,16 +261,6 @@ class ParityResult:
 
     def all_issues(self) -> list[ParityIssue]:
         return self.issues + [i for o in self.outputs for i in o.issues]
-
-    def to_dict(self) -> dict:
-        return {
-            "shape": self.shape, "samples": self.samples, "sample_names": self.sample_names,
-            "precision": self.precision, "tolerance": asdict(self.tolerance), "passed": self.passed,
-            "outputs": [{"name": o.name, "task": o.task, "shape": o.shape, "passed": o.passed,
-                         "metrics": _finite(o.metrics), "issues": [asdict(i) for i in o.issues],
-                         **({"hist": o.hist} if o.hist else {})} for o in self.outputs],
-            "issues": [asdict(i) for i in self.issues],
-        }
 
 
 def _top(logits: np.ndarray, k: int) -> list[list]:
@@ -251,21 +279,23 @@ def _check(acc: _Accumulator, name: str, tol: Tolerance) -> list[ParityIssue]:
     m = acc.metrics()
     issues = []
     if acc.nonfinite:
-        issues.append(ParityIssue("non_finite", name, f"{acc.nonfinite} non-finite values in the artifact's output"))
+        issues.append(ParityIssue(kind="non_finite", output=name,
+                                  message=f"{acc.nonfinite} non-finite values in the artifact's output"))
     if m["ref_spread"] <= 1e-12 * max(1.0, m["ref_scale"]):
-        issues.append(ParityIssue("degenerate_reference", name,
-                                  "eager output is constant; the comparison would prove nothing"))
+        issues.append(ParityIssue(kind="degenerate_reference", output=name,
+                                  message="eager output is constant; the comparison would prove nothing"))
     elif acc.task == "segmentation" and m.get("ref_classes", 2) < 2:
-        issues.append(ParityIssue("degenerate_reference", name,
-                                  "eager output predicts one class for every pixel; the comparison would prove nothing"))
+        issues.append(ParityIssue(kind="degenerate_reference", output=name, message="eager output predicts one "
+                                  "class for every pixel; the comparison would prove nothing"))
     for metric, (op, limit) in tol.limits().items():
         value = m.get(metric)
         if value is None:
             continue
         bad = value > limit if op == "<=" else value < limit
         if bad or (isinstance(value, float) and math.isnan(value)):
-            issues.append(ParityIssue("tolerance_exceeded", name, f"{metric} = {value:.4g}, limit {op} {limit:g}",
-                                      metric, float(value), float(limit)))
+            issues.append(ParityIssue(kind="tolerance_exceeded", output=name,
+                                      message=f"{metric} = {value:.4g}, limit {op} {limit:g}", metric=metric,
+                                      value=float(value) if math.isfinite(value) else None, limit=float(limit)))
     return issues
 
 
@@ -286,26 +316,26 @@ class ParityCheck:
         for name, ref in reference.items():
             if name not in candidate:
                 if not any(i.kind == "missing_output" and i.output == name for i in self._issues):
-                    self._issues.append(ParityIssue("missing_output", name, f"artifact has no output {name!r}; "
-                                                    f"it has {sorted(candidate)}"))
+                    self._issues.append(ParityIssue(kind="missing_output", output=name,
+                                                    message=f"artifact has no output {name!r}; it has "
+                                                            f"{sorted(candidate)}"))
                 continue
             got = candidate[name]
             if tuple(got.shape) != tuple(ref.shape):
                 if not any(i.kind == "shape_mismatch" and i.output == name for i in self._issues):
-                    self._issues.append(ParityIssue("shape_mismatch", name,
-                                                    f"shape {list(got.shape)} != eager {list(ref.shape)}"))
+                    self._issues.append(ParityIssue(kind="shape_mismatch", output=name,
+                                                    message=f"shape {list(got.shape)} != eager {list(ref.shape)}"))
                 continue
             acc = self._acc.setdefault(name, _Accumulator(self.tasks.get(name, "features")))
             self._shapes[name] = list(ref.shape)
             acc.add(ref, got)
 
     def result(self) -> ParityResult:
-        res = ParityResult(self.shape, self.samples, self.precision, self.tolerance, issues=list(self._issues),
-                           sample_names=self.sample_names)
-        for name, acc in self._acc.items():
-            res.outputs.append(OutputParity(name, acc.task, self._shapes[name], acc.metrics(),
-                                            _check(acc, name, self.tolerance), acc.histogram(), acc.worst))
-        return res
+        outputs = [OutputParity(name=name, task=acc.task, shape=self._shapes[name], metrics=Metrics(**_finite(acc.metrics())),
+                                issues=_check(acc, name, self.tolerance), hist=acc.histogram(), worst=acc.worst)
+                   for name, acc in self._acc.items()]
+        return ParityResult(shape=self.shape, samples=self.samples, precision=self.precision, tolerance=self.tolerance,
+                            outputs=outputs, issues=list(self._issues), sample_names=self.sample_names)
 
 
 def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], tasks: dict[str, str],

@@ -155,7 +155,7 @@ class Recipe(_Strict):
             return base
         # null is "the default" (a dumped and re-read recipe carries every field, unset ones as null)
         fields = {k: v for k, v in over.model_dump().items() if k in over.model_fields_set and v is not None}
-        return Tolerance(**{**base.__dict__, **fields})
+        return base.model_copy(update=fields)
 
     # ---------------------------------------------------------------- loading
 

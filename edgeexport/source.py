@@ -8,6 +8,7 @@ in a fixed order, so exported graphs keep meaningful output names (``out``, ``au
 """
 from __future__ import annotations
 
+import copy
 import importlib
 import sys
 from dataclasses import dataclass, field, replace
@@ -17,8 +18,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeexport.images import Preprocess
 from edgeexport.errors import UserError
+from edgeexport.images import Preprocess
+from edgeexport.runners.onnxruntime import OnnxRuntimeRunner
+from edgeexport.runners.torch_eager import TorchRunner
+from edgeexport.weights import load_weights
+from edgeexport.zoo import create_model, get_meta, resolve_name, resolve_weights
 from edgeexport.zoo.registry import IMAGENET_MEAN, IMAGENET_STD, TASKS, ModelMeta
 
 INPUT_NAME = "input"
@@ -111,11 +116,7 @@ class ModelHandle:
     def reference_runner(self, threads: int | None):
         """The runner every artifact is compared with: eager PyTorch, or the user's fp32 ONNX graph."""
         if self.is_onnx:
-            from edgeexport.runners.onnxruntime import OnnxRuntimeRunner
-
             return OnnxRuntimeRunner(self.onnx_path, threads=threads)
-        from edgeexport.runners.torch_eager import TorchRunner
-
         return TorchRunner(self.wrapped(), self.input_names, self.output_names, threads)
 
     def probe(self, x: torch.Tensor) -> None:
@@ -138,7 +139,7 @@ class ModelHandle:
         for i, (name, t) in enumerate(zip(self.output_names, tensors)):
             if self.origin.startswith("zoo:") and name in declared:
                 self.tasks[name] = self.meta.task_of(declared.index(name))
-            elif self.meta.task != "features" and self.origin.startswith("user:"):
+            elif self.meta.task != "features" and self.origin.startswith(("user:", IN_MEMORY)):
                 self.tasks[name] = self.meta.task
             else:
                 self.tasks[name] = infer_task(t)
@@ -182,49 +183,59 @@ def _import_factory(spec: str):
     return factory
 
 
-def load_model(model: str, weights: str | None = None, num_classes: int | None = None, task: str | None = None,
-               input_size: tuple[int, int, int] | None = None, model_kwargs: dict | None = None) -> ModelHandle:
-    """Resolve a zoo name or a ``module:factory`` spec into a :class:`ModelHandle`."""
-    from edgeexport.zoo import create_model, get_meta, resolve_name
+IN_MEMORY = "python:"  # a recipe's model name for a module given in memory (edgeexport.export)
 
+
+def _user_handle(name: str, origin: str, module, weights: str | None, task: str | None,
+                 input_size: tuple[int, int, int] | None, weights_label: str) -> ModelHandle:
+    """A handle for a module the user built (a factory's, or one given in memory)."""
+    if not isinstance(module, nn.Module):
+        raise UserError(f"{origin.split(':', 1)[1]} is a {type(module).__name__}, not a torch.nn.Module")
+    if task is not None and task not in TASKS:
+        raise UserError(f"task must be one of {', '.join(TASKS)}")
+    if input_size is None:
+        raise UserError(f"model {name} needs an input shape (--shape NxCxHxW)")
+    meta = ModelMeta(task=task or "features", input_size=input_size, output_names=(), mean=IMAGENET_MEAN,
+                     std=IMAGENET_STD, family="user")
+    if weights:
+        load_weights(module, weights)
+    return ModelHandle(name, module.eval(), meta, origin, weights or weights_label)
+
+
+def load_model(model: str, weights: str | None = None, num_classes: int | None = None, task: str | None = None,
+               input_size: tuple[int, int, int] | None = None, model_kwargs: dict | None = None,
+               module: nn.Module | None = None) -> ModelHandle:
+    """Resolve a zoo name or a ``module:factory`` spec into a :class:`ModelHandle`; ``module``: the model
+    itself, given in memory (a copy is exported: the caller's module is left as it was)."""
     kwargs = dict(model_kwargs or {})
+    if module is not None:
+        name = model.removeprefix(IN_MEMORY) or type(module).__name__
+        return _user_handle(name, f"{IN_MEMORY}{type(module).__name__}", copy.deepcopy(module), weights, task,
+                            input_size, "as given in memory")
+    if model.startswith(IN_MEMORY):
+        raise UserError(f"model {model} was given in memory; pass the module itself (edgeexport.export(module, ...)) "
+                        "or name a package.module:factory")
     if ":" in model:
         factory = _import_factory(model)
         try:
-            module = factory(**({"num_classes": num_classes} if num_classes else {}), **kwargs)
+            built = factory(**({"num_classes": num_classes} if num_classes else {}), **kwargs)
         except TypeError as exc:
             raise UserError(f"calling {model}: {exc}") from None
-        if not isinstance(module, nn.Module):
-            raise UserError(f"{model} returned {type(module).__name__}, not a torch.nn.Module")
-        if task is not None and task not in TASKS:
-            raise UserError(f"task must be one of {', '.join(TASKS)}")
-        if input_size is None:
-            raise UserError(f"user model {model} needs an input shape (--shape NxCxHxW)")
-        meta = ModelMeta(task=task or "features", input_size=input_size, output_names=(), mean=IMAGENET_MEAN,
-                         std=IMAGENET_STD, family="user")
-        if weights:
-            from edgeexport.weights import load_weights
-
-            load_weights(module, weights)
-        handle = ModelHandle(model.rsplit(":", 1)[1], module.eval(), meta, f"user:{model}",
-                             weights or "the factory's own")
-    else:
-        from edgeexport.zoo.registry import resolve_weights
-
-        name = resolve_name(model)
-        trained = resolve_weights(name, weights) if weights not in (None, "init") else None
-        try:
-            module = create_model(name, weights=weights, num_classes=num_classes, **kwargs)
-        except TypeError as exc:
-            raise UserError(f"model {name}: {exc}") from None
-        meta = get_meta(name, trained.num_classes if trained is not None else num_classes)
-        if task is not None and task != meta.task:
-            meta = replace(meta, task=task, output_tasks=())
-        label = {None: "default (seeded, BatchNorm re-estimated on the bundled photos)", "init": "seeded init"}
-        desc = (f"{trained.spec} (trained here on the built-in {trained.dataset} task)" if trained is not None
-                else label.get(weights, str(weights)))
-        handle = ModelHandle(model, module, meta, f"zoo:{name}", desc, trained=trained)
-    return handle
+        return _user_handle(model.rsplit(":", 1)[1], f"user:{model}", built, weights, task, input_size,
+                            "the factory's own")
+    name = resolve_name(model)
+    trained = resolve_weights(name, weights) if weights not in (None, "init") else None
+    try:
+        built = create_model(name, weights=weights, num_classes=num_classes, **kwargs)
+    except TypeError as exc:
+        raise UserError(f"model {name}: {exc}") from None
+    meta = get_meta(name, trained.num_classes if trained is not None else num_classes)
+    if task is not None and task != meta.task:
+        meta = replace(meta, task=task, output_tasks=())
+    label = {None: "default (seeded, BatchNorm re-estimated on the bundled photos)", "init": "seeded init"}
+    desc = (f"{trained.spec} (trained here on the built-in {trained.dataset} task)" if trained is not None
+            else label.get(weights, str(weights)))
+    return ModelHandle(model, built, meta, f"zoo:{name}", desc, trained=trained)
 
 
 def load_onnx(path: str, task: str | None = None, shape=None) -> ModelHandle:

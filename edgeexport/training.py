@@ -109,7 +109,7 @@ def evaluate(model: torch.nn.Module, dataset: str, preprocess, size: tuple[int, 
             out = _first_output(model(torch.from_numpy(x).to(device))).float().cpu().numpy()
             acc.update(out, labels)
     res = acc.result()
-    return {k: v for k, v in res.to_dict().items() if k not in ("classes",)}
+    return res.model_dump(exclude={"classes"}, exclude_none=True)
 
 
 def _fp16_round_trip(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -14,6 +14,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, model_validator
+
 from edgeexport.errors import UserError
 
 
@@ -186,3 +188,17 @@ def md_table(rows: list[dict], columns: list[str] | None = None) -> list[str]:
         out.append("| " + " | ".join(fmt(r.get(c), ".4g") if not isinstance(r.get(c), str) else r[c].replace("|", "/")
                                      for c in columns) + " |")
     return out
+
+
+class Data(BaseModel):
+    """Base of the typed records reports are made of: unknown keys are errors, and computed fields (written
+    to JSON for its readers) are recomputed when a record is read back, never taken from the file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_computed(cls, data):
+        if isinstance(data, dict) and cls.model_computed_fields:
+            return {k: v for k, v in data.items() if k not in cls.model_computed_fields}
+        return data

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgeexport import __version__
+from edgeexport.version import __version__
 from edgeexport.errors import UserError
 from edgeexport.util import atomic_path
 

@@ -18,8 +18,16 @@ def artifacts(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
-def load_report(folder: Path, name: str) -> dict:
-    return json.loads((folder / f"{name}.report.json").read_text())
+def load_report(folder: Path, name: str):
+    from edgeexport.report import load_report
+
+    return load_report(folder / f"{name}.report.json")
+
+
+def from_stdout(out: str):
+    from edgeexport.report import report_from_dict
+
+    return report_from_dict(json.loads(out))
 
 
 def test_list(cli):
@@ -55,17 +63,17 @@ def test_onnx_dynamic_all_end_to_end(cli, tmp_path):
     assert artifacts(tmp_path) == ["lraspp_mobilenetv3_small.onnx", "lraspp_mobilenetv3_small.report.html",
                                    "lraspp_mobilenetv3_small.report.json", "lraspp_mobilenetv3_small.report.md"]
     rep = load_report(tmp_path, "lraspp_mobilenetv3_small")
-    art = rep["artifacts"][0]
-    assert rep["verdict"] == "passed" and art["parity"]["status"] == "passed"
-    shapes = [c["shape"] for c in art["parity"]["checks"]]
+    art = rep.artifacts["onnx"]
+    assert rep.verdict == "passed" and art.status == "passed"
+    shapes = [c.shape for c in art.parity]
     assert len(shapes) == 3 and len({tuple(s) for s in shapes}) == 3
     assert {s[0] for s in shapes} == {1, 2, 3}  # batch really varied
-    for chk in art["parity"]["checks"]:
-        m = chk["outputs"][0]["metrics"]
-        assert chk["passed"] and m["max_abs_scaled"] < 1e-4 and m["agreement"] >= 0.999
-        assert m["ref_classes"] >= 2
-    assert art["latency"]["median_ms"] > 0 and art["ratio_to_eager"] > 0
-    assert rep["eager"]["latency"]["threads"] == art["latency"]["threads"]
+    for chk in art.parity:
+        m = chk.outputs[0].metrics
+        assert chk.passed and m.max_abs_scaled < 1e-4 and m.agreement >= 0.999
+        assert m.ref_classes >= 2
+    assert art.latency.median_ms > 0 and art.ratio_to_eager > 0
+    assert rep.eager.latency.threads == art.latency.threads
     assert "passed (3 shapes)" in out
     md = (tmp_path / "lraspp_mobilenetv3_small.report.md").read_text()
     assert "Parity at 2x3x" in md and "| out | segmentation |" in md
@@ -86,13 +94,13 @@ def test_user_model_with_two_named_outputs(cli, tmp_path):
     code, out, err = cli("onnx", "--model", "tests.support.models:tiny_segmenter", "--shape", "1x3x64x64",
                          "--dynamic", "hw", "--exporter", "torchscript", "--no-bench", "-o", tmp_path, "--json")
     assert code == 0, err
-    rep = json.loads(out)
-    assert rep["model"]["outputs"] == ["out", "aux"]
-    assert rep["model"]["output_tasks"] == {"out": "segmentation", "aux": "segmentation"}
+    rep = from_stdout(out)
+    assert rep.model.outputs == ["out", "aux"]
+    assert rep.model.output_tasks == {"out": "segmentation", "aux": "segmentation"}
     m = onnx.load(str(tmp_path / "tiny_segmenter.onnx"))
     assert [o.name for o in m.graph.output] == ["out", "aux"]
-    for chk in rep["artifacts"][0]["parity"]["checks"]:
-        assert [o["name"] for o in chk["outputs"]] == ["out", "aux"] and chk["passed"]
+    for chk in rep.artifacts["onnx"].parity:
+        assert [o.name for o in chk.outputs] == ["out", "aux"] and chk.passed
 
 
 def test_parity_failure_exits_1_with_report(cli, tmp_path):
@@ -100,9 +108,9 @@ def test_parity_failure_exits_1_with_report(cli, tmp_path):
                          "--exporter", "torchscript", "--no-bench", "-o", tmp_path)
     assert code == 1
     rep = load_report(tmp_path, "export_differs")
-    assert rep["verdict"] == "failed"
-    issues = rep["artifacts"][0]["parity"]["checks"][0]["outputs"][0]["issues"]
-    assert any(i["kind"] == "tolerance_exceeded" for i in issues)
+    assert rep.verdict == "failed"
+    issues = rep.artifacts["onnx"].parity[0].outputs[0].issues
+    assert any(i.kind == "tolerance_exceeded" for i in issues)
     assert "FAILED" in out
 
 
@@ -137,8 +145,8 @@ bench: {{runs: 2, warmup: 1}}
     code, out, err = cli("run", recipe)
     assert code == 0, err
     rep = load_report(tmp_path / "o", "pyconvresnet18")
-    m = rep["artifacts"][0]["parity"]["checks"][0]["outputs"][0]["metrics"]
-    assert m["agreement"] == 1.0 and m["top5_agreement"] >= 0.99 and rep["recipe"]["dynamic"] == "batch"
+    m = rep.artifacts["onnx"].parity[0].outputs[0].metrics
+    assert m.agreement == 1.0 and m.top5_agreement >= 0.99 and rep.recipe["dynamic"] == "batch"
 
 
 @pytest.mark.slow
@@ -146,10 +154,10 @@ def test_pyconvsegnet50_at_native_473(cli, tmp_path):
     """9x9 adaptive pooling of a 60x60 map: the default (dynamo) export passes parity at 473x473."""
     code, out, err = cli("onnx", "pyconvsegnet50", "--images", "1", "--no-bench", "-o", tmp_path, "--json")
     assert code == 0, err
-    rep = json.loads(out)
-    chk = rep["artifacts"][0]["parity"]["checks"][0]
-    assert chk["shape"] == [1, 3, 473, 473] and chk["passed"]
-    assert rep["artifacts"][0]["build"]["rewrites"]["adaptive_pool"] == 1
+    rep = from_stdout(out)
+    chk = rep.artifacts["onnx"].parity[0]
+    assert chk.shape == [1, 3, 473, 473] and chk.passed
+    assert rep.artifacts["onnx"].record().rewrites["adaptive_pool"] == 1
 
 
 # ---------------------------------------------------------------- bad input
@@ -214,7 +222,7 @@ def test_export_failure_leaves_no_partial_artifact(tmp_path, monkeypatch):
     rep = pipeline.run(Recipe.from_dict({"model": "mobilenetv3_small", "input_shape": [1, 3, 32, 32],
                                          "output": str(tmp_path), "stages": {"onnx": {"exporter": "torchscript"}},
                                          "bench": {"enabled": False}}))
-    assert rep["verdict"] == "failed" and "exporter exploded" in rep["artifacts"][0]["error"]
+    assert rep.verdict == "failed" and "exporter exploded" in rep.artifacts["onnx"].error
     assert artifacts(tmp_path) == ["mobilenetv3_small.report.html", "mobilenetv3_small.report.json",
                                    "mobilenetv3_small.report.md"]
 

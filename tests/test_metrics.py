@@ -62,20 +62,20 @@ def test_accumulator_segmentation_and_drop_in_points():
     assert pred.tolist() == [[[0, 1], [1, 1]]]
     eager = acc.result()
     assert eager.value == 1.0 and eager.primary == "miou" and eager.per_image == [1.0]
-    worse = TaskMetrics("segmentation", "out", 1, {"miou": 0.9875})
-    assert worse.drop_points(eager) == pytest.approx(1.25)  # 100 * (1.0 - 0.9875)
-    assert eager.drop_points(worse) == pytest.approx(-1.25)
-    assert TaskMetrics("segmentation", "out", 0, {"miou": None}).drop_points(eager) is None
+    worse = TaskMetrics(task="segmentation", output="out", images=1, miou=0.9875)
+    assert worse.drop_below(eager) == pytest.approx(1.25)  # 100 * (1.0 - 0.9875)
+    assert eager.drop_below(worse) == pytest.approx(-1.25)
+    assert TaskMetrics(task="segmentation", output="out", images=0, miou=None).drop_below(eager) is None
 
 
 def test_accumulator_classification():
     acc = TaskAccumulator("classification", 3, "logits", ["a", "b", "c"])
     acc.update(np.array([[3.0, 1, 0], [0, 1, 3.0]]), [0, 1])
     res = acc.result()
-    assert res.values["top1"] == 0.5 and res.values["top5"] == 1.0
+    assert res.top1 == 0.5 and res.top5 == 1.0 and res.miou is None
     assert res.per_image == [1.0, 0.0]
-    d = res.to_dict()
-    assert d["metric"] == "top1" and d["value"] == 0.5 and d["classes"] == ["a", "b", "c"]
+    d = res.model_dump(mode="json")
+    assert d["metric"] == "top1" and d["value"] == 0.5 and d["classes"] == ["a", "b", "c"] and "per_image" not in d
     with pytest.raises(ValueError):
         TaskAccumulator("features", 3, "x")
-    assert math.isclose(res.drop_points(res), 0.0)
+    assert math.isclose(res.drop_below(res), 0.0)

@@ -19,8 +19,8 @@ def test_identical_outputs():
     r = compare({"out": x}, {"out": x.copy()}, SEG)
     m = r.outputs[0].metrics
     assert r.passed
-    assert m["max_abs"] == 0 and m["mean_abs"] == 0 and m["max_rel"] == 0
-    assert m["cosine"] == pytest.approx(1.0) and m["snr_db"] == SNR_CAP_DB and m["agreement"] == 1.0
+    assert m.max_abs == 0 and m.mean_abs == 0 and m.max_rel == 0
+    assert m.cosine == pytest.approx(1.0) and m.snr_db == SNR_CAP_DB and m.agreement == 1.0
 
 
 def test_known_errors():
@@ -30,21 +30,21 @@ def test_known_errors():
     got[0, 0, 0, 0] += 0.5
     r = compare({"out": ref}, {"out": got}, SEG, tolerance=Tolerance())
     m = r.outputs[0].metrics
-    assert m["max_abs"] == pytest.approx(0.5)
-    assert m["mean_abs"] == pytest.approx(0.5 / 8)
-    assert m["max_abs_scaled"] == pytest.approx(0.25)
-    assert m["max_rel"] == pytest.approx(0.25)
+    assert m.max_abs == pytest.approx(0.5)
+    assert m.mean_abs == pytest.approx(0.5 / 8)
+    assert m.max_abs_scaled == pytest.approx(0.25)
+    assert m.max_rel == pytest.approx(0.25)
     # SNR = 10 log10(sum ref^2 / sum err^2) = 10 log10((4*4 + 4*1) / 0.25)
-    assert m["snr_db"] == pytest.approx(10 * math.log10(20 / 0.25))
+    assert m.snr_db == pytest.approx(10 * math.log10(20 / 0.25))
     dot, n1, n2 = (ref * got).sum(), (ref ** 2).sum(), (got ** 2).sum()
-    assert m["cosine"] == pytest.approx(dot / math.sqrt(n1 * n2))
+    assert m.cosine == pytest.approx(dot / math.sqrt(n1 * n2))
 
 
 def test_snr_of_uniform_noise_is_20db():
     ref = np.ones((1, 1000), np.float32)
     got = ref + np.where(np.arange(1000) % 2, 0.1, -0.1).astype(np.float32)
     m = compare({"o": ref}, {"o": got}, {"o": "features"}, tolerance=Tolerance()).outputs[0].metrics
-    assert m["snr_db"] == pytest.approx(20.0, abs=1e-4)
+    assert m.snr_db == pytest.approx(20.0, abs=1e-4)
 
 
 def test_segmentation_agreement_counts_pixels():
@@ -56,7 +56,7 @@ def test_segmentation_agreement_counts_pixels():
         k = (ref[0, :, i, j].argmax() + 1) % 3
         got[0, k, i, j] = ref[0, :, i, j].max() + 1
     m = compare({"out": ref}, {"out": got}, SEG, tolerance=Tolerance()).outputs[0].metrics
-    assert m["agreement"] == pytest.approx(1 - 3 / 100)
+    assert m.agreement == pytest.approx(1 - 3 / 100)
 
 
 def test_classification_top1_and_top5():
@@ -64,8 +64,8 @@ def test_classification_top1_and_top5():
     got = ref.copy()
     got[0, 0] = 100  # sample 0: top-1 changes, top-5 loses 5 gains 0 -> overlap 4/5
     m = compare({"logits": ref}, {"logits": got}, CLS, tolerance=Tolerance()).outputs[0].metrics
-    assert m["agreement"] == pytest.approx(3 / 4)
-    assert m["top5_agreement"] == pytest.approx((4 / 5 + 3) / 4)
+    assert m.agreement == pytest.approx(3 / 4)
+    assert m.top5_agreement == pytest.approx((4 / 5 + 3) / 4)
 
 
 def test_tolerance_exceeded_is_structured():
@@ -112,7 +112,7 @@ def test_accumulates_over_batches():
     chk.add({"out": b}, {"out": b + 1.0}, ["b"])
     res = chk.result()
     assert res.samples == 2 and res.sample_names == ["a", "b"]
-    assert res.outputs[0].metrics["max_abs"] == pytest.approx(1.0)
-    assert res.outputs[0].metrics["mean_abs"] == pytest.approx(0.5)
-    d = res.to_dict()
-    assert d["passed"] is False and d["outputs"][0]["issues"]
+    assert res.outputs[0].metrics.max_abs == pytest.approx(1.0)
+    assert res.outputs[0].metrics.mean_abs == pytest.approx(0.5)
+    d = res.model_dump(mode="json")
+    assert d["passed"] is False and d["outputs"][0]["issues"] and "worst" not in d["outputs"][0]

@@ -4,8 +4,9 @@ import json
 import pytest
 
 from edgeexport import pipeline
-from edgeexport import report as R
 from edgeexport.errors import UserError
+from edgeexport.report import ReportBuilder, load_report
+from edgeexport.report.text import summary_rows
 from edgeexport.recipe import Recipe
 
 SMALL = {"model": "mobilenetv3_small", "input_shape": [1, 3, 64, 64], "inputs": {"images": 2}}
@@ -71,38 +72,44 @@ def test_an_artifact_its_runtime_refuses_becomes_an_artifact_error(tmp_path):
     pipeline.check_artifact(ctx, art)
     assert art.error.startswith("onnxruntime could not run the artifact:") and art.runner is None
     ctx.artifacts.append(art)
-    rep = R.build_report(ctx, 0.0)
-    assert rep["verdict"] == "failed" and rep["failed"] == ["onnx"]
-    assert rep["artifacts"][0]["parity"]["status"] == "build_failed"
-    assert "BUILD FAILED" in R.to_markdown(rep) or "Build failed" in R.to_markdown(rep)
+    rep = pipeline.report_of(ctx, ReportBuilder())
+    assert rep.verdict == "failed" and rep.failed == ["onnx"]
+    assert rep.artifacts["onnx"].status == "build_failed"
+    assert "Build failed: onnxruntime could not run the artifact" in rep.to_markdown()
 
 
 def test_report_json_markdown_and_table_agree(tmp_path):
     rep = pipeline.run(recipe(tmp_path, bench={"runs": 2, "warmup": 0}))
-    on_disk = json.loads((tmp_path / "mobilenetv3_small.report.json").read_text())
-    assert on_disk["verdict"] == rep["verdict"] == "passed"
-    a = on_disk["artifacts"][0]
-    assert a["runner"]["target"] == "onnx" and a["build"]["opset"] == 18 and a["latency"]["runs"] == 2
+    raw = json.loads((tmp_path / "mobilenetv3_small.report.json").read_text())
+    assert raw["schema_version"] == 1 and raw["verdict"] == rep.verdict == "passed"
+    on_disk = load_report(tmp_path / "mobilenetv3_small.report.json")
+    assert on_disk.to_json() == rep.to_json()  # the JSON holds the whole report, and reads back as it was
+    a = on_disk.artifacts["onnx"]
+    assert a.runner.target == "onnx" and a.record().opset == 18 and a.latency.runs == 2
     md = (tmp_path / "mobilenetv3_small.report.md").read_text()
     assert "- verdict: **passed**" in md and "## onnx (onnxruntime, fp32)" in md
-    rows = R.summary_rows(on_disk)
+    rows = summary_rows(on_disk)
     assert rows[0][0] == "eager" and rows[1][0] == "onnx" and rows[1][4] == "passed"
-    err = a["parity"]["checks"][0]["outputs"][0]["metrics"]["max_abs_scaled"]
+    err = raw["artifacts"]["onnx"]["parity"][0]["outputs"][0]["metrics"]["max_abs_scaled"]
     assert rows[1][5] == f"{err:.2e}"  # the table shows the JSON's number
-    assert on_disk["fastest"]["kind"] == "onnx" and on_disk["fastest"]["median_ms"] == a["latency"]["median_ms"]
+    assert raw["fastest_passing"] == "onnx" and on_disk.fastest(passing=True).latency.median_ms == a.latency.median_ms
     assert "- fastest artifact that meets its tolerances: onnx (onnxruntime, fp32)" in md
 
 
 def test_fastest_is_the_quickest_artifact_that_passed():
-    from edgeexport.report import fastest
+    from edgeexport.bench import LatencyStats
 
-    def art(kind, status, ms):
-        return {"kind": kind, "backend": "b", "precision": "int8", "parity": {"status": status},
-                "latency": {"median_ms": ms} if ms else None, "ratio_to_eager": None, "task": None}
-
-    arts = [art("a", "passed", 10.0), art("b", "failed", 2.0), art("c", "not_run", None), art("d", "passed", 5.0)]
-    assert fastest(arts)["kind"] == "d"  # b is faster but failed its tolerances; c did not run
-    assert fastest([art("b", "failed", 2.0)]) is None
+    builder = ReportBuilder()
+    for name, status, ms in (("a", "passed", 10.0), ("b", "failed", 2.0), ("c", "not_run", None), ("d", "passed", 5.0)):
+        builder.artifact(kind=name, target="onnx", backend="b", precision="int8", checked=status,
+                         latency=LatencyStats.from_samples([ms], 0, 1) if ms else None)
+    rep = builder.build()
+    assert rep.fastest(passing=True).name == "d"  # b is faster but failed its tolerances; c did not run
+    assert rep.fastest(passing=False).name == "b" and rep.fastest_passing == "d"
+    only_failed = ReportBuilder()
+    only_failed.artifact(kind="b", target="onnx", backend="b", precision="int8", checked="failed",
+                         latency=LatencyStats.from_samples([2.0], 0, 1))
+    assert only_failed.build().fastest(passing=True) is None
 
 
 def test_doctor_and_targets_list_every_registered_target():

@@ -82,7 +82,7 @@ def assert_offline_and_decodable(page: str) -> None:
 def test_segmentation_page_has_every_section(seg):
     rep, path = seg
     page = path.read_text()
-    kinds = [a["kind"] for a in rep["artifacts"]]
+    kinds = list(rep.artifacts)
     assert kinds == ["onnx", "onnx-int8"]
     assert {"artifacts", "latency", "environment", "reproduce", "art-onnx", "art-onnx-int8"} <= sections(page)
     # the verdict comes before any table of numbers, and the artifact table has the task metric and its drop
@@ -91,9 +91,9 @@ def test_segmentation_page_has_every_section(seg):
     assert "mIoU" in header and "drop pts" in header
     assert 'class="st passed"' in page or 'class="st failed"' in page
     # latency: one figure with every sample (kept in the JSON)
-    for a in rep["artifacts"]:
-        assert len(a["latency"]["samples_ms"]) == a["latency"]["runs"] == BENCH["runs"]
-    assert len(rep["eager"]["latency"]["samples_ms"]) == BENCH["runs"]
+    for a in rep.artifacts.values():
+        assert len(a.latency.samples_ms) == a.latency.runs == BENCH["runs"]
+    assert len(rep.eager.latency.samples_ms) == BENCH["runs"]
     latency = page[page.index('id="latency"'):page.index('id="art-onnx"')]
     assert "<svg" in latency
     # per artifact: the error histogram, and the worst labeled image with input, masks and disagreement
@@ -113,20 +113,20 @@ def test_segmentation_page_has_every_section(seg):
 
 def test_segmentation_views_in_the_json_are_compact_and_true(seg):
     rep, path = seg
-    int8 = next(a for a in rep["artifacts"] if a["kind"] == "onnx-int8")
-    v = int8["views"]["segmentation"][0]
-    img = rep["views"]["images"][v["image"]]
+    int8 = rep.artifacts["onnx-int8"]
+    v = int8.views["segmentation"][0]
+    img = rep.views["images"][v["image"]]
     eager, got = images.decode_mask(img["eager"][v["output"]]), images.decode_mask(v["artifact"])
     assert eager.shape == got.shape == (96, 96)
     assert (eager != got).mean() == pytest.approx(v["disagreement"], abs=1e-6)
     # the worst image is the one with the largest per-image drop (ties: the most pixels that differ)
     assert v["eager_value"] - v["artifact_value"] >= -1e-9 or v["disagreement"] > 0
-    hist = int8["parity"]["checks"][0]["outputs"][0]["hist"]
-    assert hist["total"] == 2 * 21 * 96 * 96 and sum(hist["counts"]) + hist["under"] == hist["total"]
-    prof = int8["profile"]
+    hist = int8.parity[0].outputs[0].hist
+    assert hist.total == 2 * 21 * 96 * 96 and sum(hist.counts) + hist.under == hist.total
+    prof = int8.profile
     assert prof["baseline"] == "onnx" and prof["ops"]["artifact"] and prof["ops"]["baseline"]
     assert "QLinearConv" in prof["ops"]["artifact"] and "Conv" in prof["ops"]["baseline"]
-    assert 0 < sum(prof["ops"]["artifact"].values()) < 50 * int8["latency"]["median_ms"]
+    assert 0 < sum(prof["ops"]["artifact"].values()) < 50 * int8.latency.median_ms
     js = path.with_name(path.name.replace(".html", ".json"))
     assert js.stat().st_size < 400_000 and path.stat().st_size < 1_500_000
 
@@ -134,7 +134,7 @@ def test_segmentation_views_in_the_json_are_compact_and_true(seg):
 def test_classification_page_shows_top5_side_by_side(cls):
     rep, path = cls
     page = path.read_text()
-    v = rep["artifacts"][0]["views"]["classification"][0]
+    v = rep.artifacts["onnx"].views["classification"][0]
     assert len(v["eager"]) == len(v["artifact"]) == 5 and v["top1_agree"]
     sec = page[page.index('id="art-onnx"'):]
     assert "worst photograph" in sec and "<th>eager</th>" in sec and "<th>onnx</th>" in sec
@@ -143,13 +143,12 @@ def test_classification_page_shows_top5_side_by_side(cls):
 
 
 def test_not_run_here_is_visibly_distinct_from_passed(cls):
-    rep = json.loads(json.dumps(cls[0]))
-    extra = json.loads(json.dumps(rep["artifacts"][0]))
-    extra.update(kind="coreml", backend="coreml", precision="fp16", latency=None, ratio_to_eager=None, views={},
-                 parity={"status": "not_run", "reason": "not run on this machine: CoreML predicts on macOS only",
-                         "checks": []})
-    rep["artifacts"].append(extra)
-    page = render(rep)
+    rep = cls[0]
+    extra = rep.artifacts["onnx"].model_copy(update=dict(
+        name="coreml", kind="coreml", target="coreml", backend="coreml", precision="fp16", latency=None,
+        ratio_to_eager=None, views={}, status="not_run", parity=[],
+        reason="not run on this machine: CoreML predicts on macOS only"))
+    page = render(rep.model_copy(update={"artifacts": {**rep.artifacts, "coreml": extra}}))
     row = re.search(r"<tr>\s*<td><a href=\"#art-coreml\">coreml</a>.*?</tr>", page, flags=re.S).group(0)
     assert 'class="st notrun"' in row and "not run here" in row and "passed" not in row
     assert "CoreML predicts on macOS only" in page[page.index('id="art-coreml"'):]

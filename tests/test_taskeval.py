@@ -71,7 +71,7 @@ def test_eager_miou_is_recomputed_independently(seg_run):
 def test_artifact_carries_its_metric_and_drop_everywhere(seg_run):
     _, out, res, report = seg_run
     assert res.exit_code == 0, res.stdout + res.stderr
-    onnx = next(a for a in report["artifacts"] if a["kind"] == "onnx")
+    onnx = report["artifacts"]["onnx"]
     task = onnx["task"]
     assert task["metric"] == "miou" and task["images"] == 4
     assert abs(task["drop_points"]) < 0.1 and task["issue"] is None  # an fp32 graph loses nothing
@@ -90,9 +90,9 @@ def test_task_tolerance_rule():
     from edgeexport.parity import Tolerance
     from edgeexport.pipeline import task_issue
 
-    eager = TaskMetrics("segmentation", "out", 4, {"miou": 0.8})
-    worse = TaskMetrics("segmentation", "out", 4, {"miou": 0.7925})
-    better = TaskMetrics("segmentation", "out", 4, {"miou": 0.81})
+    eager = TaskMetrics(task="segmentation", output="out", images=4, miou=0.8)
+    worse = TaskMetrics(task="segmentation", output="out", images=4, miou=0.7925)
+    better = TaskMetrics(task="segmentation", output="out", images=4, miou=0.81)
     assert task_issue(worse, eager, Tolerance(max_task_drop=1.0)) is None  # 0.75 points
     assert task_issue(worse, eager, Tolerance(max_task_drop=0.5)) == \
         "miou 79.25 is 0.75 points below eager, limit 0.5"

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, create_model
 
 from edgeexport.errors import UserError
 from edgeexport.keys import ed25519_module, fingerprint, raw_public
@@ -69,12 +69,8 @@ class _Artifact(_Strict):
 
 def _tolerance_model() -> type[BaseModel]:
     """The limits of :class:`~edgeexport.parity.Tolerance`, each a finite number or null."""
-    from dataclasses import fields
-
-    from pydantic import create_model
-
     return create_model("Tolerance", __config__=ConfigDict(strict=True, extra="forbid"),
-                        **{f.name: (Limit, None) for f in fields(Tolerance)})
+                        **{name: (Limit, None) for name in Tolerance.model_fields})
 
 
 class _Model(_Strict):

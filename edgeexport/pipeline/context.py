@@ -26,6 +26,9 @@ from edgeexport.source import ModelHandle
 from edgeexport.targets import Artifact, Format, RunnerSpec, Target
 
 
+IN_MEMORY_CALIBRATION = "memory:"  # a calibration spec naming batches given in memory
+
+
 @dataclass
 class RunArtifact(Artifact):
     """An artifact with what its checks found: parity, task metrics, latency and the report's views."""
@@ -167,18 +170,20 @@ class Context:
         return self.refs.feed()
 
     def calib_spec(self, cfg_folder: str | None) -> str | None:
-        """Calibration images: the stage's folder, else the calibration split of the weights' own task."""
+        """Calibration images: the stage's folder, else those given in memory (the API), else the calibration
+        split of the weights' own task (None: the bundled calibration photographs)."""
         if cfg_folder:
             return cfg_folder
+        if self.calibration_arrays is not None:
+            return f"{IN_MEMORY_CALIBRATION}{len(self.calibration_arrays)} batches given in memory"
         return f"{self.handle.trained.dataset}:calib" if self.handle.trained is not None else None
 
     def calibration(self, count: int, folder: str | None = None) -> list[np.ndarray]:
-        """``count`` calibration batches at the main shape, never the evaluation images (those given in
-        memory through the API first, when there are any and no folder is named)."""
-        if self.calibration_arrays is not None and not folder:
+        """``count`` calibration batches at the main shape, never the evaluation images."""
+        spec = self.calib_spec(folder)
+        if spec is not None and spec.startswith(IN_MEMORY_CALIBRATION):
             return [self.calibration_arrays[i % len(self.calibration_arrays)] for i in range(count)]
-        return calibration_batches(self.shape, count, self.handle.preprocess, self.calib_spec(folder),
-                                   self.recipe.inputs.folder)
+        return calibration_batches(self.shape, count, self.handle.preprocess, spec, self.recipe.inputs.folder)
 
     # ---- the model
     def _rewritten_model(self, rewrites: list[str] | None):

@@ -112,7 +112,7 @@ def _check_with(ctx: Context, art: RunArtifact, runner: Runner) -> None:
         if ctx.task_data is not None:
             with ctx.status(f"Task metrics: {art.kind} on {ctx.task_data.count} labeled images"):
                 art.task, preds = ctx.task_data.evaluate(runner, ctx.input_name, keep_predictions=True)
-            art.task_drop = art.task.drop_points(ctx.eager_task)
+            art.task_drop = art.task.drop_below(ctx.eager_task)
             art.task_issue = task_issue(art.task, ctx.eager_task, tol)
         if recipe.parity.enabled:
             with ctx.status(f"Parity: {art.kind} vs eager on {recipe.inputs.source}"):
@@ -132,7 +132,7 @@ def _check_with(ctx: Context, art: RunArtifact, runner: Runner) -> None:
 
 def task_issue(task: TaskMetrics, eager: TaskMetrics, tol: Tolerance) -> str | None:
     """Why ``task`` fails its tolerance against eager (None when it holds or none is set)."""
-    drop = task.drop_points(eager)
+    drop = task.drop_below(eager)
     if tol.max_task_drop is None or drop is None or drop <= tol.max_task_drop:
         return None
     return f"{task.primary} {100 * task.value:.2f} is {drop:.2f} points below eager, limit {tol.max_task_drop:g}"

@@ -2,24 +2,32 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+
+from edgeexport.bundle import write_bundle
+from edgeexport.doctor import installed_versions
+from edgeexport.errors import UserError
+from edgeexport.keys import load_private_key
 from edgeexport.pipeline.context import Context, RunArtifact, no_status
 from edgeexport.pipeline.execute import build, check_artifact, plan, time_all
 from edgeexport.pipeline.prepare import prepare
 from edgeexport.pipeline.views import profile_slow_int8
 from edgeexport.recipe import Recipe
+from edgeexport.report import Eager, Inputs, ModelInfo, Report, ReportBuilder
+from edgeexport.targets import all_formats, format_for_path
 
 
-def run(recipe: Recipe, log=print, status=no_status, command: str | None = None, module=None) -> dict:
+def run(recipe: Recipe, log=print, status=no_status, command: str | None = None, module=None,
+        calibration: list[np.ndarray] | None = None) -> Report:
     """Run a recipe end to end and return the report (also written next to the artifacts, as JSON,
     Markdown and a self-contained HTML page). ``command``: the command line, recorded for the page;
-    ``module``: the model, when the caller holds it in memory."""
-    from edgeexport import report as R
-
+    ``module``: the model, when the caller holds it in memory; ``calibration``: calibration batches at
+    the recipe's shape, given in memory (used when a stage names no calibration folder)."""
     t0 = time.perf_counter()
     ctx = prepare(recipe, log, status, module=module)
+    ctx.calibration_arrays = calibration
     for target_cls, options, required_by in plan(ctx):
         art = build(ctx, target_cls, options, required_by)
         ctx.artifacts.append(art)
@@ -28,9 +36,84 @@ def run(recipe: Recipe, log=print, status=no_status, command: str | None = None,
     profile_slow_int8(ctx)  # after timing: why an int8 artifact is not faster than its fp32 graph
     if recipe.stages.bundle is not None:  # after timing, so bundles carry the build host's latency
         stage_bundle(ctx)
-    rep = R.build_report(ctx, time.perf_counter() - t0, command=command)
-    R.write_reports(rep, ctx.out_dir, ctx.name, log=log)
+    rep = report_of(ctx, ReportBuilder("run", threads=ctx.threads, command=command, started=t0))
+    rep.write(ctx.out_dir, ctx.name, log=log)
     return rep
+
+
+def report_of(ctx: Context, builder: ReportBuilder) -> Report:
+    """The run's report: every artifact as its checks left it, the model, inputs, recipe and eager figures."""
+    for art in ctx.artifacts:
+        base = ctx.find(art.compare_to) if art.compare_to else None
+        builder.artifact(
+            kind=art.kind, target=art.target, backend=art.backend, precision=art.precision,
+            checked=art.parity_status, error=art.error, reason=art.not_run_reason, path=art.path,
+            size_bytes=art.size if art.error is None else None, dynamic=art.dynamic, built=art.built,
+            required_by=art.required_by, runner=art.runner, build=art.record, failures=art.failures,
+            notes=art.all_notes, parity=art.parity, compared=art.compared, latency=art.latency,
+            eager_latency=ctx.eager_latency, baseline_latency=base.latency if base else None, task=art.task,
+            task_drop=art.task_drop, task_issue=art.task_issue, views=art.views, profile=art.profile)
+    recipe = ctx.recipe
+    return builder.build(
+        model=ModelInfo(**ctx.handle.info(ctx.shape), dynamic=recipe.dynamic),
+        inputs=Inputs(source=recipe.inputs.source, folder=recipe.inputs.folder,
+                      shapes=[list(s) for s in ctx.refs.batches],
+                      images=sorted({n for b in ctx.refs.batches.values() for names, _ in b for n in names})),
+        recipe=recipe.model_dump(mode="json"),
+        eager=Eager(backend=ctx.refs.eager_runner().backend, latency=ctx.eager_latency, task=ctx.eager_task),
+        eval_data=ctx.task_data.describe() if ctx.task_data is not None else None, views=ctx.views)
+
+
+def artifact_from_file(ctx: Context, path: Path, precision: str | None = None,
+                       runner_options: dict | None = None) -> RunArtifact:
+    """An artifact built elsewhere, as this run's artifact: its target and format from the file name, its
+    companion files beside it, how to run it (``runner_options``: e.g. CoreML compute units)."""
+    path = Path(path)
+    found = format_for_path(str(path))
+    if found is None:
+        suffixes = ", ".join(sorted({f.suffix for _, f in all_formats()}))
+        raise UserError(f"{path}: unknown artifact type (edgeexport knows {suffixes})")
+    target, fmt = found
+    if not path.exists():
+        raise UserError(f"artifact {path} does not exist")
+    if precision not in (None, "fp32", "fp16", "int8"):
+        raise UserError(f"precision {precision!r}: expected fp32, fp16 or int8")
+    companions = [path.with_name(path.name[:-len(fmt.suffix)] + c) for c in fmt.companions]
+    missing = [c for c in companions if not c.exists()]
+    if missing:
+        raise UserError(f"{path} needs {missing[0].name} beside it")
+    art = RunArtifact(fmt.kind, target.name, target.backend, precision or fmt.precision, path)
+    art.runner = ctx.runner_spec(target, path, companions, **(runner_options or {}))
+    ctx.artifacts.append(art)
+    return art
+
+
+def check_file(recipe: Recipe, path: Path, precision: str | None = None, runner_options: dict | None = None,
+               log=print, status=no_status, command: str | None = None, module=None) -> Report:
+    """Judge an artifact built elsewhere against the recipe's eager model, as a run judges its own: task
+    metrics, parity, latency beside eager; the report is written to the recipe's output folder."""
+    t0 = time.perf_counter()
+    ctx = prepare(recipe, log, status, module=module)
+    art = artifact_from_file(ctx, path, precision, runner_options)
+    check_artifact(ctx, art)
+    time_all(ctx)
+    profile_slow_int8(ctx)
+    rep = report_of(ctx, ReportBuilder("run", threads=ctx.threads, command=command, started=t0))
+    rep.write(ctx.out_dir, ctx.name, log=log)
+    return rep
+
+
+def bundle_file(recipe: Recipe, path: Path, out: Path | None = None, precision: str | None = None,
+                runner_options: dict | None = None, sign_key: str | Path | None = None,
+                log=print, module=None) -> tuple[Path, dict]:
+    """A parity bundle of an artifact file (built here or elsewhere) against the recipe's eager model:
+    the bundle folder (default: ``NAME.KIND.bundle`` beside the artifact) and its manifest."""
+    if sign_key is not None:
+        load_private_key(sign_key)  # a bad key fails now, not after the model has run
+    ctx = prepare(recipe, log, module=module)
+    art = artifact_from_file(ctx, path, precision, runner_options)
+    out = Path(out) if out else Path(path).parent / f"{ctx.name}.{art.kind}.bundle"
+    return out, write_bundle_for(ctx, art, out, sign_key=sign_key)
 
 
 def stage_bundle(ctx: Context) -> None:
@@ -47,19 +130,17 @@ def stage_bundle(ctx: Context) -> None:
 
 
 def write_bundle_for(ctx: Context, art: RunArtifact, out: Path, sign_key: str | Path | None = None) -> dict:
-    from edgeexport.bundle import write_bundle
-    from edgeexport.report import versions
-
     shape = ctx.shape
     inputs = ctx.eval_batches()
     model = {**ctx.handle.info(shape), "dynamic": "none",
              "images": [n for names, _ in ctx.refs.batches[shape] for n in names]}
     return write_bundle(out, runner=art.runner, kind=art.kind, precision=art.precision, inputs=inputs,
                         references=ctx.refs.outputs(shape), tasks=ctx.handle.tasks,
-                        tolerance=asdict(ctx.recipe.tolerance(art.precision)), model=model, versions=versions(),
+                        tolerance=ctx.recipe.tolerance(art.precision).model_dump(), model=model,
+                        versions=installed_versions(),
                         build_latency_ms=art.latency.median_ms if art.latency else None, sign_key=sign_key)
 
 
-def unbuilt(report: dict, target: str) -> list[dict]:
+def unbuilt(report: Report, target: str) -> list:
     """The artifacts of ``target`` that this machine could not build (its converter is missing)."""
-    return [a for a in report["artifacts"] if a["target"] == target and not a["built"]]
+    return [a for a in report.artifacts.values() if a.target == target and not a.built]

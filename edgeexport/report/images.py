@@ -66,3 +66,47 @@ def photo_of(x: np.ndarray, mean, std) -> np.ndarray:
     """A normalised 3xHxW input back to HxWx3 uint8."""
     img = np.moveaxis(np.asarray(x, np.float32), 0, -1) * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+# ---------------------------------------------------------------- what the page draws from them
+
+
+def overlay_uri(eager_uri: str, artifact_uri: str) -> tuple[str, int]:
+    """A transparent PNG with the pixels where the two masks' classes differ in magenta, grown so that one
+    pixel stays visible when the page shows the map at about 200 px; a few scattered pixels also get a box
+    around each, so that they can be found at all."""
+    from PIL import Image
+
+    e, a = decode_mask(eager_uri), decode_mask(artifact_uri)
+    diff = e != a
+    count = int(diff.sum())
+    h, w = diff.shape
+    r = max(0, round(max(h, w) / 200))
+    shown = np.zeros((h + 2 * r, w + 2 * r), bool)
+    for dy in range(2 * r + 1):
+        for dx in range(2 * r + 1):
+            shown[dy:dy + h, dx:dx + w] |= diff
+    shown = shown[r:r + h, r:r + w]
+    if 0 < count <= 64:
+        box = max(4, 6 * max(r, 1))
+        for y, x in zip(*np.nonzero(diff)):
+            y0, y1, x0, x1 = max(y - box, 0), min(y + box, h - 1), max(x - box, 0), min(x + box, w - 1)
+            shown[y0:y1 + 1, [x0, x1]] = True
+            shown[[y0, y1], x0:x1 + 1] = True
+    im = Image.fromarray(shown.astype(np.uint8), mode="P")
+    im.putpalette([0, 0, 0, 255, 0, 255])
+    im.info["transparency"] = 0
+    buf = io.BytesIO()
+    im.save(buf, "PNG", optimize=True, transparency=0)
+    return data_uri(buf.getvalue(), "image/png"), count
+
+
+def legend(classes: list[str] | None, masks: list[str]) -> list[dict]:
+    """The classes that occur in the masks shown, with their palette colours."""
+    present = sorted({int(v) for m in masks if m for v in np.unique(decode_mask(m)) if int(v) != 255})
+    out = []
+    for c in present[:24]:
+        r, g, b = PALETTE[c]
+        out.append({"name": classes[c] if classes and c < len(classes) else f"class {c}",
+                    "colour": f"#{r:02x}{g:02x}{b:02x}"})
+    return out

@@ -196,7 +196,7 @@ def evaluator(ctx):
         acc = {k: res.worst(k) for k in ("snr_db", "agreement", "cosine")}
         if task is not None:
             acc[task.primary] = task.value
-            acc["task_drop"] = task.drop_points(ctx.eager_task)
+            acc["task_drop"] = task.drop_below(ctx.eager_task)
         return acc
 
     def latency(paths) -> list[float]:

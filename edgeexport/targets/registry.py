@@ -18,6 +18,8 @@ _PACKAGE, _FOLDER = __name__.rpartition(".")[0], Path(__file__).resolve().parent
 _TARGETS: dict[str, type[Target]] = {}
 _LOADED = False
 NOT_TARGETS = {"base", "registry"}
+# The artifact kinds `edgeexport matrix` builds when none are named (the CLI's and the library's default).
+DEFAULT_MATRIX_KINDS = ("onnx", "onnx-int8", "executorch", "coreml")
 
 
 def register_target(cls: type[Target]) -> type[Target]:

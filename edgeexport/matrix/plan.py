@@ -1,0 +1,142 @@
+"""The matrix's cells: one model (a zoo name, or a recipe YAML that gives its shape, weights, tolerances
+and inputs) and one artifact kind (``onnx``, ``onnx-int8``, ``executorch``, ``coreml``, ... : the format
+table, :func:`~edgeexport.targets.options_for_kind`), each with the recipe its task runs."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+from edgeexport.errors import UserError
+from edgeexport.matrix.keys import Keys
+from edgeexport.recipe import Recipe
+from edgeexport.targets import Target, TargetOptions, get_target, list_targets, options_for_kind
+from edgeexport.zoo import get_entry, resolve_name
+
+PACKAGE = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class CellPlan:
+    model: str  # the row: a zoo name or a recipe's name
+    kind: str
+    target: str
+    backend: str
+    precision: str
+    recipe: dict  # the cell's recipe (output chosen by the task)
+    key: str = ""
+    resources: dict = field(default_factory=dict)  # what its runtime needs, as Ray resources
+    record: object = None  # the finished cell: an ArtifactResult with its Cell (see records.py)
+    needs_verify: bool = False  # built where its runtime is missing: verified from its bundle elsewhere
+
+    @property
+    def label(self) -> str:
+        return f"{self.model}/{self.kind}"
+
+
+def find_recipe(name: str, search: list[Path] | None = None) -> Path | None:
+    """``recipes/NAME.yaml`` for a zoo model (or one of its aliases), in the working folder or beside
+    the package (a source checkout)."""
+    entry = get_entry(name)
+    names = list(dict.fromkeys([name, entry.name, *entry.aliases]))
+    for folder in search or [Path.cwd() / "recipes", PACKAGE.parent / "recipes"]:
+        for n in names:
+            if (folder / f"{n}.yaml").is_file():
+                return folder / f"{n}.yaml"
+    return None
+
+
+def resolve_model(spec: str) -> tuple[str, Recipe, Path | None]:
+    """(row name, Recipe, recipe path or None) for a zoo name or a recipe YAML."""
+    if spec.endswith((".yaml", ".yml")) or Path(spec).is_file():
+        recipe = Recipe.from_yaml(spec)
+        return recipe.name or Path(spec).stem, recipe, Path(spec)
+    resolve_name(spec)  # an unknown name is a one-line error with suggestions
+    path = find_recipe(spec)
+    recipe = Recipe.from_yaml(path) if path else Recipe.from_dict({"model": spec})
+    return spec, recipe, path
+
+
+def requires(target: type[Target], options: TargetOptions, other: str, source_onnx: bool) -> bool:
+    """Whether a stage starts (directly or through another stage) from target ``other``'s artifact."""
+    ctx = SimpleNamespace(source_onnx="model.onnx" if source_onnx else None)  # what requires() may look at
+    try:
+        reqs = target.requires(options, ctx)
+    except AttributeError:  # it asks the context for more: build it too, to be safe
+        return True
+    for req in reqs:
+        rt = get_target(req.target)
+        if rt.name == other or requires(rt, rt.Options(**req.options), other, source_onnx):
+            return True
+    return False
+
+
+def _absolute(data: dict) -> None:
+    """Relative paths are the working folder's: make them absolute for the task, which runs elsewhere."""
+    if data.get("weights") and Path(data["weights"]).exists():
+        data["weights"] = str(Path(data["weights"]).resolve())
+    inputs = data.get("inputs") or {}
+    for k in ("folder", "eval_data"):
+        if inputs.get(k) and Path(inputs[k]).exists():
+            inputs[k] = str(Path(inputs[k]).resolve())
+    for stage in data["stages"].values():
+        for opts in stage if isinstance(stage, list) else [stage] if stage else []:
+            if opts.get("calib_folder") and Path(opts["calib_folder"]).exists():
+                opts["calib_folder"] = str(Path(opts["calib_folder"]).resolve())
+
+
+def cell_recipe(recipe: Recipe, kind: str, threads: int, overrides: dict | None = None) -> dict:
+    """The recipe of one cell: the model's recipe with only the stage that builds ``kind`` (the recipe's
+    own option set for it when it has one, else the format table's) and the default stages (the fp32
+    ONNX export) that stage starts from; every backend timed with ``threads`` threads."""
+    target, options = options_for_kind(kind)
+    cfg = getattr(recipe.stages, target.name, None)
+    own = [o for o in (cfg if target.multiple else [cfg] if cfg is not None else []) if target.format_for(o).kind == kind]
+    options = own[0] if own else options
+    source_onnx = recipe.model.endswith(".onnx")
+    stages: dict = {}
+    for d in list_targets():
+        if d.default_stage and d is not target:
+            needed = requires(target, options, d.name, source_onnx) and not (source_onnx and d.input_replaces)
+            d_opts = getattr(recipe.stages, d.name, None) or options_for_kind(d.formats[0].kind)[1]
+            stages[d.name] = d_opts.model_dump(mode="json") if needed else None
+    own_opts = options.model_dump(mode="json")
+    stages[target.name] = [own_opts] if target.multiple else own_opts
+    data = recipe.model_dump(mode="json")
+    data.update(stages=stages, output=".")
+    data["bench"]["threads"] = threads
+    for section, values in (overrides or {}).items():
+        if isinstance(values, dict) and isinstance(data.get(section), dict):
+            data[section] = {**data[section], **values}
+        else:
+            data[section] = values
+    _absolute(data)
+    return data
+
+
+def plan_cells(models: list[str], kinds: list[str], threads: int = 1, overrides: dict | None = None) -> list[CellPlan]:
+    """Every cell of models x kinds, validated (bad input fails here, before anything runs)."""
+    if not models:
+        raise UserError("give at least one zoo model or recipe YAML")
+    if not kinds:
+        raise UserError("--targets needs at least one artifact kind")
+    for kind in kinds:
+        options_for_kind(kind)  # unknown kinds: one line with the known ones
+    if len(set(kinds)) != len(kinds):
+        raise UserError(f"--targets names an artifact kind twice: {', '.join(kinds)}")
+    cells, rows = [], set()
+    for spec in models:
+        row, recipe, _ = resolve_model(spec)
+        if row in rows:
+            raise UserError(f"model {row} is given twice")
+        rows.add(row)
+        for kind in kinds:
+            target, options = options_for_kind(kind)
+            data = cell_recipe(recipe, kind, threads, overrides)
+            Recipe.from_dict(data, source=f"{spec} ({kind})")
+            cells.append(CellPlan(row, kind, target.name, target.backend, target.format_for(options).precision, data,
+                                  resources={target.backend: 1, **target.ray_resources}))
+    keys = Keys()
+    for c in cells:
+        c.key = keys.cell_key(c.kind, c.recipe)
+    return cells

@@ -1,0 +1,303 @@
+"""The one typed report: a run, a bundle's verification, or a matrix of cells.
+
+``Report`` → ``artifacts`` (by name) → per-shape, per-output parity (:class:`~edgeexport.parity.ParityResult`),
+task metrics, latency samples (:class:`~edgeexport.bench.LatencyStats`), the build record, notes.
+Every producer builds it with :class:`~edgeexport.report.build.ReportBuilder`; both renderers (Markdown
+and the terminal table, :mod:`~edgeexport.report.text`; the HTML page, :mod:`~edgeexport.report.html`)
+read it. Its JSON carries ``schema_version``; :func:`load_report` reads every version since 1 and refuses,
+in one line, a file that is not a report or was written by a newer edgeexport. The JSON Schema is
+``Report.model_json_schema(mode="serialization")``, published as ``schemas/report.schema.json``.
+
+Statuses: ``passed`` / ``failed`` (the checks ran), ``not_run`` (the runtime or the converter is not on
+this machine: never counted as passed), ``skipped`` (parity was turned off), ``build_failed`` (the target
+could not build it), ``error`` (a matrix cell that crashed).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, computed_field
+
+from edgeexport.bench import LatencyStats
+from edgeexport.errors import UserError
+from edgeexport.metrics import TaskMetrics
+from edgeexport.parity import ParityResult
+from edgeexport.report.status import FAILING, STATUS_TEXT, Status  # noqa: F401  (STATUS_TEXT: part of the interface)
+from edgeexport.targets import BuildRecord, RunnerSpec, get_target
+from edgeexport.util import Data
+
+SCHEMA_VERSION = 1
+
+
+class Machine(Data):
+    cpu: str
+    cores: int
+    logical_cpus: int | None = None
+    threads: int | None = None  # the thread count every backend ran with
+    os: str
+    python: str
+    machine: str
+
+
+class ModelInfo(Data):
+    name: str
+    origin: str  # zoo:NAME, user:module:factory, python:CLASS, onnx:PATH, bundle:...
+    weights: str | None = None
+    task: str | None = None
+    params: int | None = None
+    input_shape: list[int]
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    outputs: list[str] = []
+    output_tasks: dict[str, str] = {}
+    dynamic: str = "none"
+    images: list[str] = []  # the evaluation images (a bundle's)
+
+
+class Inputs(Data):
+    source: str  # photos | folder | random | eval_data | bundle
+    folder: str | None = None
+    shapes: list[list[int]] = []
+    images: list[str] = []
+
+
+class TaskResult(TaskMetrics):
+    """An artifact's task metrics and their drop against eager."""
+
+    drop_points: float | None = None  # 100 x (eager - artifact)
+    issue: str | None = None  # why the drop fails its tolerance
+
+
+class Eager(Data):
+    backend: str  # what the artifacts are compared with (eager PyTorch, the user's fp32 ONNX graph, a bundle)
+    latency: LatencyStats | None = None
+    task: TaskMetrics | None = None
+
+
+class Signature(Data):
+    """How a verified bundle was signed."""
+
+    signed: bool
+    algorithm: str | None = None
+    key_fingerprint: str | None = None
+    trusted: bool = False
+    status: str
+
+
+class Cell(Data):
+    """A matrix cell's bookkeeping: where it was built and verified, the cache, attempts, time."""
+
+    key: str
+    cache: Literal["hit", "miss", "resumed"]
+    node: dict[str, Any] | None = None
+    attempts: int | None = None
+    wall_s: float | None = None
+    folder: str | None = None  # the cell's output folder, relative to the matrix's
+    report: str | None = None  # the cell's own report
+    required: list[str] = []  # artifacts the cell built first (the fp32 graph of an int8 cell)
+    bundle: str | None = None
+    eager_ms: float | None = None
+    shape: list[int] | None = None
+    verify: dict[str, Any] | None = None  # the verification on another node: node, attempt, wall_s, signature
+
+
+class ArtifactResult(Data):
+    """One artifact: what was built, how to run it, and what its checks found."""
+
+    name: str  # its key in Report.artifacts: the kind, or MODEL/KIND in a matrix
+    kind: str
+    target: str
+    backend: str
+    precision: str
+    model: str | None = None  # the matrix row
+    status: Status
+    reason: str | None = None  # why it was not run (or the cell's error)
+    path: str | None = None
+    size_bytes: int | None = None
+    dynamic: str = "none"
+    built: bool = True
+    required_by: str | None = None
+    runner: RunnerSpec | None = None
+    build: dict[str, Any] = {}  # the target's BuildRecord (see record())
+    error: str | None = None
+    failures: list[str] = []
+    notes: list[str] = []
+    parity: list[ParityResult] = []  # one check per input shape, the main shape first
+    compared: dict[str, list[ParityResult]] = {}  # parity against another artifact (int8 vs its fp32 graph)
+    latency: LatencyStats | None = None
+    ratio_to_eager: float | None = None
+    ratio_to_fp32: float | None = None
+    latency_note: str | None = None
+    task: TaskResult | None = None
+    views: dict[str, Any] = {}  # the HTML page's error views (worst image, top-5)
+    profile: dict[str, Any] | None = None  # time per operator type when int8 is not faster than fp32
+    cell: Cell | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+    @property
+    def failing(self) -> bool:
+        return self.status in FAILING
+
+    def worst(self, metric: str):
+        """The worst value of a parity metric over the outputs at the main shape (None: not checked)."""
+        return self.parity[0].worst(metric) if self.parity else None
+
+    def record(self) -> BuildRecord | None:
+        """The typed build record, by the target that built it (None for a target not registered here)."""
+        try:
+            return get_target(self.target).Record.model_validate(self.build)
+        except (UserError, ValidationError):
+            return None
+
+    def why(self) -> str | None:
+        """One line on why it did not pass (None when it did)."""
+        if self.error:
+            return self.error
+        why = list(self.failures) + ([self.task.issue] if self.task and self.task.issue else [])
+        for chk in self.parity:
+            if not chk.passed:
+                why += [i.message for i in chk.all_issues()]
+        return self.reason or "; ".join(dict.fromkeys(why)) or None
+
+    def bundle_path(self) -> str | None:
+        """The parity bundle written for it, if any."""
+        return next((n.split(": ", 1)[1] for n in self.notes if n.startswith("parity bundle: ")), None)
+
+
+class MatrixInfo(Data):
+    """What a matrix report adds: the cluster, the cache, and the rows and columns."""
+
+    threads: int
+    latency_note: str
+    cells_s: float
+    cluster: dict[str, Any]
+    cache: dict[str, Any]
+    signing_key: str | None = None
+    models: list[str]
+    kinds: list[str]
+
+
+class Report(Data):
+    """Everything one run measured (``kind``: ``run``, ``verify`` or ``matrix``)."""
+
+    schema_version: int = SCHEMA_VERSION
+    kind: Literal["run", "verify", "matrix"] = "run"
+    edgeexport: str
+    created: str
+    elapsed_s: float | None = None
+    command: str | None = None
+    machine: Machine
+    versions: dict[str, str | None] = {}
+    model: ModelInfo | None = None
+    inputs: Inputs | None = None
+    recipe: dict[str, Any] | None = None
+    eager: Eager | None = None
+    eval_data: dict[str, Any] | None = None
+    artifacts: dict[str, ArtifactResult] = Field(default_factory=dict)
+    views: dict[str, Any] = {}  # report-level view data (images shared by artifacts' views)
+    signature: Signature | None = None
+    matrix: MatrixInfo | None = None
+
+    # ---- verdicts
+    @computed_field
+    @property
+    def failed(self) -> list[str]:
+        """The artifacts that failed a check or their build."""
+        return [name for name, a in self.artifacts.items() if a.failing]
+
+    @computed_field
+    @property
+    def verdict(self) -> Literal["passed", "failed"]:
+        return "failed" if self.failed else "passed"
+
+    @computed_field
+    @property
+    def fastest_passing(self) -> str | None:
+        """The name of the fastest artifact that meets its tolerances here."""
+        best = self.fastest(passing=True)
+        return best.name if best else None
+
+    def fastest(self, passing: bool = True) -> ArtifactResult | None:
+        """The fastest timed artifact (by median latency); with ``passing``, of those that passed every check."""
+        timed = [a for a in self.artifacts.values() if a.latency and (a.passed or not passing)]
+        return min(timed, key=lambda a: a.latency.median_ms) if timed else None
+
+    @property
+    def label(self) -> str:
+        return "reference" if self.model and self.model.origin.startswith("onnx:") else "eager"
+
+    # ---- output
+    def to_json(self, indent: int | None = 2) -> str:
+        return self.model_dump_json(indent=indent)
+
+    def to_markdown(self) -> str:
+        from edgeexport.report.text import markdown
+
+        return markdown(self)
+
+    def table(self):
+        """The summary as a rich ``Table`` (``rich.print(report.table())``)."""
+        from edgeexport.report.text import summary_table
+
+        return summary_table(self)
+
+    def to_html(self, path: str | Path | None = None) -> str | Path:
+        """The self-contained HTML page; written to ``path`` (returned) when given, else returned as text."""
+        from edgeexport.report.html import render, write_html
+
+        return write_html(self, Path(path)) if path is not None else render(self)
+
+    def write(self, folder: str | Path, name: str, html: bool = True, log=None) -> dict[str, Path]:
+        """``NAME.report.json``, ``.md`` and (best effort) ``.html`` in ``folder``; returns their paths."""
+        from edgeexport.report.html import write_html_safely
+        from edgeexport.util import atomic_path
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = {"json": folder / f"{name}.report.json", "md": folder / f"{name}.report.md"}
+        with atomic_path(paths["json"]) as tmp:
+            tmp.write_text(self.to_json() + "\n")
+        with atomic_path(paths["md"]) as tmp:
+            tmp.write_text(self.to_markdown())
+        if html:
+            page = write_html_safely(self, folder / f"{name}.report.html", log)
+            if page is not None:
+                paths["html"] = page
+        return paths
+
+
+def load_report(path: str | Path) -> Report:
+    """A report edgeexport wrote (any schema version since 1), or a one-line ``UserError``."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: no such report")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{p}: not a JSON report ({type(exc).__name__})") from None
+    return report_from_dict(data, str(p))
+
+
+def report_from_dict(data, source: str = "report") -> Report:
+    if not isinstance(data, dict) or "edgeexport" not in data:
+        raise UserError(f"{source}: not an edgeexport report")
+    version = data.get("schema_version")
+    if version is None:
+        raise UserError(f"{source}: written by edgeexport {data.get('edgeexport', '?')}, before reports had a schema "
+                        f"(schema 1 came with 0.2.0); run the command again to write it anew")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise UserError(f"{source}: schema_version {version!r} is not a report schema version")
+    if version > SCHEMA_VERSION:
+        raise UserError(f"{source}: report schema {version} is newer than this edgeexport's ({SCHEMA_VERSION}); "
+                        "upgrade edgeexport to read it")
+    try:
+        return Report.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        raise UserError(f"{source}: not a valid edgeexport report: {where}: {err['msg']}") from None
