@@ -12,7 +12,7 @@ HARDWARE_EXTRAS ?= tensorrt
 EXTRAS ?= $(shell $(PYTHON) -c "import tomllib; e = tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']; print(','.join(k for k in e if k not in '$(HARDWARE_EXTRAS)'.split()))")
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test bench install clean weights weights-pyconvresnet50 browser
+.PHONY: demo test bench install clean weights weights-pyconvresnet50 browser schema
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ browser:
 
 bench: $(STAMP) weights-pyconvresnet50
 	$(PY) benchmarks/run.py --output BENCHMARKS.md
+
+# The published JSON Schema of report files (a test checks that it matches the code).
+schema: $(STAMP)
+	$(PY) -c "import json; from edgeexport.report.schema import json_schema; \
+		print(json.dumps(json_schema(), indent=2, sort_keys=True))" > schemas/report.schema.json
 
 # Reference weights trained here (edgeexport/training.py). The LR-ASPP pair and pyconvresnet18 ship in
 # the package; pyconvresnet50 is too large to commit and is trained on demand into the user cache

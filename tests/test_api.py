@@ -131,7 +131,7 @@ def test_check_an_artifact_built_elsewhere(tmp_path):
     report = edgeexport.check(path, model, (1, 3, 48, 48), bench=False)
     a = report.artifacts["onnx"]
     assert a.status == "passed" and a.path == str(path) and a.worst("max_abs_scaled") < 1e-5
-    assert (tmp_path / "Sequential.report.json").is_file()
+    assert (tmp_path / "Sequential.onnx.check.report.json").is_file()
     other = small_segmenter().eval()
     with torch.no_grad():
         other[5].weight.mul_(1.5)

@@ -116,7 +116,7 @@ def _show(value, limit: int = 80) -> str:
     return s if len(s) <= limit else s[:limit] + "...'"
 
 
-def _one_line(s: str, limit: int = 300) -> str:
+def _printable(s: str, limit: int = 300) -> str:
     s = "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
     return s if len(s) <= limit else s[:limit] + "..."
 
@@ -126,7 +126,7 @@ def _describe(exc: ValidationError) -> str:
     loc = ".".join(str(p) if isinstance(p, int) or re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(p)) else _show(p, 40)
                    for p in err["loc"]) or "(top level)"
     more = len(exc.errors()) - 1
-    return _one_line(f"{loc}: {err['msg']}" + (f" (+{more} more)" if more else ""))
+    return _printable(f"{loc}: {err['msg']}" + (f" (+{more} more)" if more else ""))
 
 
 # ---------------------------------------------------------------- reading
@@ -166,7 +166,7 @@ def read_manifest(path: Path) -> dict:
         raw = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_float=_finite,
                          parse_constant=_constant)
     except (OSError, ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise UserError(f"{p}: unreadable manifest ({_one_line(str(exc), 200)})") from None
+        raise UserError(f"{p}: unreadable manifest ({_printable(str(exc), 200)})") from None
     if not isinstance(raw, dict):
         raise UserError(f"{p}: unreadable manifest (a JSON object was expected)")
     if raw.get("format") != FORMAT_VERSION or isinstance(raw.get("format"), bool):
@@ -236,162 +236,7 @@ def _arrays(root: Path, name: str) -> dict[str, np.ndarray]:
         with z:
             out = {k: z[k] for k in z.files}
     except Exception as exc:  # whatever numpy or zipfile raises on a malformed archive: bad input
-        raise UserError(f"{p}: unreadable arrays ({type(exc).__name__}: {_one_line(str(exc), 120)})") from None
-    for k, v in out.items():
-        if v.dtype.kind not in "biuf":
-            raise UserError(f"{p}: array {_show(k, 40)} has dtype {v.dtype}, not numbers")
-    return out
-
-
-def load_bundle(path: Path, trust_keys: list[bytes] | None = None
-                ) -> tuple[dict, list[np.ndarray], list[dict[str, np.ndarray]]]:
-    """Check a bundle and read it: ``(manifest, inputs, references)``, or a one-line ``UserError``.
-
-    ``trust_keys`` (raw Ed25519 public keys, see :func:`load_public_key`): refuse the bundle unless
-    it is signed by one of them. A signature that does not verify is refused either way.
-    """
-    path = Path(path)
-    manifest = read_manifest(path)
-    check_signature(path, manifest, trust_keys)
-    art, hashes = manifest["artifact"], manifest["hashes"]
-    spec = _runner_spec(manifest)
-    if spec.artifact != art["file"] or spec.target != art["target"]:
-        raise UserError(f"{path / MANIFEST}: the runner spec does not run the bundle's artifact")
-    if manifest["input_name"] not in spec.input_names:
-        raise UserError(f"{path / MANIFEST}: input {_show(manifest['input_name'])} is not one the runner feeds")
-    for name in [INPUTS, REFERENCES, *spec.files]:
-        if name not in hashes:
-            raise UserError(f"{path / MANIFEST}: {_show(name)} is used but the manifest does not hash it")
-    _check_hash(path, art["file"], art["sha256"], "its artifact", folder_ok=True)
-    for name, digest in hashes.items():
-        _check_hash(path, name, digest, "a hashed file", folder_ok=name not in (INPUTS, REFERENCES))
-    x = _arrays(path, INPUTS)
-    if sorted(x) != [f"{i:03d}" for i in range(len(x))] or not x:
-        raise UserError(f"{path / INPUTS}: expected arrays 000, 001, ... (got {_show(', '.join(sorted(x))[:60])})")
-    inputs = [x[k] for k in sorted(x)]
-    if [list(a.shape) for a in inputs] != manifest["input_shapes"]:
-        raise UserError(f"{path / INPUTS}: the input shapes are not the manifest's input_shapes")
-    refs: list[dict[str, np.ndarray]] = [{} for _ in inputs]
-    for key, value in _arrays(path, REFERENCES).items():
-        i, _, name = key.partition("/")
-        if not re.fullmatch(r"[0-9]{3,6}", i) or i != f"{int(i):03d}" or int(i) >= len(inputs) \
-                or name not in manifest["outputs"]:
-            raise UserError(f"{path / REFERENCES}: unexpected array {_show(key, 40)}")
-        refs[int(i)][name] = value
-    for r in refs:
-        if {k: list(v.shape) for k, v in r.items()} != manifest["outputs"]:
-            raise UserError(f"{path / REFERENCES}: the reference outputs are not the manifest's outputs")
-    return manifest, inputs, refs
-
-
-# ---------------------------------------------------------------- reading
-
-
-def _no_duplicates(pairs):
-    out = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {_show(k, 40)}")
-        out[k] = v
-    return out
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number {text[:20]} is out of range")
-    return value
-
-
-def _constant(name: str):
-    raise ValueError(f"{name} is not a number JSON allows")
-
-
-def read_manifest(path: Path) -> dict:
-    """The bundle's manifest, parsed strictly and checked against the schema (a one-line error if not)."""
-    path = Path(path)
-    if not (path / MANIFEST).is_file():
-        raise UserError(f"{path} is not a parity bundle (no {MANIFEST})")
-    p = _inside(path, MANIFEST, "its manifest")
-    try:
-        with open(p, "rb") as fh:
-            data = fh.read(MAX_MANIFEST_BYTES + 1)
-        if len(data) > MAX_MANIFEST_BYTES:
-            raise ValueError(f"larger than {MAX_MANIFEST_BYTES >> 20} MiB")
-        raw = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_float=_finite,
-                         parse_constant=_constant)
-    except (OSError, ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise UserError(f"{p}: unreadable manifest ({_one_line(str(exc), 200)})") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{p}: unreadable manifest (a JSON object was expected)")
-    if raw.get("format") != FORMAT_VERSION or isinstance(raw.get("format"), bool):
-        fmt = raw.get("format")
-        raise UserError(f"{path}: bundle format {fmt if isinstance(fmt, int) and abs(fmt) < 10**6 else _show(fmt)} "
-                        f"is not {FORMAT_VERSION} (write it again with this edgeexport)")
-    for part, check in (("", _Manifest.model_validate), ("runner.", lambda m: _runner_spec(m))):
-        try:
-            check(raw)
-        except ValidationError as exc:
-            raise UserError(f"{p}: invalid manifest: {part}{_describe(exc)}") from None
-    return raw
-
-
-def _runner_spec(manifest: dict):
-    return RunnerSpec.model_validate(manifest["runner"], strict=True)
-
-
-def _inside(root: Path, name, what: str, folder_ok: bool = False) -> Path:
-    """``root / name`` after checking that it is a plain name that stays inside the bundle and is a
-    regular file (or, with ``folder_ok``, a folder of regular files and folders: no symlinks in it)."""
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise UserError(f"{root}: manifest names {what} {_show(name)}, which is not a file inside the bundle "
-                        "(bundle files have plain names: letters, digits, . _ + -)")
-    p = root / name
-    try:
-        top = root.resolve(strict=True)
-        real = p.resolve(strict=True)
-    except FileNotFoundError:
-        raise UserError(f"{root}: {what} {name} is missing") from None
-    except (OSError, RuntimeError):  # a symlink loop
-        raise UserError(f"{root}: {what} {name} cannot be resolved (a symlink loop?)") from None
-    if real == top or not real.is_relative_to(top):
-        raise UserError(f"{root}: manifest names {what} {name!r}, which resolves outside the bundle")
-    try:
-        if real.is_dir():
-            if not folder_ok:
-                raise UserError(f"{root}: {what} {name} is a folder, not a file")
-            for sub in real.rglob("*"):
-                if sub.is_symlink() or not (sub.is_file() or sub.is_dir()):
-                    raise UserError(f"{root}: {what} {name} contains {_show(str(sub.relative_to(real)))}, which is "
-                                    "not a regular file or folder (no symlinks inside a folder artifact)")
-        elif not stat.S_ISREG(real.stat().st_mode):
-            raise UserError(f"{root}: {what} {name} is not a regular file")
-    except OSError as exc:
-        raise UserError(f"{root}: cannot read {what} {name} ({type(exc).__name__})") from None
-    return p
-
-
-def _check_hash(root: Path, name: str, expected: str, what: str, folder_ok: bool) -> Path:
-    p = _inside(root, name, what, folder_ok)
-    try:
-        digest = sha256(p)
-    except OSError as exc:
-        raise UserError(f"{root}: cannot read {what} {name} ({type(exc).__name__})") from None
-    if digest != expected:
-        raise UserError(f"{p} does not match its hash in the manifest (corrupt or edited)")
-    return p
-
-
-def _arrays(root: Path, name: str) -> dict[str, np.ndarray]:
-    p = _inside(root, name, "its inputs" if name == INPUTS else "its references")
-    try:
-        z = np.load(p, allow_pickle=False)
-        if not isinstance(z, np.lib.npyio.NpzFile):
-            raise ValueError("not an .npz archive")
-        with z:
-            out = {k: z[k] for k in z.files}
-    except Exception as exc:  # whatever numpy or zipfile raises on a malformed archive: bad input
-        raise UserError(f"{p}: unreadable arrays ({type(exc).__name__}: {_one_line(str(exc), 120)})") from None
+        raise UserError(f"{p}: unreadable arrays ({type(exc).__name__}: {_printable(str(exc), 120)})") from None
     for k, v in out.items():
         if v.dtype.kind not in "biuf":
             raise UserError(f"{p}: array {_show(k, 40)} has dtype {v.dtype}, not numbers")

@@ -156,7 +156,8 @@ def check(artifact: Path = typer.Argument(..., metavar="ARTIFACT", help="an arti
     err = console(quiet)
     rep = api.check_recipe(recipe, artifact, precision=precision, runner_options=parse_options(runner_option),
                            log=err.print, status=status_for(err), command=command_line())
-    stem = Path(recipe.output) / f"{recipe.name or rep.model.name}.report"
+    kind = next(iter(rep.artifacts))
+    stem = Path(recipe.output) / f"{recipe.name or rep.model.name}.{kind}.check.report"
     show(rep, quiet, as_json, [stem.with_suffix(".md"), stem.with_suffix(".html")])
     refuse_not_run(next(iter(rep.artifacts.values())))
     exit_with(rep)

@@ -99,7 +99,7 @@ def check_file(recipe: Recipe, path: Path, precision: str | None = None, runner_
     time_all(ctx)
     profile_slow_int8(ctx)
     rep = report_of(ctx, ReportBuilder("run", threads=ctx.threads, command=command, started=t0))
-    rep.write(ctx.out_dir, ctx.name, log=log)
+    rep.write(ctx.out_dir, f"{ctx.name}.{art.kind}.check", log=log)  # beside the artifact's own report
     return rep
 
 

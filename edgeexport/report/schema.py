@@ -271,6 +271,15 @@ class Report(Data):
         return paths
 
 
+def json_schema() -> dict:
+    """The JSON Schema of a report file (what ``Report.to_json()`` writes), as published in
+    ``schemas/report.schema.json`` (``make schema`` writes it again)."""
+    schema = Report.model_json_schema(mode="serialization")
+    schema["$id"] = f"https://edgeexport.invalid/schemas/report-{SCHEMA_VERSION}.schema.json"
+    schema["title"] = f"edgeexport report, schema {SCHEMA_VERSION}"
+    return schema
+
+
 def load_report(path: str | Path) -> Report:
     """A report edgeexport wrote (any schema version since 1), or a one-line ``UserError``."""
     p = Path(path)
