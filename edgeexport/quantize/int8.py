@@ -44,6 +44,7 @@ from edgeexport.quantize.debug import per_layer_errors, top_drops
 
 NO_INT8_KERNEL = {"HardSigmoid", "HardSwish", "Elu", "Selu", "Gelu", "Erf", "Tanh", "Exp", "Log", "Pow", "Div",
                   "Sqrt", "Reciprocal", "Softplus", "Mish", "LayerNormalization", "ReduceMean"}
+SAME_SPEED = 0.05  # plans within 5% of the fastest one's latency count as equally fast (timing noise)
 WORTHWHILE_RATIO = 0.9  # when no plan is accurate enough, only plans at least this much faster than fp32 compete
 PLANS = ("all", "float_stem", "dense")  # candidate splits, from most to least int8
 COMPUTE_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
@@ -420,13 +421,20 @@ def meets(acc: dict, budget: dict[str, float], missing_ok: bool = False) -> bool
 def pick_plan(candidates: list[dict], floor: dict[str, float], fp32_ms: float) -> tuple[dict, str]:
     """The plan rule. Each candidate has ``ms`` (median latency) and ``acc`` (accuracy metrics).
 
-    The fastest plan that meets every limit in ``floor`` wins. When none does, an int8 graph that
-    is not clearly faster than fp32 has no reason to exist: the most accurate plan among those at
-    most ``WORTHWHILE_RATIO`` x the fp32 latency (or among all, when none is that fast).
+    The fastest plan that meets every limit in ``floor`` wins; plans within ``SAME_SPEED`` of it count as
+    equally fast (timing noise on a shared machine, which flipped LR-ASPP's choice between two runs), and
+    of those the most accurate wins. When none meets the floor, an int8 graph that is not clearly faster
+    than fp32 has no reason to exist: the most accurate plan among those at most ``WORTHWHILE_RATIO`` x
+    the fp32 latency (or among all, when none is that fast).
     """
     ok = [c for c in candidates if meets(c["acc"], floor, missing_ok=True)]
     if ok:
-        return min(ok, key=lambda c: c["ms"]), "the fastest plan that meets the int8 tolerances " + json.dumps(floor)
+        fastest = min(c["ms"] for c in ok)
+        tied = [c for c in ok if c["ms"] <= fastest * (1 + SAME_SPEED)]
+        why = "the fastest plan that meets the int8 tolerances " + json.dumps(floor)
+        if len(tied) > 1:
+            why += f" (of those within {SAME_SPEED:.0%} of the fastest, the most accurate)"
+        return max(tied, key=lambda c: accuracy_key(c["acc"])), why
     faster = [c for c in candidates if c["ms"] <= WORTHWHILE_RATIO * fp32_ms]
     best = max(faster or candidates, key=lambda c: accuracy_key(c["acc"]))
     return best, ("no plan meets the int8 tolerances: the most accurate plan "

@@ -52,6 +52,16 @@ def test_plan_rule_fastest_accurate_plan_wins():
     assert best["plan"] == "dense"
 
 
+def test_plan_rule_within_timing_noise_takes_the_more_accurate_plan():
+    """Two plans 3% apart in latency are equally fast on a shared machine: the more accurate one wins, so the
+    choice does not flip between runs (LR-ASPP's "all" and "float_stem" traded places at 35 / 34 ms)."""
+    plans = [_plan("all", 39.35, snr_db=14.5, task_drop=0.36), _plan("float_stem", 40.48, snr_db=24.5, task_drop=-1.1)]
+    best, why = pick_plan(plans, {"task_drop": 0.5}, fp32_ms=50.0)
+    assert best["plan"] == "float_stem" and "within 5% of the fastest" in why
+    best, _ = pick_plan([_plan("all", 35.0, snr_db=14.5), _plan("float_stem", 40.0, snr_db=24.5)], {}, fp32_ms=50.0)
+    assert best["plan"] == "all"  # 14% slower is not noise
+
+
 def test_plan_rule_when_nothing_is_accurate_enough():
     plans = [_plan("all", 10.0, snr_db=15.0, task_drop=3.0), _plan("float_stem", 12.0, snr_db=17.0, task_drop=2.0),
              _plan("dense", 19.0, snr_db=25.0, task_drop=1.5)]
