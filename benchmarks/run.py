@@ -327,6 +327,74 @@ def reused_matrix() -> str:
         sys.exit(f"--reuse-matrix: no earlier zoo matrix run left {MATRIX_SECTION.relative_to(ROOT)}")
 
 
+CORPUS_OUT = ROOT / "out" / "bench" / "corpus"
+CORPUS_SECTION = CORPUS_OUT / "benchmarks-section.md"  # what --reuse-corpus puts in BENCHMARKS.md
+
+
+def _corpus_cell(rec) -> str:
+    """A corpus cell: its verdict with the figure that decided it, "unsupported: OP at MODULE", or not run."""
+    if rec is None:
+        return "–"
+    if rec.status == "unsupported":
+        return f"**unsupported**: `{rec.op}` at `{(rec.module or '?').split(' (')[0]}`"
+    if rec.status == "not_run" and rec.built:
+        return "converted, not run here"
+    if rec.precision == "int8" and rec.parity:
+        return f"{_matrix_status(rec)} (SNR {fmt(_matrix_metric(rec, 'snr_db'), '.1f')} dB)"
+    if rec.parity:
+        return f"{_matrix_status(rec)} ({fmt(_matrix_metric(rec, 'max_abs_scaled'), '.0e')})"
+    return _matrix_status(rec)
+
+
+def corpus_matrix(args) -> str:
+    """The public-architecture corpus (recipes/corpus: timm and torchvision models, seeded, BatchNorm settled
+    on photographs) through every target, by ``edgeexport matrix --cluster local``: a model x target table
+    where every cell is a verdict, "unsupported: OP at MODULE" or "not run here", and the pass rate per target."""
+    from edgeexport.matrix import run_matrix
+    from tests.support.corpus import KINDS, corpus
+
+    entries = [e for e in corpus() if not args.corpus_models or e.row in args.corpus_models]
+    overrides = {"bench": {"runs": args.matrix_runs, "warmup": 2, "budget_s": 15.0}}
+    m = run_matrix([str(e.path) for e in entries], KINDS, use_cache=args.corpus_cached_ok, threads=1,
+                   output=CORPUS_OUT, cache=CORPUS_OUT.parent / "corpus-cache", overrides=overrides,
+                   log=lambda msg: print(f"corpus {msg}", file=sys.stderr))
+    recs = {(a.model, a.kind): a for a in m.artifacts.values()}
+    page = (CORPUS_OUT / "matrix.report.html").relative_to(ROOT)
+    fp32 = [k for k in KINDS if "int8" not in k and k != "coreml"]
+    lines = ["", "## Public architectures through every target", "",
+             "Models nobody here wrote: the corpus of `recipes/corpus/` (torchvision and timm architectures built "
+             "offline with their own seeded initialisation, BatchNorm statistics settled on the bundled calibration "
+             "photographs, `--settle-bn`), run by `edgeexport matrix recipes/corpus/*.yaml --targets "
+             f"{','.join(KINDS)}` on {m.machine.cores} cores in {m.elapsed_s / 60:.0f} min. Parity is on 2 bundled "
+             "photographs against eager PyTorch. fp32 cells give the largest error relative to the output's range; "
+             "**int8 cells (marked \*) on seeded weights are a plumbing check**: they show the artifact builds, runs "
+             "and tracks the fp32 model (SNR), not what int8 costs a trained model, which the sections above "
+             "measure with task metrics. CoreML is converted and validated here; its prediction needs macOS. "
+             f"Every cell's report: [{page}]({page}).", "",
+             "| model | brings | " + " | ".join(k + ("\*" if "int8" in k else "") for k in KINDS) + " |",
+             "|---|---|" + "---|" * len(KINDS)]
+    for e in entries:
+        row = Path(e.path).stem
+        lines.append(f"| {row} | {e.brings} | " + " | ".join(_corpus_cell(recs.get((row, k))) for k in KINDS) + " |")
+    lines += ["", "Pass rate per target (unsupported cells count as not passed):", "",
+              "| target | passed | failed | unsupported | other |", "|---|---|---|---|---|"]
+    for k in KINDS:
+        cells = [recs.get((Path(e.path).stem, k)) for e in entries]
+        count = {s: sum(1 for r in cells if r is not None and r.status == s) for s in ("passed", "failed", "unsupported")}
+        other = len(cells) - sum(count.values())
+        lines.append(f"| {k}{' (plumbing)' if 'int8' in k else ''} | {count['passed']}/{len(cells)} | {count['failed']} "
+                     f"| {count['unsupported']} | {other}{' (converted, not run here)' if k == 'coreml' else ''} |")
+    cells = [recs.get((Path(e.path).stem, k)) for e in entries for k in fp32]
+    passed = sum(1 for r in cells if r is not None and r.status == "passed")
+    lines += ["", f"fp32 cells that pass parity: **{passed}/{len(cells)} ({100 * passed / len(cells):.0f}%)**; "
+              "the rest are unsupported with the op and module named (target ≥ 90%).", ""]
+    print(f"wrote {CORPUS_OUT / 'matrix.report.html'}", file=sys.stderr)
+    text = "\n".join(lines) + "\n"
+    CORPUS_OUT.mkdir(parents=True, exist_ok=True)
+    CORPUS_SECTION.write_text(text)
+    return text
+
+
 def _hetconv_stack():
     """Two HetConv(64 -> 64, P=4) layers with BN/ReLU: small enough for the reference form to export."""
     import torch
@@ -453,6 +521,11 @@ def main():
     ap.add_argument("--reuse-matrix", action="store_true",
                     help="take the zoo-matrix section from the last matrix run (out/bench/matrix) instead of running it")
     ap.add_argument("--matrix-models", nargs="*", metavar="MODEL", help="zoo models in the matrix (default: every one)")
+    ap.add_argument("--no-corpus", action="store_true", help="skip the public-architecture corpus (long)")
+    ap.add_argument("--reuse-corpus", action="store_true",
+                    help="take the corpus section from the last corpus run (out/bench/corpus) instead of running it")
+    ap.add_argument("--corpus-models", nargs="*", metavar="ROW", help="corpus rows to run (default: every one)")
+    ap.add_argument("--corpus-cached-ok", action="store_true", help="take unchanged corpus cells from the cache")
     ap.add_argument("--matrix-serial-models", nargs="*", metavar="MODEL",
                     help="the models whose cells are timed both ways (default: SERIAL_MODELS)")
     ap.add_argument("--matrix-runs", type=int, default=10)
@@ -474,6 +547,13 @@ def main():
         text += reused_matrix()
     elif not args.no_matrix:
         text += zoo_matrix(args)
+    if args.reuse_corpus:
+        try:
+            text += CORPUS_SECTION.read_text()
+        except OSError:
+            sys.exit(f"--reuse-corpus: no earlier corpus run left {CORPUS_SECTION.relative_to(ROOT)}")
+    elif not args.no_corpus:
+        text += corpus_matrix(args)
     Path(args.output).write_text(text)
     (ROOT / "out" / "bench").mkdir(parents=True, exist_ok=True)
     (ROOT / "out" / "bench" / "summary.json").write_text(json.dumps(

@@ -15,7 +15,10 @@
 * :func:`matrix`: models x artifact kinds as Ray tasks, cached.
 * :func:`load_report`: a report written before, from its JSON.
 
-Bad input raises :class:`~edgeexport.errors.UserError` (one line; the CLI exits 2 with it).
+Bad input raises :class:`~edgeexport.errors.UserError` (one line; the CLI exits 2 with it); a converter that
+refuses an op of the model raises :class:`~edgeexport.errors.Unsupported` (a ``UserError`` naming the target,
+the op, the module it sits in and the targets that took the model; ``.report`` is the run's report, written
+all the same). The matrix keeps such a cell as "unsupported" instead.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeexport.bundle import verify_bundle
-from edgeexport.errors import EdgeExportError, UserError  # noqa: F401  (re-exported by edgeexport)
+from edgeexport.errors import EdgeExportError, Unsupported, UserError  # noqa: F401  (re-exported by edgeexport)
 from edgeexport.keys import load_public_key
 from edgeexport.parity import Tolerance
 from edgeexport.recipe import Recipe
@@ -35,12 +38,24 @@ from edgeexport.util import parse_shape
 
 # torch, the pipeline and Ray are imported by the functions that need them: verifying a bundle needs none.
 
-__all__ = ["ArtifactResult", "EdgeExportError", "Recipe", "Report", "Tolerance", "UserError", "check", "check_recipe",
+__all__ = ["ArtifactResult", "EdgeExportError", "Recipe", "Report", "Tolerance", "Unsupported", "UserError", "check",
+           "check_recipe",
            "export", "load_report", "matrix", "recipe_for", "run", "verify"]
 
 
 def _quiet(message: str) -> None:
     """The library prints nothing unless given a ``log``."""
+
+
+def refuse_unsupported(report: Report) -> Report:
+    """``report``, or :class:`~edgeexport.errors.Unsupported` (carrying it) when a converter refused an op of
+    the model: the target, the op, the module it sits in, and the targets that did take the model."""
+    refused = [a for a in report.artifacts.values() if a.status == "unsupported"]
+    if not refused:
+        return report
+    first = refused[0]
+    raise Unsupported(first.target, first.op or "?", first.module, first.taken_by,
+                      model=report.model.origin if report.model else "the model", report=report)
 
 
 def _shape(example) -> tuple[int, int, int, int]:
@@ -94,7 +109,8 @@ def _tolerances(tolerances) -> dict:
 def recipe_for(model, example, targets: Sequence[str] | Mapping[str, dict] = ("onnx",), *, weights: str | None = None,
                calib: str | Path | None = None, eval_data: str | Path | None = None, task: str | None = None,
                tolerances: Mapping | None = None, output: str | Path = "out", threads: int | None = None,
-               name: str | None = None, dynamic: str = "none", images: int = 4, bench: bool = True) -> Recipe:
+               name: str | None = None, dynamic: str = "none", images: int = 4, bench: bool = True,
+               settle_bn: bool = False) -> Recipe:
     """The recipe :func:`export` runs: the call, saved (``recipe.model_dump()``, or YAML for ``edgeexport run``).
     A module given in memory is named ``python:CLASS`` there; running it again needs the module."""
     from torch import nn
@@ -110,6 +126,7 @@ def recipe_for(model, example, targets: Sequence[str] | Mapping[str, dict] = ("o
     data = {
         "model": model_name, "name": name, "weights": str(weights) if weights else None,
         "input_shape": list(_shape(example)), "dynamic": dynamic, "task": task, "output": str(output),
+        "settle_bn": settle_bn,
         "inputs": {"images": images, "eval_data": str(eval_data) if eval_data else "auto"},
         "tolerances": _tolerances(tolerances),
         "stages": _stages(targets, str(calib) if isinstance(calib, (str, Path)) else None),
@@ -137,7 +154,7 @@ def _calibration_arrays(calib, shape) -> list[np.ndarray] | None:
 def export(model, example, targets: Sequence[str] | Mapping[str, dict] = ("onnx",), *, weights: str | None = None,
            calib=None, eval_data: str | Path | None = None, task: str | None = None, tolerances: Mapping | None = None,
            output: str | Path = "out", threads: int | None = None, name: str | None = None, dynamic: str = "none",
-           images: int = 4, bench: bool = True, log=None) -> Report:
+           images: int = 4, bench: bool = True, settle_bn: bool = False, log=None) -> Report:
     """Export ``model`` to every artifact kind in ``targets``; judge and time each against eager PyTorch.
 
     ``model``: an ``nn.Module`` (a copy is exported), a zoo name, or ``package.module:factory``.
@@ -149,6 +166,8 @@ def export(model, example, targets: Sequence[str] | Mapping[str, dict] = ("onnx"
     size. ``eval_data``: labeled data for task metrics (a folder, or a built-in task). ``tolerances``:
     ``{"int8": {"max_task_drop": 0.5}}`` (or :class:`~edgeexport.parity.Tolerance` values).
     ``output``: where the artifacts and ``NAME.report.{json,md,html}`` go. ``threads``: for every backend.
+    ``settle_bn``: re-estimate BatchNorm statistics on calibration images first (a model without trained
+    weights, whose outputs would otherwise be constant or vanishing).
     """
     from torch import nn
 
@@ -156,11 +175,12 @@ def export(model, example, targets: Sequence[str] | Mapping[str, dict] = ("onnx"
         raise UserError("targets: name at least one artifact kind (`edgeexport targets` lists them)")
     recipe = recipe_for(model, example, targets, weights=weights, calib=calib, eval_data=eval_data, task=task,
                         tolerances=tolerances, output=output, threads=threads, name=name, dynamic=dynamic,
-                        images=images, bench=bench)
+                        images=images, bench=bench, settle_bn=settle_bn)
     from edgeexport.pipeline import run as run_pipeline
 
-    return run_pipeline(recipe, log=log or _quiet, module=model if isinstance(model, nn.Module) else None,
-                        calibration=_calibration_arrays(calib, recipe.input_shape))
+    return refuse_unsupported(run_pipeline(recipe, log=log or _quiet,
+                                           module=model if isinstance(model, nn.Module) else None,
+                                           calibration=_calibration_arrays(calib, recipe.input_shape)))
 
 
 def check(artifact_path: str | Path, model, example, *, weights: str | None = None, precision: str | None = None,
@@ -190,6 +210,34 @@ def check_recipe(recipe: Recipe, artifact_path: str | Path, *, precision: str | 
                       module=module, **kw)
 
 
+def diff(artifact_path: str | Path, model, example, *, weights: str | None = None, precision: str | None = None,
+         tolerances: Mapping | None = None, output: str | Path | None = None, threads: int | None = None,
+         runner_options: dict | None = None, settle_bn: bool = False, log=None) -> Report:
+    """Where an artifact departs from the eager ``model``, layer by layer: its runtime's intermediate tensors
+    paired with the outputs of the model's modules by module path, on the first evaluation photograph.
+    ``report.artifacts[kind].layers`` holds the records, the first divergent module and the worst ones."""
+    from torch import nn
+
+    from edgeexport.pipeline import diff_file
+
+    path = Path(artifact_path)
+    recipe = recipe_for(model, example, (), weights=weights, tolerances=tolerances, output=output or path.parent,
+                        threads=threads, bench=False, images=1, eval_data="none", settle_bn=settle_bn)
+    return diff_file(recipe, path, precision, runner_options, log=log or _quiet,
+                     module=model if isinstance(model, nn.Module) else None)
+
+
+def diff_recipe(recipe: Recipe, artifact_path: str | Path, *, precision: str | None = None,
+                runner_options: dict | None = None, log=None, status=None, command: str | None = None,
+                module=None) -> Report:
+    """:func:`diff` with the eager model and inputs of a recipe (its stages are not built)."""
+    from edgeexport.pipeline import diff_file
+
+    kw = {"status": status} if status is not None else {}
+    return diff_file(recipe, Path(artifact_path), precision, runner_options, log=log or _quiet, command=command,
+                     module=module, **kw)
+
+
 def run(recipe: Recipe | str | Path | Mapping, *, model=None, log=None, status=None, command: str | None = None) -> Report:
     """Run a recipe: a YAML file, a dict or a :class:`~edgeexport.recipe.Recipe`. ``model``: the module, for a
     recipe whose model was given in memory (``python:CLASS``)."""
@@ -200,7 +248,7 @@ def run(recipe: Recipe | str | Path | Mapping, *, model=None, log=None, status=N
     elif not isinstance(recipe, Recipe):
         recipe = Recipe.from_yaml(recipe)
     kw = {"status": status} if status is not None else {}
-    return run_pipeline(recipe, log=log or _quiet, command=command, module=model, **kw)
+    return refuse_unsupported(run_pipeline(recipe, log=log or _quiet, command=command, module=model, **kw))
 
 
 def verify(bundle: str | Path, *, trust_keys: Sequence[str | Path | bytes] = (), threads: int | None = None,

@@ -71,6 +71,9 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "fp16": Tolerance(max_abs_scaled=2e-2, min_cosine=0.999, min_snr_db=35.0, min_agreement=0.99, max_task_drop=0.1),
     "int8": Tolerance(min_cosine=0.99, min_snr_db=20.0, min_agreement=0.9, max_task_drop=1.0),
 }
+# how to get past a constant reference (what users without trained weights hit)
+UNTRAINED = (" (untrained weights? give trained ones with --weights, or re-estimate BatchNorm on calibration "
+             "images with --settle-bn)")
 HIGHER_IS_WORSE = ("max_abs", "mean_abs", "max_abs_scaled", "max_rel")  # the other metrics: lower is worse
 # With labeled data, int8 is judged by the task metric (users judge it by mIoU / top-1, not logit SNR):
 # its tensor limits apply only when a recipe sets them.
@@ -283,10 +286,10 @@ def _check(acc: _Accumulator, name: str, tol: Tolerance) -> list[ParityIssue]:
                                   message=f"{acc.nonfinite} non-finite values in the artifact's output"))
     if m["ref_spread"] <= 1e-12 * max(1.0, m["ref_scale"]):
         issues.append(ParityIssue(kind="degenerate_reference", output=name,
-                                  message="eager output is constant; the comparison would prove nothing"))
+                                  message="eager output is constant; the comparison would prove nothing" + UNTRAINED))
     elif acc.task == "segmentation" and m.get("ref_classes", 2) < 2:
         issues.append(ParityIssue(kind="degenerate_reference", output=name, message="eager output predicts one "
-                                  "class for every pixel; the comparison would prove nothing"))
+                                  "class for every pixel; the comparison would prove nothing" + UNTRAINED))
     for metric, (op, limit) in tol.limits().items():
         value = m.get(metric)
         if value is None:

@@ -95,6 +95,10 @@ Stages = _stages_model()
 
 class ParityConfig(_Strict):
     enabled: bool = True
+    probe_refusals: bool = Field(True, description="when a converter refuses the model, convert it with every other "
+                                 "registered target here too (discarded), so the refusal names those that take it")
+    diff_on_failure: bool = Field(True, description="when an artifact's verdict fails, tap its runtime layer by "
+                                  "layer and record where it departs from eager (edgeexport diff)")
     extra_shapes: list[list[int]] | Literal["auto"] = "auto"  # shapes checked besides the main one (dynamic axes)
 
 
@@ -114,6 +118,8 @@ class Recipe(_Strict):
     model_kwargs: dict = Field(default_factory=dict)
     task: Literal["classification", "segmentation", "features"] | None = None
     input_shape: list[int] | None = None
+    settle_bn: bool = Field(False, description="re-estimate BatchNorm statistics on calibration images before "
+                                                "export (models without trained weights)")
     mean: list[float] | None = None  # preprocessing overrides (user models and ONNX inputs)
     std: list[float] | None = None
     dynamic: Literal["none", "batch", "hw", "all"] = "none"

@@ -18,8 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgeexport import libraries
 from edgeexport.errors import UserError
 from edgeexport.images import Preprocess
+from edgeexport.libraries import is_library_spec
 from edgeexport.runners.onnxruntime import OnnxRuntimeRunner
 from edgeexport.runners.torch_eager import TorchRunner
 from edgeexport.weights import load_weights
@@ -84,6 +86,7 @@ class ModelHandle:
     input_names: list[str] = field(default_factory=lambda: [INPUT_NAME])
     output_shapes: dict[str, list[int]] = field(default_factory=dict)
     trained: object = None  # the TrainedWeights entry when the weights are reference weights trained here
+    preparation: list[str] = field(default_factory=list)  # what was done to the loaded model (settled BatchNorm)
 
     @property
     def class_names(self) -> list[str] | None:
@@ -98,7 +101,7 @@ class ModelHandle:
 
     @property
     def preprocess(self) -> Preprocess:
-        return Preprocess(self.meta.mean, self.meta.std, self.meta.resize)
+        return Preprocess(self.meta.mean, self.meta.std, self.meta.resize, self.meta.crop_fraction)
 
     onnx_path: Path | None = None
 
@@ -139,7 +142,7 @@ class ModelHandle:
         for i, (name, t) in enumerate(zip(self.output_names, tensors)):
             if self.origin.startswith("zoo:") and name in declared:
                 self.tasks[name] = self.meta.task_of(declared.index(name))
-            elif self.meta.task != "features" and self.origin.startswith(("user:", IN_MEMORY)):
+            elif self.meta.task != "features" and not self.origin.startswith("zoo:"):
                 self.tasks[name] = self.meta.task
             else:
                 self.tasks[name] = infer_task(t)
@@ -154,7 +157,8 @@ class ModelHandle:
             params = sum(p.numel() for p in self.model.parameters())
         return {"name": self.name, "origin": self.origin, "weights": self.weights, "task": self.meta.task,
                 "params": params, "input_shape": list(shape), "mean": list(self.meta.mean),
-                "std": list(self.meta.std), "outputs": self.output_names, "output_tasks": self.tasks}
+                "std": list(self.meta.std), "outputs": self.output_names, "output_tasks": self.tasks,
+                "preparation": list(self.preparation)}
 
 
 def count_macs(model: nn.Module, x: torch.Tensor) -> int:
@@ -202,6 +206,21 @@ def _user_handle(name: str, origin: str, module, weights: str | None, task: str 
     return ModelHandle(name, module.eval(), meta, origin, weights or weights_label)
 
 
+def _library_handle(spec: str, weights: str | None, num_classes: int | None, task: str | None,
+                    input_size: tuple[int, int, int] | None, kwargs: dict) -> ModelHandle:
+    """A timm / torchvision model (:mod:`edgeexport.libraries`) with the library's own input metadata."""
+    lib = libraries.build(spec, num_classes, kwargs)
+    if task is not None and task not in TASKS:
+        raise UserError(f"task must be one of {', '.join(TASKS)}")
+    meta = ModelMeta(task=task or lib.task, input_size=input_size or lib.input_size, output_names=lib.output_names,
+                     mean=lib.mean, std=lib.std, resize=lib.resize, crop_fraction=lib.crop_fraction,
+                     family=spec.partition(":")[0], notes=f"input metadata from {lib.source}")
+    if weights:
+        load_weights(lib.module, weights)
+    label = weights or f"seeded init ({spec.partition(':')[0]}'s own initialisation, seed 0; no download)"
+    return ModelHandle(lib.name, lib.module, meta, spec, label)
+
+
 def load_model(model: str, weights: str | None = None, num_classes: int | None = None, task: str | None = None,
                input_size: tuple[int, int, int] | None = None, model_kwargs: dict | None = None,
                module: nn.Module | None = None) -> ModelHandle:
@@ -212,6 +231,8 @@ def load_model(model: str, weights: str | None = None, num_classes: int | None =
         name = model.removeprefix(IN_MEMORY) or type(module).__name__
         return _user_handle(name, f"{IN_MEMORY}{type(module).__name__}", copy.deepcopy(module), weights, task,
                             input_size, "as given in memory")
+    if is_library_spec(model):
+        return _library_handle(model, weights, num_classes, task, input_size, kwargs)
     if model.startswith(IN_MEMORY):
         raise UserError(f"model {model} was given in memory; pass the module itself (edgeexport.export(module, ...)) "
                         "or name a package.module:factory")

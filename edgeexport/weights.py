@@ -71,6 +71,24 @@ def recalibrate_batchnorm(model: nn.Module, batches) -> int:
     return len(bns)
 
 
+SETTLE_BATCH, SETTLE_BATCHES = 8, 2  # BatchNorm settled on 16 calibration images, 8 at a time
+
+
+def settle_batchnorm(model: nn.Module, shape, preprocess, calib_spec: str | None, eval_folder: str | None) -> str:
+    """Re-estimate ``model``'s BatchNorm statistics on calibration images (never the evaluation images) at
+    the input size of ``shape``; returns what was done, for the report."""
+    from edgeexport.inputs import calibration_batches
+
+    n_bn = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if not n_bn:
+        return "--settle-bn: the model has no BatchNorm; nothing settled"
+    batch_shape = (SETTLE_BATCH, *tuple(shape)[1:])
+    batches = calibration_batches(batch_shape, SETTLE_BATCHES, preprocess, calib_spec, eval_folder)
+    recalibrate_batchnorm(model, batches)
+    return (f"BatchNorm statistics of {n_bn} layers settled on {SETTLE_BATCH * SETTLE_BATCHES} calibration images "
+            f"({calib_spec or 'the bundled calibration photographs'}, {batch_shape[2]}x{batch_shape[3]})")
+
+
 def damp_residual_branches(model: nn.Module, gain: float = RESIDUAL_GAIN) -> int:
     """Scale the BatchNorm(s) closing every residual branch.
 

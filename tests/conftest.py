@@ -1,3 +1,4 @@
+import contextlib
 import os
 from pathlib import Path
 
@@ -6,6 +7,27 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # Default weights are cached; share one cache between test workers, inside the checkout.
 os.environ.setdefault("EDGEEXPORT_CACHE", str(ROOT / ".cache" / "edgeexport-tests"))
+
+# pytest-xdist: one CPU per worker. Every backend's default thread count is the CPUs this process may use, so
+# two workers on two cores would otherwise run two threads each and their thread pools would spin against
+# each other. (tests/test_matrix.py gives its Ray cluster every CPU back.)
+ALL_CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+_worker, _workers = os.environ.get("PYTEST_XDIST_WORKER", ""), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _worker.startswith("gw") and 1 < _workers <= len(ALL_CPUS):
+    os.sched_setaffinity(0, {ALL_CPUS[int(_worker[2:]) % len(ALL_CPUS)]})
+
+
+@contextlib.contextmanager
+def every_cpu():
+    """Every CPU of the machine for this block (a test of thread counts above one)."""
+    pinned = os.sched_getaffinity(0) if ALL_CPUS else None
+    if ALL_CPUS:
+        os.sched_setaffinity(0, set(ALL_CPUS))
+    try:
+        yield
+    finally:
+        if pinned is not None:
+            os.sched_setaffinity(0, pinned)
 
 
 @pytest.fixture

@@ -138,3 +138,50 @@ def test_check_an_artifact_built_elsewhere(tmp_path):
     assert edgeexport.check(path, other, (1, 3, 48, 48), bench=False).artifacts["onnx"].status == "failed"
     with pytest.raises(UserError, match="unknown artifact type"):
         edgeexport.check(tmp_path / "model.unknown", model, (1, 3, 48, 48))
+
+
+class _RankFiveAttention(nn.Module):
+    """Attention that splits qkv through a rank-5 tensor, as timm's blocks do: ncnn cannot hold it."""
+
+    def __init__(self, dim: int = 8, heads: int = 2):
+        super().__init__()
+        self.heads, self.qkv = heads, nn.Linear(dim, 3 * dim)
+
+    def forward(self, t):
+        b, n, c = t.shape
+        q, k, v = self.qkv(t).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        return ((q @ k.transpose(-2, -1)).softmax(-1) @ v).transpose(1, 2).reshape(b, n, c)
+
+
+class _Tokens(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 4, stride=4)
+        self.body = nn.Sequential()
+        self.body.add_module("attn", _RankFiveAttention())
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.head(self.body(self.stem(x).flatten(2).transpose(1, 2)).mean(1))
+
+
+def test_a_refused_op_raises_unsupported_with_op_module_and_who_took_it(tmp_path):
+    pytest.importorskip("pnnx", reason="pnnx is not installed (pip install 'edgeexport[ncnn]')")
+    torch.manual_seed(0)
+    with pytest.raises(edgeexport.Unsupported) as info:
+        edgeexport.export(_Tokens().eval(), "1x3x32x32", targets=["ncnn"], output=tmp_path, threads=1)
+    exc = info.value
+    assert (exc.target, exc.op) == ("ncnn", "Tensor.reshape")  # the rank-5 reshape (pnnx also leaves the unbind)
+    # the run built only what ncnn needs; the other targets were tried in a scratch folder and took the model
+    from edgeexport.targets import get_target
+
+    buildable = {n for n in ("onnx", "openvino", "litert", "executorch", "coreml")
+                 if get_target(n).build_availability()[0]}
+    assert exc.supported_by == sorted(buildable) and "onnx" in buildable
+    assert not [p for p in tmp_path.iterdir() if p.suffix in (".xml", ".tflite", ".pte", ".mlpackage")]
+    assert exc.module == "body.attn (_RankFiveAttention)"
+    assert str(exc).startswith("ncnn cannot convert") and "\n" not in str(exc)
+    cell = exc.report.artifacts["ncnn"]
+    assert cell.status == "unsupported" and (cell.op, cell.module) == (exc.op, exc.module) and cell.path is None
+    assert list(exc.report.artifacts) == ["ncnn"]  # what the probe built is not part of the user's run
+    assert not list(tmp_path.glob("*ncnn*"))

@@ -54,12 +54,14 @@ def cells(m) -> dict:
 @pytest.fixture(scope="module")
 def ray_cluster():
     from edgeexport.matrix import start_local_cluster
+    from tests.conftest import every_cpu
 
-    start_local_cluster(cpus=2)
-    import ray
+    with every_cpu():  # the cluster's processes inherit the CPUs; its two task slots need both
+        start_local_cluster(cpus=2)
+        import ray
 
-    yield ray
-    ray.shutdown()
+        yield ray
+        ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import pytest
 
 from edgeexport import pipeline
 from edgeexport.errors import UserError
-from edgeexport.report import ReportBuilder, load_report
+from edgeexport.report import SCHEMA_VERSION, ReportBuilder, load_report
 from edgeexport.report.text import summary_rows
 from edgeexport.recipe import Recipe
 
@@ -81,7 +81,7 @@ def test_an_artifact_its_runtime_refuses_becomes_an_artifact_error(tmp_path):
 def test_report_json_markdown_and_table_agree(tmp_path):
     rep = pipeline.run(recipe(tmp_path, bench={"runs": 2, "warmup": 0}))
     raw = json.loads((tmp_path / "mobilenetv3_small.report.json").read_text())
-    assert raw["schema_version"] == 1 and raw["verdict"] == rep.verdict == "passed"
+    assert raw["schema_version"] == SCHEMA_VERSION and raw["verdict"] == rep.verdict == "passed"
     on_disk = load_report(tmp_path / "mobilenetv3_small.report.json")
     assert on_disk.to_json() == rep.to_json()  # the JSON holds the whole report, and reads back as it was
     a = on_disk.artifacts["onnx"]

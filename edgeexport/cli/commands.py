@@ -364,3 +364,34 @@ def matrix(models: Optional[list[str]] = typer.Argument(None, metavar="RECIPE_OR
     exit_with(rep)
 
 
+
+
+@app.command()
+@handle_errors
+def diff(artifact: Path = typer.Argument(..., metavar="ARTIFACT", help="an artifact file (see `edgeexport "
+                                                                          "targets` for the formats)"),
+         name: str = typer.Argument(..., help="the zoo model it was built from (or its name, with --model)"),
+         weights: Optional[str] = ARTIFACT_MODEL_OPTIONS["weights"], model: Optional[str] = ARTIFACT_MODEL_OPTIONS["model"],
+         shape: Optional[str] = ARTIFACT_MODEL_OPTIONS["shape"], precision: Optional[str] = ARTIFACT_MODEL_OPTIONS["precision"],
+         runner_option: Optional[list[str]] = ARTIFACT_MODEL_OPTIONS["runner_option"],
+         settle_bn: bool = typer.Option(False, "--settle-bn", help="settle BatchNorm statistics as the export did"),
+         output: Optional[str] = typer.Option(None, "--output", "-o", help="report folder (default: the artifact's)"),
+         threads: Optional[int] = typer.Option(None, "--threads"),
+         quiet: bool = typer.Option(False, "--quiet", "-q"), as_json: bool = typer.Option(False, "--json")):
+    """Where an artifact departs from the eager model, layer by layer: its runtime's intermediate tensors paired
+    with the model's modules. Exit 1 when a layer falls below its precision's SNR threshold."""
+    from edgeexport import api
+
+    common = Common(weights=weights, model=model, shape=shape, output=output or str(artifact.parent), images=1,
+                    runs=1, threads=threads, eval_data="none", settle_bn=settle_bn, no_bench=True)
+    recipe = common.recipe(name, default_stages_off())
+    err = console(quiet)
+    rep = api.diff_recipe(recipe, artifact, precision=precision, runner_options=parse_options(runner_option),
+                          log=err.print, status=status_for(err), command=command_line())
+    art = next(iter(rep.artifacts.values()))
+    stem = Path(recipe.output) / f"{recipe.name or rep.model.name}.{art.kind}.diff.report"
+    show(rep, quiet, as_json, [stem.with_suffix(".md"), stem.with_suffix(".html")])
+    refuse_not_run(art)
+    if art.layers is not None and not art.layers.layers and art.layers.note:
+        raise UserError(f"{art.kind}: {art.layers.note}")
+    raise typer.Exit(1 if (art.layers and art.layers.first_divergent) or rep.verdict == "failed" else 0)

@@ -15,7 +15,7 @@ from typing import Optional
 import typer
 
 from edgeexport.cli.app import app, command_line, console, exit_with, handle_errors, parse_budget, show, status_for
-from edgeexport.errors import BackendMissing, UserError
+from edgeexport.errors import BackendMissing, Unsupported, UserError
 from edgeexport.recipe import Recipe
 from edgeexport.targets import list_targets
 from edgeexport.util import parse_shape
@@ -33,6 +33,11 @@ class Exporter(str, Enum):
     torchscript = "torchscript"
 
 
+def _show_run(rep, recipe: Recipe, quiet: bool, as_json: bool) -> None:
+    name = recipe.name or rep.model.name
+    show(rep, quiet, as_json, [Path(recipe.output) / f"{name}.report.md", Path(recipe.output) / f"{name}.report.html"])
+
+
 def execute(recipe: Recipe, quiet: bool, as_json: bool, target=None) -> None:
     """Run a recipe through the library (:func:`edgeexport.api.run`), print the table (or JSON), exit with
     the verdict. When ``target``'s converter is missing here (nothing could be built), the table still
@@ -40,9 +45,12 @@ def execute(recipe: Recipe, quiet: bool, as_json: bool, target=None) -> None:
     from edgeexport import api
 
     err = console(quiet)
-    rep = api.run(recipe, log=err.print, status=status_for(err), command=command_line())
-    name = recipe.name or rep.model.name
-    show(rep, quiet, as_json, [Path(recipe.output) / f"{name}.report.md", Path(recipe.output) / f"{name}.report.html"])
+    try:
+        rep = api.run(recipe, log=err.print, status=status_for(err), command=command_line())
+    except Unsupported as exc:  # the table first (the report is written), then the one line, exit 2
+        _show_run(exc.report, recipe, quiet, as_json)
+        raise
+    _show_run(rep, recipe, quiet, as_json)
     unbuilt = [a for a in rep.artifacts.values() if target is not None and a.target == target.name and not a.built]
     if unbuilt and not any(a.error for a in unbuilt):
         ok, reason = target.build_availability()
@@ -67,6 +75,8 @@ class Common:
     eval_data: Optional[str] = None
     eval_images: Optional[int] = None
     exporter: Optional[str] = None
+    settle_bn: bool = False
+    no_probe: bool = False
     runs: int = 30
     threads: Optional[int] = None
     no_bench: bool = False
@@ -79,11 +89,12 @@ class Common:
         data = {
             "model": self.model or name, "name": name if self.model else None, "weights": self.weights,
             "input_shape": self.shape, "dynamic": self.dynamic, "output": self.output,
-            "num_classes": self.num_classes, "task": self.task,
+            "num_classes": self.num_classes, "task": self.task, "settle_bn": self.settle_bn,
             "inputs": {"source": "folder" if self.input_folder else "random" if self.random_inputs else "photos",
                        "folder": self.input_folder, "images": self.images, "eval_data": self.eval_data or "auto",
                        "eval_images": self.eval_images},
             "stages": stages, "bench": {"enabled": not self.no_bench, "runs": self.runs, "threads": self.threads},
+            "parity": {"probe_refusals": not self.no_probe},
         }
         return Recipe.from_dict(data, source="options")
 
@@ -110,6 +121,10 @@ COMMON_PARAMS = [
                                       "shapes_cls[:SPLIT[:SEED]]); default: the task of trained weights")),
     ("eval_images", Optional[int], _opt(None, "--eval-images", help="labeled images to use")),
     ("exporter", Optional[Exporter], _opt(None, "--exporter", help="ONNX exporter for the fp32 graph")),
+    ("settle_bn", bool, _opt(False, "--settle-bn", help="re-estimate BatchNorm statistics on calibration images "
+                                                         "(a model without trained weights)")),
+    ("no_probe", bool, _opt(False, "--no-probe", help="when the converter refuses the model, do not try the other "
+                                                      "targets to say which take it")),
     ("runs", int, _opt(30, "--runs", help="timed runs")),
     ("threads", Optional[int], _opt(None, "--threads", help="threads for every backend (default: all cores)")),
     ("no_bench", bool, _opt(False, "--no-bench")),

@@ -17,6 +17,7 @@ import platform
 from pathlib import Path
 
 from edgeexport.doctor import installed_versions
+from edgeexport.libraries import is_library_spec
 from edgeexport.util import sha256, sha256_files, version_of
 from edgeexport.version import __version__
 from edgeexport.zoo import get_entry, resolve_name, resolve_weights
@@ -75,6 +76,9 @@ class Keys:
     def model_code(self, model: str) -> str:
         if model.endswith(".onnx"):
             return "onnx-file"
+        if is_library_spec(model):  # timm:NAME / torchvision:NAME: the library's version
+            library = model.partition(":")[0]
+            return f"{library} {version_of(library)}:{model.partition(':')[2]}"
         if ":" in model:  # user model package.module:factory: its module's source
             spec = importlib.util.find_spec(model.split(":")[0])
             return self.file(spec.origin) if spec and spec.origin and Path(spec.origin).is_file() else model

@@ -105,6 +105,7 @@ def cell_recipe(recipe: Recipe, kind: str, threads: int, overrides: dict | None 
     data = recipe.model_dump(mode="json")
     data.update(stages=stages, output=".")
     data["bench"]["threads"] = threads
+    data["parity"]["probe_refusals"] = False  # the model's other cells say which targets take it
     for section, values in (overrides or {}).items():
         if isinstance(values, dict) and isinstance(data.get(section), dict):
             data[section] = {**data[section], **values}

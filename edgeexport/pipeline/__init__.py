@@ -11,8 +11,8 @@ from edgeexport.pipeline.context import Context, References, RunArtifact, check_
 from edgeexport.pipeline.execute import build, check_artifact, plan, task_issue, time_all  # noqa: F401
 from edgeexport.pipeline.prepare import auto_extra_shapes, prepare, stage_options  # noqa: F401
 from edgeexport.pipeline.run import (  # noqa: F401
-    artifact_from_file, bundle_file, check_file, report_of, run, stage_bundle, unbuilt, write_bundle_for)
+    artifact_from_file, bundle_file, check_file, diff_file, report_of, run, stage_bundle, unbuilt, write_bundle_for)
 
 __all__ = ["Context", "References", "RunArtifact", "artifact_from_file", "auto_extra_shapes", "build", "bundle_file",
-           "check_artifact", "check_file", "check_parity", "plan", "prepare", "report_of", "run", "stage_bundle",
+           "check_artifact", "check_file", "check_parity", "diff_file", "plan", "prepare", "report_of", "run", "stage_bundle",
            "stage_options", "task_issue", "time_all", "unbuilt", "write_bundle_for"]

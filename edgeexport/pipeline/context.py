@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from edgeexport.bench import LatencyStats
+from edgeexport.divergence import LayerDiff
 from edgeexport.errors import BuildFailed
 from edgeexport.inputs import InputSource, calibration_batches
 from edgeexport.metrics import TaskMetrics
@@ -43,6 +44,8 @@ class RunArtifact(Artifact):
     task_issue: str | None = None  # the drop exceeds the tolerance
     views: dict = field(default_factory=dict)  # the report's error views: worst image, top-5 (pipeline.views)
     profile: dict | None = None  # per-operator time when int8 is not faster than fp32 (pipeline.views)
+    unsupported: dict | None = None  # the op its converter refused, and the module: {"op", "module"}
+    layers: LayerDiff | None = None  # per-layer divergence from eager (pipeline.divergence)
 
     @property
     def ok(self) -> bool:
@@ -206,6 +209,14 @@ class Context:
 
     def rewrite_counts(self, rewrites: list[str] | None = None) -> dict[str, int]:
         return dict(self._rewritten_model(rewrites)[1])
+
+    def rewrites_applied(self) -> dict[str, int]:
+        """Every rewrite that changed a copy some target converted, with the modules it replaced."""
+        out: dict[str, int] = {}
+        for _, counts in self._rewritten.values():
+            for name, n in counts.items():
+                out[name] = max(out.get(name, 0), n)
+        return {k: v for k, v in out.items() if v}
 
     # ---- checks targets may run while building
     def check_parity(self, runner: Runner, precision: str) -> ParityResult:

@@ -9,9 +9,12 @@
 from __future__ import annotations
 
 import contextlib
+import copy
+import tempfile
+from pathlib import Path
 
 from edgeexport.bench import benchmark_interleaved
-from edgeexport.errors import BuildFailed, EdgeExportError, UserError
+from edgeexport.errors import BuildFailed, EdgeExportError, UnsupportedOp, UserError
 from edgeexport.metrics import TaskMetrics
 from edgeexport.parity import Tolerance
 from edgeexport.pipeline.context import Context, RunArtifact, check_parity
@@ -76,15 +79,54 @@ def build(ctx: Context, target_cls: type[Target], options: TargetOptions, requir
         return art
     try:
         target.build(ctx, options, art)
+    except UnsupportedOp as exc:  # the converter refused an op: not a crash, not a failed check
+        art.unsupported, art.runner = {"op": exc.op, "module": exc.module}, None
+        art.parity_status, art.not_run_reason = "unsupported", str(exc)
     except BuildFailed as exc:
         art.error = str(exc)
     except EdgeExportError:
         raise  # bad input: one line, exit 2
     except Exception as exc:
         art.error = f"{target_cls.name} build failed: {one_line(exc)}"
-    if art.error is None and art.runner is None and art.built:
+    if art.error is None and art.runner is None and art.built and art.unsupported is None:
         art.error = f"{target_cls.name} built nothing to run"
     return art
+
+
+def probe_refusals(ctx: Context) -> None:
+    """When a converter refused the model: which other registered targets convert it. Those this run built
+    count; every other target that builds here converts the model once into a scratch folder (not checked,
+    then discarded), one target per backend. The answer goes into each refused artifact's ``unsupported``."""
+    refused = [a for a in ctx.artifacts if a.unsupported is not None]
+    if not refused:
+        return
+    took = [a.target for a in ctx.artifacts if a.built and a.error is None and a.unsupported is None]
+    if ctx.recipe.parity.probe_refusals:
+        backends = {a.backend for a in ctx.artifacts}
+        with tempfile.TemporaryDirectory(prefix="edgeexport-probe-") as tmp:
+            probe = copy.copy(ctx)
+            probe.out_dir, probe.artifacts = Path(tmp), list(ctx.artifacts)
+            for target_cls in list_targets():
+                if target_cls.backend in backends or not target_cls.build_availability()[0]:
+                    continue
+                backends.add(target_cls.backend)
+                with ctx.status(f"{refused[0].target} refused the model: does {target_cls.name} convert it?"):
+                    if _converts(probe, target_cls, target_cls.Options()):
+                        took.append(target_cls.name)
+    for art in refused:  # None: the other targets were not tried
+        others = sorted(set(took) - {art.target})
+        art.unsupported["taken_by"] = others if others or ctx.recipe.parity.probe_refusals else None
+
+
+def _converts(ctx: Context, target_cls: type[Target], options: TargetOptions) -> bool:
+    for req in target_cls.requires(options, ctx):
+        rt = get_target(req.target)
+        ro = rt.Options(**req.options)
+        if ctx.find(rt.format_for(ro).kind) is None and not _converts(ctx, rt, ro):
+            return False
+    art = build(ctx, target_cls, options)
+    ctx.artifacts.append(art)
+    return art.built and art.error is None and art.unsupported is None
 
 
 def check_artifact(ctx: Context, art: RunArtifact) -> None:

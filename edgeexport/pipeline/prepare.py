@@ -26,6 +26,7 @@ from edgeexport.source import ModelHandle, load_model, load_onnx
 from edgeexport.targets import TargetOptions, list_targets
 from edgeexport.taskeval import open_task_data
 from edgeexport.util import default_threads, ensure_output_dir, format_shape
+from edgeexport.weights import settle_batchnorm
 
 
 def auto_extra_shapes(shape, dynamic: str, size_multiple: int = 1, min_hw: int = 1) -> list[tuple[int, int, int, int]]:
@@ -107,8 +108,6 @@ def prepare(recipe: Recipe, log=print, status=no_status, module: torch.nn.Module
     """Load the model and the evaluation inputs; validate everything the stages will need.
     ``module``: the model itself, when the caller holds it in memory (the recipe then only names it)."""
     shape = tuple(recipe.input_shape) if recipe.input_shape else None
-    if shape is None and (":" in recipe.model or module is not None):
-        raise UserError(f"model {recipe.model} needs an input shape (--shape NxCxHxW)")
     if recipe.inputs.source == "folder" and not recipe.inputs.folder:
         raise UserError("inputs.source is 'folder' but inputs.folder is not set")
     out_dir = ensure_output_dir(recipe.output)
@@ -116,6 +115,12 @@ def prepare(recipe: Recipe, log=print, status=no_status, module: torch.nn.Module
     with status(f"Loading {recipe.model}"):
         handle = _load(recipe, shape, module)
     shape = _settle_shape(recipe, handle, shape)
+    if recipe.settle_bn and handle.model is not None:
+        calib = next((o.calib_folder for o in stage_options(recipe) if getattr(o, "calib_folder", None)), None)
+        if calib:
+            check_calibration_source(calib, recipe.inputs.folder, None)
+        handle.preparation.append(settle_batchnorm(handle.model, shape, handle.preprocess, calib,
+                                                   recipe.inputs.folder))
     # 3. where the inputs come from: evaluation images, labeled data, calibration (never the evaluation data)
     eval_spec = eval_data_spec(recipe.inputs.eval_data, handle.trained.dataset if handle.trained else None)
     if recipe.inputs.source == "eval_data" and not eval_spec:

@@ -11,7 +11,8 @@ from edgeexport.doctor import installed_versions
 from edgeexport.errors import UserError
 from edgeexport.keys import load_private_key
 from edgeexport.pipeline.context import Context, RunArtifact, no_status
-from edgeexport.pipeline.execute import build, check_artifact, plan, time_all
+from edgeexport.pipeline.divergence import diff_artifact, diff_failed
+from edgeexport.pipeline.execute import build, check_artifact, plan, probe_refusals, time_all
 from edgeexport.pipeline.prepare import prepare
 from edgeexport.pipeline.views import profile_slow_int8
 from edgeexport.recipe import Recipe
@@ -32,6 +33,9 @@ def run(recipe: Recipe, log=print, status=no_status, command: str | None = None,
         art = build(ctx, target_cls, options, required_by)
         ctx.artifacts.append(art)
         check_artifact(ctx, art)
+    probe_refusals(ctx)
+    if recipe.parity.enabled and recipe.parity.diff_on_failure:
+        diff_failed(ctx)
     time_all(ctx)
     profile_slow_int8(ctx)  # after timing: why an int8 artifact is not faster than its fp32 graph
     if recipe.stages.bundle is not None:  # after timing, so bundles carry the build host's latency
@@ -52,10 +56,14 @@ def report_of(ctx: Context, builder: ReportBuilder) -> Report:
             required_by=art.required_by, runner=art.runner, build=art.record, failures=art.failures,
             notes=art.all_notes, parity=art.parity, compared=art.compared, latency=art.latency,
             eager_latency=ctx.eager_latency, baseline_latency=base.latency if base else None, task=art.task,
-            task_drop=art.task_drop, task_issue=art.task_issue, views=art.views, profile=art.profile)
+            task_drop=art.task_drop, task_issue=art.task_issue, views=art.views, profile=art.profile,
+            unsupported=art.unsupported, layers=art.layers)
     recipe = ctx.recipe
+    model = ctx.handle.info(ctx.shape)
+    model["preparation"] += [f"rewrite {name}: {n} module(s) of the copy the targets convert"
+                             for name, n in ctx.rewrites_applied().items()]
     return builder.build(
-        model=ModelInfo(**ctx.handle.info(ctx.shape), dynamic=recipe.dynamic),
+        model=ModelInfo(**model, dynamic=recipe.dynamic),
         inputs=Inputs(source=recipe.inputs.source, folder=recipe.inputs.folder,
                       shapes=[list(s) for s in ctx.refs.batches],
                       images=sorted({n for b in ctx.refs.batches.values() for names, _ in b for n in names})),
@@ -100,6 +108,22 @@ def check_file(recipe: Recipe, path: Path, precision: str | None = None, runner_
     profile_slow_int8(ctx)
     rep = report_of(ctx, ReportBuilder("run", threads=ctx.threads, command=command, started=t0))
     rep.write(ctx.out_dir, f"{ctx.name}.{art.kind}.check", log=log)  # beside the artifact's own report
+    return rep
+
+
+def diff_file(recipe: Recipe, path: Path, precision: str | None = None, runner_options: dict | None = None,
+              log=print, status=no_status, command: str | None = None, module=None) -> Report:
+    """Per-layer divergence of an artifact from the recipe's eager model, with its parity verdict (no timing);
+    the report is written beside the artifact's as ``NAME.KIND.diff``."""
+    t0 = time.perf_counter()
+    ctx = prepare(recipe, log, status, module=module)
+    art = artifact_from_file(ctx, path, precision, runner_options)
+    check_artifact(ctx, art)
+    if art.error is not None:
+        raise UserError(art.error)
+    art.layers = diff_artifact(ctx, art)
+    rep = report_of(ctx, ReportBuilder("run", threads=ctx.threads, command=command, started=t0))
+    rep.write(ctx.out_dir, f"{ctx.name}.{art.kind}.diff", log=log)
     return rep
 
 

@@ -29,14 +29,16 @@ def artifact_result(*, kind: str, target: str, backend: str, precision: str, nam
                     latency: LatencyStats | None = None, eager_latency: LatencyStats | None = None,
                     baseline_latency: LatencyStats | None = None, task: TaskMetrics | None = None,
                     task_drop: float | None = None, task_issue: str | None = None, views: dict | None = None,
-                    profile: dict | None = None, model: str | None = None, cell: Cell | None = None) -> ArtifactResult:
+                    profile: dict | None = None, model: str | None = None, cell: Cell | None = None,
+                    unsupported: dict | None = None, layers=None) -> ArtifactResult:
     """One artifact. ``checked``: what its checks concluded (passed, failed, not_run, skipped, or error for a
     matrix cell that crashed): a build error overrides it; ``eager_latency`` / ``baseline_latency``: what its
-    latency is a ratio of."""
-    status = "build_failed" if error else checked
+    latency is a ratio of; ``unsupported``: the op a converter refused, its module and the targets that converted the model
+    (``{"op", "module", "taken_by"}``)."""
+    status = "build_failed" if error else "unsupported" if unsupported else checked
     return ArtifactResult(
         name=name or kind, kind=kind, target=target, backend=backend, precision=precision, model=model,
-        status=status, reason=reason, path=str(path) if path is not None and not error else None,
+        status=status, reason=reason, path=str(path) if path is not None and not error and not unsupported else None,
         size_bytes=None if error else size_bytes, dynamic=dynamic, built=built, required_by=required_by,
         runner=runner, build=build.model_dump() if isinstance(build, BuildRecord) else dict(build or {}),
         error=error, failures=list(failures), notes=list(notes), parity=list(parity),
@@ -46,7 +48,9 @@ def artifact_result(*, kind: str, target: str, backend: str, precision: str, nam
         latency_note=reason if latency is None and error is None and status == "not_run" else None,
         task=(TaskResult(**task.model_dump(exclude={"per_image"}), drop_points=task_drop, issue=task_issue)
               if task is not None else None),
-        views=dict(views or {}), profile=profile, cell=cell)
+        views=dict(views or {}), profile=profile, cell=cell, layers=layers,
+        op=(unsupported or {}).get("op"), module=(unsupported or {}).get("module"),
+        taken_by=(unsupported or {}).get("taken_by"))
 
 
 class ReportBuilder:

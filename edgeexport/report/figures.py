@@ -238,3 +238,55 @@ def matrix_figure(rows: list[dict]) -> str | None:
     fig.legend(fontsize=8.5, frameon=False, loc="outside right upper")
     _style(ax)
     return _svg(fig)
+
+
+# ---------------------------------------------------------------- per-layer divergence
+
+LAYER_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#e377c2")
+
+
+def divergence_figure(curves: list[tuple[str, object]], width: int = 860, height: int = 280) -> str | None:
+    """SNR against eager by depth (eager execution order), one line per artifact, overlaid; every point names its
+    module on hover (an SVG <title>), each artifact's first divergent layer is ringed, thresholds dashed."""
+    from html import escape
+
+    curves = [(name, d) for name, d in curves if d is not None and d.layers]
+    if not curves:
+        return None
+    left, right, top, bottom = 48, 150, 14, 34
+    depth = max(r.depth for _, d in curves for r in d.layers) or 1
+    snr_max = min(200.0, max(60.0, max(r.snr_db for _, d in curves for r in d.layers if r.snr_db < 200) + 10)) \
+        if any(r.snr_db < 200 for _, d in curves for r in d.layers) else 200.0
+    pw, ph = width - left - right, height - top - bottom
+    x = lambda v: left + pw * v / depth  # noqa: E731
+    y = lambda v: top + ph * (1 - max(0.0, min(v, snr_max)) / snr_max)  # noqa: E731
+    out = [f'<svg class="fig layers" viewBox="0 0 {width} {height}" style="max-width:{width}px" '
+           f'xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" font-size="11">']
+    for t in range(0, int(snr_max) + 1, 20):
+        out.append(f'<line x1="{left}" x2="{left + pw}" y1="{y(t):.1f}" y2="{y(t):.1f}" stroke="#e4e4e4"/>'
+                   f'<text x="{left - 6}" y="{y(t) + 4:.1f}" text-anchor="end" fill="#555">{t}</text>')
+    out.append(f'<text x="12" y="{top + ph / 2:.0f}" transform="rotate(-90 12 {top + ph / 2:.0f})" '
+               f'text-anchor="middle" fill="#333">SNR vs eager (dB)</text>')
+    out.append(f'<text x="{left + pw / 2:.0f}" y="{height - 6}" text-anchor="middle" fill="#333">'
+               f'depth: modules in eager execution order (hover a point for its module)</text>')
+    for j, (name, d) in enumerate(curves):
+        colour = LAYER_COLOURS[j % len(LAYER_COLOURS)]
+        out.append(f'<line x1="{left}" x2="{left + pw}" y1="{y(d.threshold_db):.1f}" y2="{y(d.threshold_db):.1f}" '
+                   f'stroke="{colour}" stroke-dasharray="4 4" stroke-width="1"/>')
+        pts = " ".join(f"{x(r.depth):.1f},{y(r.snr_db):.1f}" for r in d.layers)
+        out.append(f'<polyline points="{pts}" fill="none" stroke="{colour}" stroke-width="1.4" opacity="0.85"/>')
+        for r in d.layers:
+            fused = f" + {', '.join(r.fused_with)}" if r.fused_with else ""
+            tip = escape(f"{name}: {r.module} ({r.cls}{fused}) — {r.op}, SNR {r.snr_db:.1f} dB, "
+                         f"max err/scale {r.max_abs_scaled:.2e}")
+            big = r.module == d.first_divergent
+            out.append(f'<circle cx="{x(r.depth):.1f}" cy="{y(r.snr_db):.1f}" r="{5 if big else 2.4}" '
+                       f'fill="{"none" if big else colour}" stroke="{colour}" stroke-width="{2 if big else 0}">'
+                       f'<title>{tip}</title></circle>')
+        ly = top + 14 + 16 * j
+        first = f"first: {d.first_divergent}" if d.first_divergent else "none below its line"
+        out.append(f'<line x1="{left + pw + 10}" x2="{left + pw + 26}" y1="{ly - 4}" y2="{ly - 4}" stroke="{colour}" '
+                   f'stroke-width="2"/><text x="{left + pw + 30}" y="{ly}" fill="#222">{escape(name)}'
+                   f'<title>{escape(first)}</title></text>')
+    out.append("</svg>")
+    return "".join(out)

@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgeexport.report.figures import (histogram_figure, latency_figure, layer_figure, matrix_figure, plans_figure,
+from edgeexport.report.figures import (divergence_figure, histogram_figure, latency_figure, layer_figure, matrix_figure, plans_figure,
                                        profile_figure)
 from edgeexport.report.images import legend, overlay_uri
 from edgeexport.report.status import STATUS_TEXT
@@ -425,6 +425,7 @@ def page_context(report: Report, json_path: str | None = None) -> dict:
         "outputs": ", ".join(f"{o} ({m.output_tasks.get(o, '?')})" for o in m.outputs), "data_line": data_line,
         "inputs_line": f"{inputs.source}: {', '.join(inputs.images)}" if inputs else None,
         "artifacts": [artifact_context(report, a) for a in report.artifacts.values()],
+        "layers": layers_context(report),
         "env": environment(report), "reproduce": reproduce(report, json_path),
     }
 
@@ -468,3 +469,19 @@ def _matrix_env(report: Report) -> dict:
     env = environment(report)
     env["machine"] = [(k, v) for k, v in env["machine"] if k not in ("run took", "report written")]
     return env
+
+
+def layers_context(report: Report) -> dict | None:
+    """The page's per-layer section: the overlaid SNR-by-depth curves and one row per diffed artifact."""
+    diffed = [a for a in report.artifacts.values() if a.layers is not None]
+    if not diffed:
+        return None
+    rows = []
+    for a in diffed:
+        d = a.layers
+        first = d.record(d.first_divergent) if d.first_divergent else None
+        rows.append({"kind": a.name, "first": d.first_divergent, "note": d.note,
+                     "snr": fmt(first.snr_db if first else None, ".1f"), "worst": d.worst[:4],
+                     "paired": f"{len(d.layers)} / {d.eager_modules}", "seconds": fmt(d.seconds, ".1f")})
+    image = report.inputs.images[0] if report.inputs and report.inputs.images else "the first evaluation image"
+    return {"figure": divergence_figure([(a.name, a.layers) for a in diffed]), "rows": rows, "image": image}

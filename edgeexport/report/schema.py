@@ -10,7 +10,8 @@ in one line, a file that is not a report or was written by a newer edgeexport. T
 
 Statuses: ``passed`` / ``failed`` (the checks ran), ``not_run`` (the runtime or the converter is not on
 this machine: never counted as passed), ``skipped`` (parity was turned off), ``build_failed`` (the target
-could not build it), ``error`` (a matrix cell that crashed).
+could not build it), ``unsupported`` (its converter refused an op of the model: ``op`` and ``module`` say
+which and where), ``error`` (a matrix cell that crashed).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, computed_field
 
 from edgeexport.bench import LatencyStats
+from edgeexport.divergence import LayerDiff
 from edgeexport.errors import UserError
 from edgeexport.metrics import TaskMetrics
 from edgeexport.parity import ParityResult
@@ -28,7 +30,12 @@ from edgeexport.report.status import FAILING, STATUS_TEXT, Status  # noqa: F401 
 from edgeexport.targets import BuildRecord, RunnerSpec, get_target
 from edgeexport.util import Data
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Schema upgrades: version -> the function taking a report dict of that version to the next one.
+UPGRADES = {
+    # 2: the "unsupported" status with the refused op and its module; the model's preparation
+    1: lambda d: {**d, "schema_version": 2},
+}
 
 
 class Machine(Data):
@@ -54,6 +61,7 @@ class ModelInfo(Data):
     output_tasks: dict[str, str] = {}
     dynamic: str = "none"
     images: list[str] = []  # the evaluation images (a bundle's)
+    preparation: list[str] = []  # what was done to the model before export (BatchNorm settled, rewrites)
 
 
 class Inputs(Data):
@@ -114,6 +122,9 @@ class ArtifactResult(Data):
     model: str | None = None  # the matrix row
     status: Status
     reason: str | None = None  # why it was not run (or the cell's error)
+    op: str | None = None  # unsupported: the operator the converter refused
+    module: str | None = None  # unsupported: the module of the user's model it sits in
+    taken_by: list[str] | None = None  # unsupported: the other registered targets that converted the model (None: not tried)
     path: str | None = None
     size_bytes: int | None = None
     dynamic: str = "none"
@@ -133,6 +144,7 @@ class ArtifactResult(Data):
     task: TaskResult | None = None
     views: dict[str, Any] = {}  # the HTML page's error views (worst image, top-5)
     profile: dict[str, Any] | None = None  # time per operator type when int8 is not faster than fp32
+    layers: LayerDiff | None = None  # per-layer divergence from eager (edgeexport diff; run when a verdict fails)
     cell: Cell | None = None
 
     @property
@@ -158,6 +170,9 @@ class ArtifactResult(Data):
         """One line on why it did not pass (None when it did)."""
         if self.error:
             return self.error
+        if self.status == "unsupported":
+            took = f"; {', '.join(self.taken_by)} took it" if self.taken_by else ""
+            return f"{self.reason}{took}"
         why = list(self.failures) + ([self.task.issue] if self.task and self.task.issue else [])
         for chk in self.parity:
             if not chk.passed:
@@ -304,6 +319,8 @@ def report_from_dict(data, source: str = "report") -> Report:
     if version > SCHEMA_VERSION:
         raise UserError(f"{source}: report schema {version} is newer than this edgeexport's ({SCHEMA_VERSION}); "
                         "upgrade edgeexport to read it")
+    while data["schema_version"] < SCHEMA_VERSION:
+        data = UPGRADES[data["schema_version"]](data)
     try:
         return Report.model_validate(data)
     except ValidationError as exc:

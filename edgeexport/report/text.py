@@ -161,6 +161,7 @@ def _artifact_markdown(a: ArtifactResult) -> list[str]:
     if a.required_by:
         lines.append(f"- built because {a.required_by} needs it")
     lines += _task_lines(a) + build_lines(a) + [f"- note: {n}" for n in a.notes]
+    lines += [f"- {line}" for line in layer_lines(a)] + layer_table_markdown(a)
     if a.status == "not_run":
         lines.append(f"- parity: {a.reason}")
     for other, checks in a.compared.items():
@@ -233,6 +234,8 @@ def print_report(report: Report, console) -> None:
             console.print(f"[red]{kind}[/]: {escape(failure)}")
         for where, message in issue_lines(a):
             console.print(f"[red]{kind} @ {where}[/] {escape(message)}")
+        for line in layer_lines(a):
+            console.print(f"[cyan]{kind}[/] {escape(line)}")
 
 
 # ---------------------------------------------------------------- the matrix
@@ -319,3 +322,37 @@ def _print_matrix_notes(report: Report, console) -> None:
         if extra:
             style = "red" if a.failing else "yellow"
             console.print(f"[{style}]{escape(a.name)}[/]: {escape('; '.join(extra))}")
+
+
+def layer_lines(a: ArtifactResult, rows: int = 8) -> list[str]:
+    """What the per-layer diff found, in lines (Markdown and the terminal)."""
+    d = a.layers
+    if d is None:
+        return []
+    if not d.layers:
+        return [f"per-layer diff: {d.note or 'no layer could be paired with a module'}"]
+    first = d.record(d.first_divergent) if d.first_divergent else None
+    head = (f"first divergent layer: {first.module} ({first.cls}, {first.op}): SNR {first.snr_db:.1f} dB, below "
+            f"{d.threshold_db:g}" if first else f"no layer below {d.threshold_db:g} dB SNR")
+    lines = [f"per-layer diff on {len(d.layers)} of {d.eager_modules} modules"
+             f"{f' in {d.seconds:.1f} s' if d.seconds is not None else ''}: {head}"]
+    if d.worst:
+        lines.append("worst layers: " + ", ".join(f"{m} ({d.record(m).snr_db:.1f} dB)" for m in d.worst[:rows]))
+    return lines
+
+
+def layer_table_markdown(a: ArtifactResult, around: int = 6) -> list[str]:
+    """The records around the first divergent layer (or the worst ones), as a Markdown table."""
+    d = a.layers
+    if d is None or not d.layers:
+        return []
+    if d.first_divergent:
+        i = next(k for k, r in enumerate(d.layers) if r.module == d.first_divergent)
+        picked = d.layers[max(0, i - 2):i + around]
+    else:
+        picked = sorted(d.layers, key=lambda r: r.snr_db)[:around]
+    lines = ["", "| depth | module | class | runtime op | shape | SNR dB | max err / scale | cosine | fused with |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r.depth} | {r.module} | {r.cls} | {r.op} | {format_shape(r.shape)} | {r.snr_db:.1f} | "
+              f"{r.max_abs_scaled:.2e} | {r.cosine:.6f} | {', '.join(r.fused_with)} |" for r in picked]
+    return lines

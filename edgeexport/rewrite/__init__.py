@@ -15,6 +15,8 @@ from edgeexport.errors import UserError
 from edgeexport.rewrite.modules import replace_modules  # noqa: F401  (part of the package's interface)
 from edgeexport.rewrite.adaptive_pool import rewrite_adaptive_max_pool, rewrite_adaptive_pool
 from edgeexport.rewrite.fold_bn import rewrite_fold_bn
+from edgeexport.rewrite.rank4 import rewrite_rank4
+from edgeexport.rewrite.reparameterize import rewrite_reparameterize
 
 
 def _hetconv(form: str) -> Callable[[nn.Module], int]:
@@ -31,10 +33,12 @@ REWRITES: dict[str, Callable[[nn.Module], int]] = {
     "adaptive_pool": rewrite_adaptive_pool,
     "adaptive_max_pool": rewrite_adaptive_max_pool,
     "fold_bn": rewrite_fold_bn,
+    "reparameterize": rewrite_reparameterize,
+    "rank4": rewrite_rank4,
     "hetconv_dense": _hetconv("dense"),
     "hetconv_grouped": _hetconv("grouped"),
 }
-DEFAULT_REWRITES = ("adaptive_pool", "adaptive_max_pool")
+DEFAULT_REWRITES = ("reparameterize", "adaptive_pool", "adaptive_max_pool")
 
 
 def apply_rewrites(model: nn.Module, names, inplace: bool = False) -> tuple[nn.Module, dict[str, int]]:

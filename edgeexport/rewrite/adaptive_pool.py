@@ -16,7 +16,17 @@ from torch import nn
 from edgeexport.rewrite.modules import replace_modules
 
 
+def _static_mask(n_in: int, n_out: int, device=None) -> torch.Tensor:
+    """The bins of a static size as a constant: a traced program then carries a ready matrix instead of
+    integer index arithmetic, which PT2E int8 quantizers would otherwise try to observe as floats."""
+    rows = [[(i * n_in) // n_out <= h < -(-(i + 1) * n_in // n_out) for h in range(n_in)] for i in range(n_out)]
+    return torch.tensor(rows, dtype=torch.bool, device=device)
+
+
 def pooling_matrix(n_in, n_out: int, dtype: torch.dtype, device=None) -> torch.Tensor:
+    if isinstance(n_in, int):
+        inside = _static_mask(n_in, n_out, device).to(dtype)
+        return inside / inside.sum(dim=1, keepdim=True)
     i = torch.arange(n_out, device=device)
     start = torch.div(i * n_in, n_out, rounding_mode="floor")
     end = torch.div((i + 1) * n_in + n_out - 1, n_out, rounding_mode="floor")
@@ -74,6 +84,8 @@ def rewrite_adaptive_pool(model: nn.Module) -> int:
 
 def bin_mask(n_in, n_out: int, device=None) -> torch.Tensor:
     """``mask[i, h]``: position ``h`` of an axis of length ``n_in`` lies in adaptive bin ``i`` of ``n_out``."""
+    if isinstance(n_in, int):
+        return _static_mask(n_in, n_out, device)
     i = torch.arange(n_out, device=device)
     start = torch.div(i * n_in, n_out, rounding_mode="floor")
     end = torch.div((i + 1) * n_in + n_out - 1, n_out, rounding_mode="floor")

@@ -20,9 +20,26 @@ interface, the eager PyTorch reference and ONNX Runtime's runner (the reference 
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+
+
+@dataclass
+class Tap:
+    """One intermediate tensor a runtime computed, and where it came from in the user's model."""
+
+    name: str  # the runtime's own name for it (ONNX tensor, OpenVINO op, LiteRT tensor, ncnn blob)
+    module: str | None  # the path of the module of the user's model that produced it (None: unknown)
+    op: str  # the runtime's operator that produced it
+    array: np.ndarray  # float32, dequantized; in the runtime's layout
+    layout: str = "nchw"  # "nhwc" (LiteRT) or "chw" (ncnn: one batch item, no batch axis)
+    alternatives: tuple[str, ...] = ()  # the other modules a fused op names, in the runtime's order
+
+
+class TapsUnavailable(RuntimeError):
+    """This runtime (or this build of it) cannot return intermediate tensors."""
 
 
 class Runner(abc.ABC):
@@ -77,6 +94,16 @@ class Runner(abc.ABC):
 
     @abc.abstractmethod
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def taps(self, feed: dict[str, np.ndarray]) -> list[Tap]:
+        """Run ``feed`` (one sample) and return every intermediate tensor the runtime can expose, in the order
+        it computed them, each attributed to a module of the user's model where the artifact records one."""
+        if not self.is_active:
+            raise RuntimeError(f"{type(self).__name__}.taps() called before activate()")
+        return self._taps(feed)
+
+    def _taps(self, feed: dict[str, np.ndarray]) -> list[Tap]:
+        raise TapsUnavailable(f"{self.backend} cannot return intermediate tensors")
 
     def describe(self) -> dict:
         """Backend, runtime version, device, threads, artifact: what a report needs to say."""

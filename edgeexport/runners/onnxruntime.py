@@ -58,6 +58,9 @@ class OnnxRuntimeRunner(Runner):
         arrays = self.session.run(self._outputs, {n: np.ascontiguousarray(feed[n]) for n in self._inputs})
         return {n: np.asarray(a) for n, a in zip(self._outputs, arrays)}
 
+    def _taps(self, feed):
+        return onnx_taps(self, feed)
+
     def describe(self) -> dict:
         import onnxruntime as ort
 
@@ -92,3 +95,47 @@ def ort_profile(path: str, feed: dict, threads: int, optimization: str = "all", 
                 per_run[i][op] = per_run[i].get(op, 0.0) + ev["dur"] / 1e3
     return {"runtime": f"onnxruntime {ort.__version__} profiler", "ops": median_ops(per_run),
             "total_ms": round(float(np.median([b - a for a, b in windows])) / 1e3, 4) if windows else None}
+
+
+def tap_outputs(model) -> list[tuple[str, str | None, str]]:
+    """Mark every float tensor a node of ``model`` (an ONNX ModelProto, changed in place) computes as a graph
+    output; returns (tensor, module path or None, op type) for each, in graph order."""
+    import onnx
+
+    from edgeexport.provenance import onnx_node_scope
+
+    float_types = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 (shapes are optional: only the types are needed, and the outputs keep theirs)
+        inferred = model
+    types = {v.name: v.type.tensor_type.elem_type for v in
+             list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input)}
+    existing = {o.name for o in model.graph.output}
+    marked = []
+    for node in model.graph.node:
+        scope = onnx_node_scope(node)
+        for out in node.output:
+            if not out or types.get(out) not in float_types:
+                continue
+            if out not in existing:
+                model.graph.output.append(onnx.helper.make_tensor_value_info(out, types[out], None))
+            marked.append((out, scope[0] if scope else None, node.op_type))
+    return marked
+
+
+def onnx_taps(runner: OnnxRuntimeRunner, feed) -> list:
+    """Every float tensor of the runner's graph for ``feed``: the graph is loaded again with each node's
+    outputs marked as graph outputs (the artifact on disk is not changed)."""
+    import onnx
+    import onnxruntime as ort
+
+    from edgeexport.runners.base import Tap
+
+    model = onnx.load(str(runner.path))
+    marked = tap_outputs(model)
+    session = ort.InferenceSession(model.SerializeToString(), session_options(runner.threads, runner.optimization),
+                                   providers=runner.providers)
+    names = [m[0] for m in marked]
+    arrays = session.run(names, {n: np.ascontiguousarray(feed[n]) for n in runner.input_names})
+    return [Tap(name, module, op, np.asarray(a, np.float32)) for (name, module, op), a in zip(marked, arrays)]

@@ -19,7 +19,8 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from edgeexport.errors import BackendMissing, BuildFailed, EdgeExportError
+from edgeexport.errors import BackendMissing, BuildFailed, EdgeExportError, UnsupportedOp
+from edgeexport.provenance import locate_in_torch, refused_op
 from edgeexport.runners.base import Runner
 from edgeexport.targets.registry import register_target
 from edgeexport.targets.base import Availability, BuildRecord, Format, Target, TargetOptions
@@ -41,12 +42,34 @@ def require_coremltools():
         raise BackendMissing("coremltools", "coremltools is not installed", INSTALL_HINT) from None
 
 
+# how coremltools says that it cannot take an operator
+REFUSALS = (r"convert function for op '([\w.]+)' not implemented", r"Unsupported fx node ([\w.]+)")
+
+
 def _failing_op(exc: Exception) -> str:
     text = str(exc)
     for marker in ("Unsupported fx node", "PyTorch convert function for op", "op '", "Op "):
         if marker in text:
             return text[text.index(marker):].splitlines()[0][:200]
     return f"{type(exc).__name__}: {text.splitlines()[0][:200] if text else ''}"
+
+
+def _drop_aliases(program):
+    """Replace ``aten.alias`` nodes by their input: an alias is the same tensor, and coremltools has no
+    converter for it ("Unsupported fx node alias"; Swin's window shift leaves some). Exact."""
+    import torch
+
+    graph = program.graph_module.graph
+    outputs = {id(a) for a in next(n for n in graph.nodes if n.op == "output").args[0]}
+    dropped = 0
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node.target == torch.ops.aten.alias.default and id(node) not in outputs:
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+            dropped += 1
+    if dropped:
+        program.graph_module.recompile()
+    return program
 
 
 def convert(module, sample, out: Path, *, input_name: str, output_names: list[str],
@@ -71,7 +94,7 @@ def convert(module, sample, out: Path, *, input_name: str, output_names: list[st
         for route in ("torch.export", "trace"):
             try:
                 if route == "torch.export":
-                    program = torch.export.export(module, (sample,)).run_decompositions({})
+                    program = _drop_aliases(torch.export.export(module, (sample,)).run_decompositions({}))
                     mlmodel = ct.convert(program, **{k: v for k, v in kw.items() if k != "inputs"})
                 else:
                     traced = torch.jit.trace(module, (sample,), check_trace=False)
@@ -231,6 +254,9 @@ class CoreMLTarget(Target):
                                output_names=ctx.output_names, precision=options.precision,
                                compress=options.compress, deployment_target=options.deployment_target)
             except CoreMLConversionFailed as exc:
+                op = refused_op(str(exc), REFUSALS)
+                if op:
+                    raise UnsupportedOp(op, locate_in_torch(ctx.torch_model(), ctx.sample(), op), str(exc)) from None
                 raise BuildFailed(str(exc)) from None
         record = CoreMLRecord(**info)
         art.failures += record.validation_problems

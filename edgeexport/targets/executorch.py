@@ -15,13 +15,19 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from edgeexport.errors import BackendMissing, BuildFailed, EdgeExportError
+from edgeexport.errors import BackendMissing, BuildFailed, EdgeExportError, UnsupportedOp
+from edgeexport.provenance import locate_in_torch, refused_op
 from edgeexport.runners.base import Runner
 from edgeexport.targets.registry import register_target
 from edgeexport.targets.base import BuildRecord, Format, Target, TargetOptions
-from edgeexport.util import quiet
+from edgeexport.util import one_line, quiet
 
 INSTALL_HINT = "pip install 'edgeexport[executorch]'"
+
+
+# how ExecuTorch says that it cannot take an operator (no out variant / kernel, not core ATen)
+REFUSALS = (r"Missing out variants?: \{?'([\w:.]+)'", r"Missing operator: \[\d+\] ([\w:.]+)",
+            r"(aten[.:][\w.]+) is not (?:Aten|ATen|Core ATen) Canonical")
 
 
 class ExecuTorchLoweringFailed(EdgeExportError):
@@ -34,6 +40,24 @@ def require_executorch():
             import executorch.exir  # noqa: F401
     except ImportError:
         raise BackendMissing("ExecuTorch", "executorch is not installed", INSTALL_HINT) from None
+
+
+def _drop_identity_pads(graph_module):
+    """Remove pad nodes that pad nothing (Swin pads windows by ``size % window``, which
+    is 0 at the usual sizes). XNNPACK's partitioner takes them, but its runtime refuses a zero-width
+    quantized pad when the method loads ("Failed to create StaticConstantPad node"). Exact."""
+    import torch
+
+    pads = (torch.ops.aten.constant_pad_nd.default, torch.ops.aten.pad.default)
+    dropped = 0
+    for node in list(graph_module.graph.nodes):
+        if node.op == "call_function" and node.target in pads and not any(node.args[1]):
+            node.replace_all_uses_with(node.args[0])
+            graph_module.graph.erase_node(node)
+            dropped += 1
+    if dropped:
+        graph_module.recompile()
+    return graph_module
 
 
 def _quantize_pt2e(module, sample, calibration):
@@ -49,7 +73,7 @@ def _quantize_pt2e(module, sample, calibration):
         from torch.ao.quantization.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    graph = torch.export.export(module, (sample,)).module()
+    graph = _drop_identity_pads(torch.export.export(module, (sample,)).module())
     prepared = prepare_pt2e(graph, quantizer)
     with torch.no_grad():
         for x in calibration:
@@ -85,8 +109,9 @@ def lower(module, sample, out: Path, *, quantize: str | None = None, calibration
             delegated, total = _delegation(edge)
             et = edge.to_executorch()
         except Exception as exc:
-            raise ExecuTorchLoweringFailed(f"ExecuTorch lowering failed: {type(exc).__name__}: "
-                                           f"{str(exc).splitlines()[0][:300] if str(exc) else ''}") from exc
+            failure = ExecuTorchLoweringFailed(f"ExecuTorch lowering failed: {one_line(exc)}")
+            failure.op = refused_op(str(exc), REFUSALS)
+            raise failure from exc
         with atomic_path(out) as tmp:
             tmp.write_bytes(et.buffer)
     import executorch
@@ -199,6 +224,9 @@ class ExecuTorchTarget(Target):
                 info = lower(ctx.torch_model(), ctx.sample(), art.path, quantize="int8" if int8 else None,
                              calibration=calib)
             except ExecuTorchLoweringFailed as exc:
+                if getattr(exc, "op", None):
+                    raise UnsupportedOp(exc.op, locate_in_torch(ctx.torch_model(), ctx.sample(), exc.op),
+                                        str(exc)) from None
                 raise BuildFailed(str(exc)) from None
         art.finish(ExecuTorchRecord(**info, build_s=info["lower_s"]), ctx.runner_spec(type(self), art.path))
 

@@ -38,8 +38,9 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from edgeexport.errors import BackendMissing, BuildFailed, EdgeExportError
-from edgeexport.runners.base import Runner
+from edgeexport.errors import BackendMissing, BuildFailed, EdgeExportError, UnsupportedOp
+from edgeexport.provenance import locate_in_torch, refused_op, user_path
+from edgeexport.runners.base import Runner, Tap
 from edgeexport.targets.registry import register_target
 from edgeexport.targets.base import Availability, BuildRecord, Format, Target, TargetOptions
 from edgeexport.util import quiet, version_of
@@ -50,7 +51,13 @@ _POSITIONAL = re.compile(r"^(args|output)_(\d+)$")
 
 
 class LiteRTConversionFailed(EdgeExportError):
-    pass
+    def __init__(self, message: str, op: str | None = None):
+        super().__init__(message)
+        self.op = op  # the operator the converter has no lowering / legalization for, when that is the failure
+
+
+# how litert-torch and its MLIR converter say that they cannot take an operator
+REFUSALS = (r"Lowering not found: ([\w.]+)", r"failed to legalize operation '([\w.]+)'")
 
 
 def require_litert_torch():
@@ -178,11 +185,13 @@ def convert_fp32(module, sample, input_names: list[str], output_names: list[str]
         try:
             named, exact = _exact_nearest(_named(module, input_names, output_names), kwargs)
         except Exception as exc:
-            raise LiteRTConversionFailed(_failure("torch.export", exc, native())) from exc
+            raise LiteRTConversionFailed(_failure("torch.export", exc, native()),
+                                         refused_op(str(exc) + "\n" + native(), REFUSALS)) from exc
         try:
             return litert_torch.convert(named, sample_kwargs=kwargs).model_content(), exact
         except Exception as exc:
-            raise LiteRTConversionFailed(_failure("conversion", exc, native())) from exc
+            raise LiteRTConversionFailed(_failure("conversion", exc, native()),
+                                         refused_op(str(exc) + "\n" + native(), REFUSALS)) from exc
 
 
 def _recipe(float_ops=()):
@@ -229,7 +238,8 @@ def quantize_int8(fp32: bytes, input_name: str, calibration: list[np.ndarray],
             if keep:
                 content = quantize(keep)
         except Exception as exc:
-            raise LiteRTConversionFailed(_failure("int8 quantization", exc, native())) from exc
+            raise LiteRTConversionFailed(_failure("int8 quantization", exc, native()),
+                                         refused_op(str(exc) + "\n" + native(), REFUSALS)) from exc
     return content, keep
 
 
@@ -311,6 +321,28 @@ def io_map(signature_names: list[str], names: list[str], what: str) -> dict[str,
     raise EdgeExportError(f"the .tflite signature's {what} {signature_names} do not match {names}")
 
 
+def tensor_modules(name: str) -> list[str]:
+    """Every module path a litert-torch tensor name records (:func:`tensor_module` of each location)."""
+    return [m for m in (tensor_module(loc) for loc in name.split(";;")) if m is not None]
+
+
+def tensor_module(name: str) -> str | None:
+    """The module path a litert-torch tensor name records. Names are the op's source locations, the op itself
+    first (a fused conv + BN + ReLU lists the ReLU, then the others, ``;;``-separated); each location is the
+    module stack as ``package.Class_attribute`` segments under the root's."""
+    loc = re.sub(r";[^;/]*$", "", name.split(";;")[0])
+    segments = loc.split("/")
+    if len(segments) < 2:
+        return None
+    attrs = []
+    for seg in segments[1:]:
+        head = seg.rsplit(".", 1)[-1].lstrip("_")
+        if "_" not in head:
+            return None
+        attrs.append(head.split("_", 1)[1])
+    return user_path(".".join(attrs))
+
+
 class LiteRTRunner(Runner):
     backend = "litert"
 
@@ -355,6 +387,44 @@ class LiteRTRunner(Runner):
 
     def _deactivate(self) -> None:
         self.signature = self.interpreter = None
+
+    def _taps(self, feed):
+        """Every op's output, from an interpreter that keeps all tensors. XNNPACK replaces the ops it delegates by
+        one opaque node, so this interpreter runs LiteRT's built-in kernels instead (the same graph and
+        quantization; fp32 sums may be ordered differently). int8 tensors are dequantized."""
+        from ai_edge_litert import interpreter as tfl
+
+        with quiet_fds():
+            it = tfl.Interpreter(model_path=str(self.path), num_threads=self.threads,
+                                 experimental_preserve_all_tensors=True,
+                                 experimental_op_resolver_type=tfl.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        signatures = it.get_signature_list()
+        runner = it.get_signature_runner(SIGNATURE if SIGNATURE in signatures else next(iter(signatures)))
+        args = {}
+        for n, s in self._in.items():
+            x = np.ascontiguousarray(feed[n][:1], np.float32)
+            dtype, scale, zp = self._in_q[n]
+            if dtype != np.float32 and scale:
+                info = np.iinfo(dtype)
+                x = np.clip(np.round(x / scale) + zp, info.min, info.max).astype(dtype)
+            args[s] = x
+        runner(**args)
+        details = {d["index"]: d for d in it.get_tensor_details()}
+        taps = []
+        for op in it._get_ops_details():
+            if len(op["outputs"]) != 1 or op["op_name"] in ("QUANTIZE", "DEQUANTIZE"):
+                continue
+            d = details[int(op["outputs"][0])]
+            a = it.get_tensor(d["index"])
+            scale, zp = d["quantization"]
+            if a.dtype != np.float32:
+                if not scale:
+                    continue  # an integer tensor (shapes, indices), not an activation
+                a = (a.astype(np.float32) - zp) * scale
+            modules = tensor_modules(d["name"])
+            taps.append(Tap(d["name"], modules[0] if modules else None, op["op_name"], np.array(a, np.float32),
+                            layout="nhwc", alternatives=tuple(modules[1:])))
+        return taps
 
     def describe(self) -> dict:
         from importlib.metadata import version
@@ -459,6 +529,9 @@ class LiteRTTarget(Target):
                                  ai_edge_quantizer=version_of("ai-edge-quantizer"), calib_size=len(calib),
                                  quantize_s=round(time.perf_counter() - t1, 1), kept_float_for_xnnpack=kept)
             except LiteRTConversionFailed as exc:
+                if exc.op:
+                    raise UnsupportedOp(exc.op, locate_in_torch(ctx.torch_model(), ctx.sample(), exc.op),
+                                        str(exc)) from None
                 raise BuildFailed(str(exc)) from None
             with atomic_path(art.path) as tmp:
                 tmp.write_bytes(content)

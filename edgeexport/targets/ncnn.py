@@ -40,7 +40,8 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from edgeexport.errors import BackendMissing, BuildFailed, EdgeExportError
+from edgeexport.errors import BackendMissing, BuildFailed, EdgeExportError, UnsupportedOp
+from edgeexport.provenance import locate_in_torch
 from edgeexport.runners.base import Runner
 from edgeexport.targets.registry import register_target
 from edgeexport.targets.base import BuildRecord, Format, Target, TargetOptions
@@ -50,12 +51,15 @@ INSTALL_HINT = "pip install 'edgeexport[ncnn]'"
 FP16_OPTIONS = ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic")
 # ncnn has adaptive pooling layers, so the ONNX pooling rewrites are not wanted (the masked max
 # pooling leaves torch.where, which ncnn lacks); HetConv's grouped form permutes channels with
-# index_select, which ncnn lacks too, its dense form is plain convolutions.
-REWRITES = ("hetconv_dense",)
+# index_select, which ncnn lacks too, its dense form is plain convolutions; re-parameterisation hooks run;
+# public attention and downsampling blocks take their rank-4 forms (`edgeexport.rewrite.rank4`).
+REWRITES = ("reparameterize", "hetconv_dense", "rank4")
 INT8_NOTE = "int8 needs ncnn's ncnn2table/ncnn2int8 tools, which the pip wheels do not ship"
 
 
 class NcnnConversionFailed(EdgeExportError):
+    op: str | None = None  # the PyTorch operator pnnx left unconverted, when that is the failure
+
     pass
 
 
@@ -155,8 +159,10 @@ def convert(module, sample, param_out: Path, *, fp16: bool, blobs: tuple[int, in
         info = read_param(param)
         bad = unsupported_layers(info["layers"])
         if bad:
-            raise NcnnConversionFailed(f"ncnn has no layer for {', '.join(bad)} (pnnx left "
+            exc = NcnnConversionFailed(f"ncnn has no layer for {', '.join(bad)} (pnnx left "
                                        f"{'it' if len(bad) == 1 else 'them'} unconverted)")
+            exc.op = next((b for b in bad if b != "pnnx.Expression"), bad[0])
+            raise exc
         got = (len(info["inputs"]), len(info["outputs"]))
         if blobs is not None and got != tuple(blobs):
             raise NcnnConversionFailed(f"pnnx wrote {got[0]} input / {got[1]} output blobs; the model has "
@@ -169,6 +175,19 @@ def convert(module, sample, param_out: Path, *, fp16: bool, blobs: tuple[int, in
 
 
 # ---------------------------------------------------------------- runner
+
+
+def param_layers(path: Path) -> list[tuple[str, str, list[str]]]:
+    """(type, name, top blobs) of every layer of an ncnn param file, in file (execution) order."""
+    out = []
+    for parts in (ln.split() for ln in Path(path).read_text().splitlines()[2:]):
+        if len(parts) >= 4:
+            n_in, n_out = int(parts[2]), int(parts[3])
+            out.append((parts[0], parts[1], parts[4 + n_in:4 + n_in + n_out]))
+    return out
+
+
+TAP_SKIP = {"Input", "Split", "MemoryData", "Noop"}
 
 
 def _flag(value) -> bool:
@@ -207,6 +226,25 @@ class NcnnRunner(Runner):
         if net.load_param(str(self.param)) != 0 or net.load_model(str(self.weights)) != 0:
             raise RuntimeError(f"ncnn could not load {self.param.name} / {self.weights.name}")
         self.net = net
+
+    def _taps(self, feed):
+        """Every layer's output blob for the first item of ``feed``. ncnn's files keep no module names (pnnx
+        renames the layers it fuses), so the taps carry none: the diff pairs them with modules by value."""
+        from edgeexport.runners.base import Tap
+
+        ex = self.net.create_extractor()
+        items = {k: np.ascontiguousarray(feed[k][0], dtype=np.float32) for k in self._inputs}
+        for k, item in items.items():
+            ex.input(self.blobs[k], self.ncnn.Mat(item))
+        taps = []
+        for kind, name, tops in param_layers(self.param):
+            if kind in TAP_SKIP or len(tops) != 1:
+                continue
+            ret, mat = ex.extract(tops[0])
+            if ret == 0:
+                taps.append(Tap(tops[0], None, f"{kind} {name}", np.array(mat, dtype=np.float32), layout="chw"))
+        del ex
+        return taps
 
     def _infer(self, feed):
         n = len(feed[self._inputs[0]])
@@ -302,6 +340,8 @@ class NcnnTarget(Target):
                 info = convert(model, ctx.sample(), art.path, fp16=fp16,
                                blobs=(len(names_in), len(names_out)))
             except NcnnConversionFailed as exc:
+                if exc.op:  # a PyTorch op ncnn has no layer for: where it is in the model
+                    raise UnsupportedOp(exc.op, locate_in_torch(model, ctx.sample(), exc.op), str(exc)) from None
                 raise BuildFailed(str(exc)) from None
         blobs = {**dict(zip(names_in, info["inputs"])), **dict(zip(names_out, info["outputs"]))}
         runtime = {k: fp16 for k in FP16_OPTIONS}

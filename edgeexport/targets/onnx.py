@@ -14,7 +14,8 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from edgeexport.errors import BuildFailed, EdgeExportError
+from edgeexport.errors import BuildFailed, EdgeExportError, UnsupportedOp
+from edgeexport.provenance import keep_scopes, locate_in_torch, refused_op
 from edgeexport.runners.onnxruntime import OnnxRuntimeRunner, ort_profile
 from edgeexport.targets.base import BuildRecord, Format, RunnerSpec, Target, TargetOptions
 from edgeexport.targets.registry import register_target
@@ -26,6 +27,14 @@ AXIS_NAMES = {0: "batch", 2: "height", 3: "width"}
 
 class ExportFailed(EdgeExportError):
     """The exporter could not produce a valid graph for this model."""
+
+    op: str | None = None  # the operator it has no translation for, when that is the failure
+
+
+# how the dynamo and TorchScript exporters say that they cannot take an operator
+REFUSALS = (r"No ONNX function found for <OpOverload\(op='([\w.]+)'", r"OpOverload\(op='([\w.]+)'.*not supported",
+            r"Exporting the operator '([\w:.]+)' to ONNX opset version \d+ is not supported",
+            r"Unsupported FX nodes: \{'call_function': \['([\w.]+)'")
 
 
 def _name_dynamic_dims(model, input_name: str, axes) -> None:
@@ -74,8 +83,10 @@ def export_onnx(module, sample, path: Path, *, input_name: str, output_names: li
             onnx.checker.check_model(model, full_check=True)
         except Exception as exc:
             detail = str(exc).strip().splitlines()
-            raise ExportFailed(f"{exporter} exporter failed: {type(exc).__name__}: "
-                               f"{detail[0][:300] if detail else ''}") from exc
+            failed = ExportFailed(f"{exporter} exporter failed: {type(exc).__name__}: "
+                                  f"{detail[0][:300] if detail else ''}")
+            failed.op = refused_op(f"{exc}\n{exc.__cause__ or ''}", REFUSALS)
+            raise failed from exc
         onnx.save(model, str(tmp))
     return {"exporter": exporter, "opset": opset, "dynamic": dynamic, "export_s": round(time.perf_counter() - t0, 2),
             "nodes": len(model.graph.node), "exporter_log_lines": len(log.getvalue().splitlines())}
@@ -100,6 +111,7 @@ def simplify_onnx(path: Path, check_feed: dict[str, np.ndarray], tolerance: floa
         info.update(applied=False, reason="onnxsim reported that its graph is not valid")
         return info
     tmp = path.with_name(f".{path.name}.simplified.tmp")
+    info["scopes_kept"] = keep_scopes(original, simplified)  # which module each node comes from (diff, refusals)
     try:
         onnx.save(simplified, str(tmp))
         with OnnxRuntimeRunner(path) as a, OnnxRuntimeRunner(tmp) as b:
@@ -129,7 +141,7 @@ class OnnxOptions(TargetOptions):
     opset: int = Field(18, ge=11, le=23)
     exporter: Literal["dynamo", "torchscript"] = "dynamo"
     simplify: bool = True
-    rewrites: list[str] = Field(default_factory=lambda: ["adaptive_pool", "adaptive_max_pool"],
+    rewrites: list[str] = Field(default_factory=lambda: ["reparameterize", "adaptive_pool", "adaptive_max_pool"],
                                 description="exact export-friendly rewrites (see `edgeexport.rewrite`)")
 
 
@@ -170,6 +182,8 @@ class OnnxTarget(Target):
                                     output_names=ctx.output_names, opset=options.opset,
                                     dynamic=ctx.dynamic, exporter=options.exporter)
             except ExportFailed as exc:
+                if exc.op:
+                    raise UnsupportedOp(exc.op, locate_in_torch(model, ctx.sample(), exc.op), str(exc)) from None
                 raise BuildFailed(str(exc)) from None
         simplify = {"applied": False, "reason": "disabled"}
         if options.simplify:

@@ -34,10 +34,11 @@ import numpy as np
 from pydantic import Field
 
 from edgeexport.bench import median_ops
-from edgeexport.errors import BuildFailed
+from edgeexport.errors import BuildFailed, UnsupportedOp
 from edgeexport.metrics import PRIMARY, TaskAccumulator
 from edgeexport.parity import resolve_budget
-from edgeexport.runners.base import Runner
+from edgeexport.provenance import locate_onnx, onnx_node_scope, refused_op
+from edgeexport.runners.base import Runner, Tap
 from edgeexport.targets.base import (BUDGET_METRICS, BuildRecord, Format, Requirement, Target, TargetOptions,
                                      fp32_graph, fp32_graph_requirement)
 from edgeexport.targets.registry import register_target
@@ -51,6 +52,8 @@ sys.modules.setdefault("openvino_telemetry", None)
 INSTALL_HINT = "pip install 'edgeexport[openvino]'"
 TASK_BUDGETS = ("miou_drop", "top1_drop")
 VIRTUAL_DEVICES = ("AUTO", "HETERO", "MULTI", "BATCH")
+# how OpenVINO's ONNX frontend says that it cannot take an operator
+REFUSALS = (r"No conversion rule found for operations:\s*-?\s*([\w.]+)", r"OpConversionFailure.*?\b(\w+)-\d+ ")
 
 
 def _failing_op(exc: Exception) -> str:
@@ -147,6 +150,73 @@ def _reverted(messages: list[str]) -> tuple[list[str], int | None]:
     return [], None
 
 
+# ---------------------------------------------------------------- module paths and taps
+
+MODULE_KEY = "edgeexport_modules"  # the model's runtime info: {ONNX tensor name: module path of the user's model}
+
+
+def annotate_modules(model, source) -> int:
+    """Record in the model's runtime info (kept in the IR) the module path each ONNX tensor comes from, as the
+    ONNX node that computes it records it; OpenVINO keeps the ONNX tensor names on its ops' outputs, so an op
+    of the IR finds its module by the names of its output. Returns how many tensors got one."""
+    import json
+
+    import onnx
+
+    graph = onnx.load(str(source), load_external_data=False).graph
+    scope_of = {}
+    for node in graph.node:
+        scope = onnx_node_scope(node)
+        if scope:
+            scope_of.update({o: scope[0] for o in node.output if o})
+    names = {n for op in model.get_ops() for port in op.outputs() for n in port.get_names()}
+    recorded = {n: p for n, p in scope_of.items() if n in names}
+    model.set_rt_info(json.dumps(recorded, separators=(",", ":")), MODULE_KEY)
+    return len(recorded)
+
+
+def recorded_modules(model) -> dict[str, str]:
+    import json
+
+    try:
+        return json.loads(str(model.get_rt_info(MODULE_KEY).astype(str)))
+    except Exception:  # noqa: BLE001 (an IR written elsewhere, or before edgeexport recorded modules)
+        return {}
+
+
+TAP_SKIP = {"Parameter", "Constant", "Result", "ShapeOf", "Convert", "FakeQuantize"}
+
+
+def openvino_taps(runner: "OpenVINORunner", feed) -> list[Tap]:
+    """Every float op output of the IR for ``feed`` (the model is read again with each one added as an
+    output; the artifact is not changed), attributed by the module paths recorded at build time (an IR without
+    them is paired by value)."""
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(runner.path))
+    modules = recorded_modules(model)
+    picked = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() in TAP_SKIP or op.get_output_size() != 1:
+            continue
+        port = op.output(0)
+        if port.get_element_type() not in (ov.Type.f32, ov.Type.f16):
+            continue
+        module = next((modules[n] for n in port.get_names() if n in modules), None)
+        picked.append((op.get_friendly_name(), module, op.get_type_name(), port))
+    for j, (*_, port) in enumerate(picked):  # a name of our own for each, to find it among the outputs
+        port.get_tensor().add_names({f"edgeexport.tap.{j}"})
+    model.add_outputs([p for *_, p in picked])
+    compiled = compile_model(core, model, runner.device, runner.threads, runner.inference_precision)
+    res = compiled.create_infer_request().infer(
+        {n: np.ascontiguousarray(feed[n][:1], dtype=np.float32) for n in runner.input_names})
+    index = {n: i for i, o in enumerate(model.outputs) for n in o.get_names()}  # the compiled model's order
+    taps = [Tap(name, module, op, np.array(res[index[f"edgeexport.tap.{j}"]], dtype=np.float32))
+            for j, (name, module, op, _) in enumerate(picked) if f"edgeexport.tap.{j}" in index]
+    return taps
+
+
 # ---------------------------------------------------------------- runner
 
 
@@ -181,6 +251,9 @@ class OpenVINORunner(Runner):
 
     def _deactivate(self) -> None:
         self.request = self.compiled = None
+
+    def _taps(self, feed):
+        return openvino_taps(self, feed)
 
     def describe(self) -> dict:
         import openvino as ov
@@ -229,6 +302,7 @@ class OpenVINORecord(BuildRecord):
     fake_quantize: int | None = None
     quantize_s: float | None = None
     accuracy_control: dict | None = None
+    modules_recorded: int = 0  # ops whose runtime info names the module of the user's model (for `diff`)
 
     def markdown(self) -> list[str]:
         import json
@@ -309,8 +383,16 @@ class OpenVINOTarget(Target):
             try:
                 model = ov.convert_model(str(source))
             except Exception as exc:
-                raise BuildFailed(f"OpenVINO could not convert the ONNX graph: {_failing_op(exc)}") from None
+                why = f"OpenVINO could not convert the ONNX graph: {_failing_op(exc)}"
+                op = refused_op(str(exc), REFUSALS)
+                if op:  # an ONNX operator its frontend has no rule for: the module it came from
+                    import onnx
+
+                    graph = onnx.load(str(source), load_external_data=False).graph
+                    raise UnsupportedOp(op, locate_onnx(graph, op), why) from None
+                raise BuildFailed(why) from None
         convert_s = time.perf_counter() - t0
+        annotated = annotate_modules(model, source)
         facts: dict = {}
         if int8:
             model, facts = self._quantize(ctx, options, model, notes, art)
@@ -332,7 +414,8 @@ class OpenVINOTarget(Target):
         record = OpenVINORecord(
             quantize=options.quantize, openvino=versions.get("openvino"), nncf=versions.get("nncf") if int8 else None,
             source=str(source), device=options.device, inference_precision=precision,
-            convert_s=round(convert_s, 2), runtime_precisions=runtime, **ir_facts(model),
+            convert_s=round(convert_s, 2), runtime_precisions=runtime, modules_recorded=annotated,
+            **ir_facts(model),
             build_s=round(time.perf_counter() - t0, 2), notes=notes, **facts)
         if int8:
             record.fake_quantize = record.op_counts.get("FakeQuantize", 0)

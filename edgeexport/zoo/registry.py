@@ -34,6 +34,7 @@ class ModelMeta:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     resize: str = "resize"  # "resize" (whole photo, aspect not kept) or "center_crop"
+    crop_fraction: float = 0.875  # center_crop: the crop's side over the resized short side
     family: str = ""
     paper: str = ""
     published_params: int | None = None  # at the default num_classes, when a paper/repo states it

@@ -48,3 +48,23 @@ def test_bad_compress_value(cli, tmp_path):
 
     code, _, err = cli("coreml", "mobilenetv3_small", "--compress", "zip", "-o", tmp_path)
     assert_one_line_error(code, err, "compress")
+
+
+def test_aliases_are_dropped_before_conversion():
+    """coremltools has no converter for ``aten.alias`` ("Unsupported fx node alias", Swin); an alias is its
+    input, so the pass rewires its users and the program computes the same."""
+    import torch
+
+    from edgeexport.targets.coreml import _drop_aliases
+
+    class Aliased(torch.nn.Module):
+        def forward(self, x):
+            return torch.ops.aten.alias.default(x + 1) * 3
+
+    x = torch.randn(2, 3)
+    program = torch.export.export(Aliased(), (x,)).run_decompositions({})
+    count = lambda p: sum(n.target == torch.ops.aten.alias.default for n in p.graph.nodes)  # noqa: E731
+    assert count(program) == 1
+    program = _drop_aliases(program)
+    assert count(program) == 0
+    torch.testing.assert_close(program.module()(x), Aliased()(x))

@@ -18,17 +18,28 @@ def test_fp32_program_matches_eager(cli, tmp_path):
     assert art["latency"]["threads"] == json.loads(out)["eager"]["latency"]["threads"]
 
 
+def test_dict_outputs_keep_their_names(cli, tmp_path):
+    code, out, err = cli("executorch", "seg", "--model", "tests.support.models:tiny_segmenter", "--shape", "1x3x32x32",
+                         "--images", "1", "--no-bench", "-o", tmp_path, "--json")
+    assert code == 0, err
+    rep = json.loads(out)
+    art = rep["artifacts"]["executorch"]
+    assert rep["model"]["outputs"] == ["out", "aux"] and art["status"] == "passed"
+    assert [o["name"] for o in art["parity"][0]["outputs"]] == ["out", "aux"]
+    assert [o["shape"] for o in art["parity"][0]["outputs"]] == [[1, 5, 32, 32], [1, 5, 8, 8]]
+
+
 def test_int8_program_keeps_top1_on_trained_weights(cli, tmp_path):
     """PT2E int8 on the trained reference classifier, judged by top-1 on labeled images it never saw."""
     code, out, err = cli("executorch", "pyconvresnet18", "--weights", "pyconvresnet18:shapes", "--quantize", "int8",
                          "--shape", "1x3x160x160", "--eval-data", "shapes_cls:eval",
-                         "--images", "2", "--calib-size", "8", "--no-bench", "-o", tmp_path, "--json")
+                         "--eval-images", "100", "--images", "2", "--calib-size", "8", "--no-bench", "-o", tmp_path, "--json")
     rep = json.loads(out)
     art = rep["artifacts"]["executorch-int8"]
     assert art["error"] is None and art["kind"] == "executorch-int8", err
     assert (tmp_path / "pyconvresnet18.int8.pte").exists() and art["size_bytes"] < 0.4 * 4 * 5.9e6
     assert rep["eager"]["task"]["value"] >= 0.8  # a trained network, so the comparison means something
-    assert art["task"]["images"] == 200 and art["task"]["drop_points"] <= 1.0  # the default int8 limit
+    assert art["task"]["images"] == 100 and art["task"]["drop_points"] <= 1.0  # the default int8 limit
     assert art["status"] == "passed" and code == 0
     assert art["build"]["delegated_nodes"] >= 1
 
@@ -59,3 +70,24 @@ def test_computed_weights_become_constants_that_xnnpack_takes(form, tmp_path):
     with torch.no_grad():
         ref = model(x).numpy()
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max()))
+
+
+def test_pads_of_zero_width_are_dropped_and_others_kept():
+    """XNNPACK refuses a zero-width quantized pad when the method loads (Swin pads windows by size % window);
+    the pass drops exactly the pads that pad nothing, and the program computes the same."""
+    import torch
+    import torch.nn.functional as F
+
+    from edgeexport.targets.executorch import _drop_identity_pads
+
+    class Pads(torch.nn.Module):
+        def forward(self, x):
+            return F.pad(F.pad(x, (0, 0, 0, 0)) * 2, (1, 0, 0, 2))
+
+    x = torch.randn(1, 2, 3, 4)
+    graph = torch.export.export(Pads(), (x,)).module()
+    pads = lambda g: [n.args[1] for n in g.graph.nodes if "pad" in str(n.target)]  # noqa: E731
+    assert len(pads(graph)) == 2
+    graph = _drop_identity_pads(graph)
+    assert pads(graph) == [[1, 0, 0, 2]]
+    torch.testing.assert_close(graph(x), Pads()(x))

@@ -167,14 +167,14 @@ def test_fp16_reports_and_avoids_overflow(cli, tmp_path):
 def test_int8_dynamic_on_trained_weights(cli, tmp_path):
     code, out, err = cli("quantize", "pyconvresnet18", "--weights", "pyconvresnet18:shapes", "--mode", "int8-dynamic",
                          "--shape", "1x3x160x160", "--eval-data", "shapes_cls:eval",
-                         "--exporter", "torchscript", "--images", "1", "--no-bench", "-o", tmp_path, "--json")
+                         "--eval-images", "100", "--exporter", "torchscript", "--images", "1", "--no-bench", "-o", tmp_path, "--json")
     rep = json.loads(out)
     a = art(rep, "onnx-int8-dynamic")
     assert a["error"] is None and (tmp_path / "pyconvresnet18.int8-dynamic.onnx").exists(), err
     ops = {n.op_type for n in onnx.load(str(tmp_path / "pyconvresnet18.int8-dynamic.onnx")).graph.node}
     assert "ConvInteger" in ops or "DynamicQuantizeLinear" in ops  # weights int8, activations quantized at run time
     assert rep["eager"]["task"]["value"] >= 0.8
-    assert a["task"]["images"] == 200 and a["task"]["drop_points"] <= 1.0  # the default int8 limit
+    assert a["task"]["images"] == 100 and a["task"]["drop_points"] <= 1.0  # the default int8 limit
     assert a["status"] == "passed" and code == 0
 
 
@@ -219,12 +219,13 @@ def _int8_graph(tmp_path, **options):
     from edgeexport import pipeline
     from edgeexport.recipe import Recipe
 
-    r = Recipe.from_dict({"model": "pyconvresnet18", "input_shape": [1, 3, 64, 64], "output": str(tmp_path),
+    r = Recipe.from_dict({"model": "tests.support.models:conv_stack", "name": "stack", "input_shape": [1, 3, 64, 64],
+                          "output": str(tmp_path),
                           "inputs": {"images": 1}, "bench": {"enabled": False},
                           "stages": {"onnx": {"exporter": "torchscript"},
                                      "quantize": [{"mode": "int8", "calib_size": 3, "plans": ["all"], **options}]}})
     rep = pipeline.run(r)
-    return art(rep, "onnx-int8"), onnx.load(str(tmp_path / "pyconvresnet18.int8.onnx"))
+    return art(rep, "onnx-int8"), onnx.load(str(tmp_path / "stack.int8.onnx"))
 
 
 def _activation_scales(model) -> dict[str, float]:

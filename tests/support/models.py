@@ -110,3 +110,29 @@ class Overflow16(nn.Module):
 
 def overflow16():
     return Overflow16().eval()
+
+
+class ConvStack(nn.Module):
+    """Twelve conv + BN + ReLU layers at 32 channels: enough activations for calibration tests, few enough that
+    entropy calibration (a KL search per activation) stays quick."""
+
+    def __init__(self, depth: int = 12, num_classes: int = 10):
+        super().__init__()
+        torch.manual_seed(3)
+        layers, c = [], 3
+        for i in range(depth):
+            layers += [nn.Conv2d(c, 32, 3, 2 if i in (0, 3, 6) else 1, 1), nn.BatchNorm2d(32), nn.ReLU()]
+            c = 32
+        self.features = nn.Sequential(*layers)
+        for m in self.features:
+            if isinstance(m, nn.BatchNorm2d):  # spread statistics, so activations are not all alike
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.features(x).mean((2, 3)))
+
+
+def conv_stack():
+    return ConvStack().eval()

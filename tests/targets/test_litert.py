@@ -217,10 +217,13 @@ def test_positional_and_full_integer_files_run(tmp_path):
         assert snr > 15, (name, snr)
 
 
-def test_conversion_failure_is_a_one_line_artifact_error(tmp_path):
+def test_an_op_without_a_lowering_is_unsupported_naming_it_and_its_module(tmp_path):
     ctx = _context("tests.targets.test_litert:erfinv_model", [1, 3, 8, 8], tmp_path, images=1)
     art = _build(ctx)
-    assert art.error == "LiteRT conversion failed: litert-torch has no lowering for aten.erfinv (aten.erfinv.default)"
+    assert art.error is None and art.parity_status == "unsupported"
+    assert art.unsupported == {"op": "aten.erfinv", "module": "the model's own forward (Erfinv)"}
+    assert art.not_run_reason == ("unsupported: aten.erfinv at the model's own forward (Erfinv): LiteRT conversion failed: "
+                                  "litert-torch has no lowering for aten.erfinv (aten.erfinv.default)")
     assert art.runner is None and not (tmp_path / "erfinv_model.tflite").exists()
     assert not [p for p in tmp_path.iterdir() if ".tflite" in p.name]  # no partial file either
 

@@ -1,0 +1,149 @@
+"""Where an operator comes from: the PyTorch module (path and class) that produced it.
+
+Converters name the operator they refuse (an aten op, an ONNX op type, an ncnn layer); users need the
+module it sits in. Two sources of that truth:
+
+* an ``torch.export`` program, whose nodes carry ``nn_module_stack`` (the path of every module the op
+  was called in, with its class);
+* an ONNX graph from the dynamo exporter, whose nodes carry the same as ``pkg.torch.onnx.name_scopes`` /
+  ``pkg.torch.onnx.class_hierarchy`` metadata (the ONNX target keeps it through onnxsim), or, from the
+  TorchScript exporter, node names like ``/layers.0/attn/MatMul``.
+
+Paths are given relative to the user's model: the wrappers edgeexport puts around it to name its inputs
+and outputs (``model.`` of :class:`~edgeexport.source.NamedOutputs`, ``inner.`` of LiteRT's) are dropped.
+"""
+from __future__ import annotations
+
+import ast
+import re
+
+WRAPPERS = ("inner.", "model.")  # attribute chains of edgeexport's own wrappers, outermost first
+
+
+def user_path(path: str) -> str:
+    """A module path inside edgeexport's wrappers, as a path inside the user's model ("" is the model)."""
+    for prefix in WRAPPERS:
+        if path == prefix[:-1]:
+            return ""
+        if path.startswith(prefix):
+            path = path[len(prefix):]
+    return path
+
+
+def describe(path: str, cls: str | None) -> str:
+    """``layers.0.blocks.1.attn (WindowAttention)``; the model itself is ``the model's forward``."""
+    short = cls.rsplit(".", 1)[-1] if cls else None
+    where = path or "the model's own forward"
+    return f"{where} ({short})" if short else where
+
+
+OVERLOADS = {"default", "Tensor", "Scalar", "int", "self", "out", "vec", "dim", "using_ints", "input"}
+
+
+def op_name(op: str) -> str:
+    """An operator's bare name, however a converter spells it: ``aten.roll.default``, ``aten::roll``,
+    ``torch.ops.aten.roll.default``, ``Tensor.roll``, ``torch.roll``, ``F.roll`` -> ``roll``."""
+    parts = [p for p in str(op).replace("::", ".").split(".") if p and p not in OVERLOADS]
+    return parts[-1] if parts else str(op)
+
+
+# ---------------------------------------------------------------- torch.export programs
+
+
+def export_program(module, sample):
+    """``torch.export`` of the module on one sample (non-strict, as every converter here uses it)."""
+    import torch
+
+    return torch.export.export(module, (sample,), strict=False)
+
+
+def node_module(node) -> str | None:
+    """The innermost module a torch.export node was called in, described (None: the model's forward)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return None
+    path, cls = list(stack.values())[-1]
+    cls_name = cls if isinstance(cls, str) else getattr(cls, "__name__", str(cls))
+    return describe(user_path(path), cls_name)
+
+
+def locate_aten(program, op: str) -> str | None:
+    """The module of the first node of ``program`` that calls ``op`` (any overload)."""
+    want = op_name(op)
+    for node in program.graph.nodes:
+        if node.op == "call_function" and op_name(str(node.target)) == want:
+            return node_module(node) or describe("", None)
+    return None
+
+
+def locate_in_torch(module, sample, op: str) -> str | None:
+    """:func:`locate_aten` on a fresh export of ``module``, then on its core-ATen decomposition (what the
+    converters see: ``special_erfinv`` becomes ``erfinv``). None when it does not export, or has no such op."""
+    try:
+        program = export_program(module, sample)
+        return locate_aten(program, op) or locate_aten(program.run_decompositions(), op)
+    except Exception:
+        return None
+
+
+# ---------------------------------------------------------------- ONNX graphs
+
+
+def onnx_node_scope(node) -> tuple[str, str | None] | None:
+    """(path in the user's model, class name or None) of the module an ONNX node comes from: the dynamo
+    exporter's name scopes, else a TorchScript node name; None when the node records neither."""
+    meta = {p.key: p.value for p in node.metadata_props}
+    scopes = meta.get("pkg.torch.onnx.name_scopes")
+    if scopes:
+        try:
+            names = ast.literal_eval(scopes)
+            classes = ast.literal_eval(meta.get("pkg.torch.onnx.class_hierarchy", "[]"))
+        except (ValueError, SyntaxError):
+            names, classes = [], []
+        mods = [(n, c) for n, c in zip(names, classes) if not c.startswith("aten.")]
+        if len(mods) > 1 or (mods and mods[-1][0]):
+            path, cls = mods[-1]
+            return user_path(path), cls
+    m = re.match(r"^/(.+)/[^/]+$", node.name or "")  # TorchScript: /model/layers.0/attn/MatMul
+    if m:
+        return user_path(m.group(1).replace("/", ".")), None
+    return None
+
+
+def onnx_node_module(node) -> str | None:
+    """The module an ONNX node comes from, described (see :func:`onnx_node_scope`)."""
+    scope = onnx_node_scope(node)
+    return describe(*scope) if scope else None
+
+
+def locate_onnx(graph, op_type: str) -> str | None:
+    """The module of the first node of an ONNX graph with ``op_type``."""
+    for node in graph.node:
+        if node.op_type == op_type:
+            return onnx_node_module(node) or f"ONNX node {node.name}"
+    return None
+
+
+def keep_scopes(before, after) -> int:
+    """Copy each node's metadata (its module scopes) from ``before`` to the node of the same name in ``after``
+    (graph optimisers such as onnxsim drop it); returns how many nodes kept it."""
+    props = {n.name: list(n.metadata_props) for n in before.graph.node if n.name and n.metadata_props}
+    kept = 0
+    for node in after.graph.node:
+        if node.name in props and not node.metadata_props:
+            node.metadata_props.extend(props[node.name])
+            kept += 1
+    return kept
+
+
+def refused_op(text: str, patterns) -> str | None:
+    """The operator a converter's error names as the one it cannot take (by the converter's own wording, each
+    target's ``patterns``: regexes with one group), or None when the error is something else."""
+    for pattern in patterns:
+        m = re.search(pattern, text)
+        if m:
+            parts = m.group(1).split(".")
+            while len(parts) > 1 and parts[-1] in OVERLOADS:  # aten.erfinv.default -> aten.erfinv
+                parts.pop()
+            return ".".join(parts)
+    return None
