@@ -130,8 +130,9 @@ def keep_scopes(before, after) -> int:
     props = {n.name: list(n.metadata_props) for n in before.graph.node if n.name and n.metadata_props}
     kept = 0
     for node in after.graph.node:
-        if node.name in props and not node.metadata_props:
-            node.metadata_props.extend(props[node.name])
+        name = node.name if node.name in props else node.name.removesuffix("_quant")  # QLinear* of ONNX Runtime
+        if name in props and not node.metadata_props:
+            node.metadata_props.extend(props[name])
             kept += 1
     return kept
 

@@ -37,7 +37,7 @@ def test_the_corpus_is_public_architectures_from_both_libraries():
 
 def test_dict_outputs_keep_their_names_through_every_fp32_target(tmp_path):
     """torchvision's DeepLabV3 returns {"out", "aux"}: every artifact keeps both names, and both match."""
-    kinds = ["onnx", "openvino", "litert", "ncnn"]  # ExecuTorch's: tests/export/test_executorch.py
+    kinds = ["onnx", "openvino", "ncnn"]  # LiteRT's and ExecuTorch's: tests/targets/test_litert.py, tests/export
     rep = _run("tv_deeplabv3_mnv3", kinds, tmp_path, input_shape="1x3x64x64")
     assert rep.model.outputs == ["out", "aux"]
     assert "BatchNorm statistics of 54 layers settled on" in " ".join(rep.model.preparation)

@@ -47,6 +47,20 @@ class LayerDiff(Data):
     eager_modules: int = 0
     seconds: float | None = None  # how long the diff took
     paired_by: str = "module path"  # or "value", for runtimes whose files keep no module names (ncnn)
+    profiler: str | None = None  # what timed the layers (LayerRecord.ms), where the runtime has a profiler
+    total_ms: float | None = None  # one run, by that profiler
+    unattributed_ms: float | None = None  # time of ops that record no module or none with a record
+
+    def attach_times(self, modules: dict[str, float], profiler: str, total_ms: float | None) -> None:
+        """Time per module (ms per run) onto the records: a record's own module and the ones fused into it."""
+        covered = set()
+        for r in self.layers:
+            mine = [m for m in [r.module, *r.fused_with] if m in modules]
+            if mine:
+                r.ms = round(sum(modules[m] for m in mine), 4)
+                covered.update(mine)
+        self.profiler, self.total_ms = profiler, total_ms
+        self.unattributed_ms = round(sum(v for m, v in modules.items() if m not in covered), 4)
     note: str | None = None
 
     def record(self, module: str) -> LayerRecord | None:

@@ -15,6 +15,8 @@ from edgeexport.runners.base import Tap, TapsUnavailable
 from edgeexport.targets import get_target, make_runner
 from edgeexport.util import one_line
 
+PROFILE_RUNS = 5  # profiled runs for the time per layer (their median)
+
 
 def why_no_diff(ctx: Context, art: RunArtifact) -> str | None:
     """Why ``art`` cannot be diffed here (None: it can)."""
@@ -50,6 +52,12 @@ def diff_artifact(ctx: Context, art: RunArtifact) -> LayerDiff:
         return LayerDiff(precision=art.precision, threshold_db=0.0,
                          note=f"{art.backend} could not return its intermediate tensors: {one_line(exc)}")
     result = align(taps, eager, art.precision)
+    try:
+        prof = get_target(art.runner.target).operator_profile(art.runner, feed, ctx.threads, PROFILE_RUNS)
+    except Exception:  # noqa: BLE001 (the times are extra: a profiler that fails leaves them out)
+        prof = None
+    if prof and prof.get("modules"):
+        result.attach_times(prof["modules"], prof.get("runtime") or art.backend, prof.get("total_ms"))
     result.seconds = round(time.perf_counter() - t0, 2)
     if not result.layers:
         result.note = (f"none of the {result.tapped} tensors {art.backend} returned could be paired with a module "

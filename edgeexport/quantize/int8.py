@@ -39,6 +39,7 @@ import onnx
 from edgeexport.errors import UserError
 from edgeexport.quantize import prep
 from edgeexport.inputs import calibration_batches
+from edgeexport.provenance import keep_scopes
 from edgeexport.quantize.calib import BatchReader
 from edgeexport.quantize.debug import per_layer_errors, top_drops
 
@@ -397,8 +398,11 @@ class Int8Builder:
         self.info["float_nodes"] = floats
         self.info["optimized_op_counts"] = dict(sorted(counts.items(), key=lambda kv: -kv[1]))
         self.info["excluded"] = {n: REASONS.get(self.why.get(n, "user"), "") for n in sorted(exclude)}
+        model = onnx.load(str(final))
+        # which module each node comes from, for the per-layer diff (quantization drops node metadata)
+        self.info["scopes_kept"] = keep_scopes(onnx.load(str(self.fp32_path), load_external_data=False), model)
         with atomic_path(out) as tmp:
-            shutil.copy(final, tmp)
+            onnx.save(model, str(tmp))
         lap("final")
         self.info["phase_s"] = phases
         self.info["build_s"] = round(time.perf_counter() - t0, 1)

@@ -482,6 +482,9 @@ def layers_context(report: Report) -> dict | None:
         first = d.record(d.first_divergent) if d.first_divergent else None
         rows.append({"kind": a.name, "first": d.first_divergent, "note": d.note,
                      "snr": fmt(first.snr_db if first else None, ".1f"), "worst": d.worst[:4],
-                     "paired": f"{len(d.layers)} / {d.eager_modules}", "seconds": fmt(d.seconds, ".1f")})
+                     "paired": f"{len(d.layers)} / {d.eager_modules}" + (" by value" if d.paired_by == "value" else ""),
+                     "seconds": fmt(d.seconds, ".1f"),
+                     "timed": (f"{sum(r.ms or 0 for r in d.layers):.3g} of {d.total_ms:.3g}"
+                               if d.total_ms else "no profiler")})
     image = report.inputs.images[0] if report.inputs and report.inputs.images else "the first evaluation image"
     return {"figure": divergence_figure([(a.name, a.layers) for a in diffed]), "rows": rows, "image": image}

@@ -87,14 +87,40 @@ def ort_profile(path: str, feed: dict, threads: int, optimization: str = "all", 
     windows = sorted((ev["ts"], ev["ts"] + ev["dur"]) for ev in events
                      if ev.get("cat") == "Session" and ev.get("name") == "model_run")[-runs:]  # not the warm-up
     per_run: list[dict[str, float]] = [{} for _ in windows]
+    per_module: list[dict[str, float]] = [{} for _ in windows]
+    modules = node_modules(path)
     for ev in events:
         if ev.get("cat") == "Node" and ev.get("name", "").endswith("_kernel_time"):
             i = next((k for k, (a, b) in enumerate(windows) if a <= ev["ts"] <= b), None)
             if i is not None:
                 op = ev.get("args", {}).get("op_name", "?")
                 per_run[i][op] = per_run[i].get(op, 0.0) + ev["dur"] / 1e3
+                module = profiled_module(modules, ev["name"][:-len("_kernel_time")])
+                if module is not None:
+                    per_module[i][module] = per_module[i].get(module, 0.0) + ev["dur"] / 1e3
     return {"runtime": f"onnxruntime {ort.__version__} profiler", "ops": median_ops(per_run),
+            "modules": median_ops(per_module),
             "total_ms": round(float(np.median([b - a for a, b in windows])) / 1e3, 4) if windows else None}
+
+
+def node_modules(path) -> dict[str, str]:
+    """Node name -> module path of the user's model, for the nodes of an ONNX file that record one. ONNX
+    Runtime's optimised graph keeps a node's name, or (its NCHWc kernels) names it after its output tensor
+    with ``_nchwc``: both are keys, the suffix is dropped by :func:`profiled_module`."""
+    import onnx
+
+    from edgeexport.provenance import onnx_node_scope
+
+    out = {}
+    for n in onnx.load(str(path), load_external_data=False).graph.node:
+        scope = onnx_node_scope(n)
+        if scope:
+            out.update({k: scope[0] for k in (n.name, *n.output) if k})
+    return out
+
+
+def profiled_module(modules: dict[str, str], node: str) -> str | None:
+    return modules.get(node) or modules.get(node.removesuffix("_nchwc"))
 
 
 def tap_outputs(model) -> list[tuple[str, str | None, str]]:

@@ -303,7 +303,8 @@ class Target(abc.ABC):
     @classmethod
     def operator_profile(cls, spec: RunnerSpec, feed: dict, threads: int, runs: int) -> dict | None:
         """Time per operator type from the runtime's own profiler, ``{"runtime", "ops": {type: ms},
-        "total_ms"}`` (ms per run, median over ``runs``); None when the runtime has no profiler here."""
+        "total_ms"}`` (ms per run, median over ``runs``), and, where the artifact records where its ops come
+        from, ``"modules": {module path: ms}``; None when the runtime has no profiler here."""
         return None
 
 

@@ -528,7 +528,14 @@ def openvino_profile(path: str, feed: dict, threads: int, options: dict, runs: i
     device = options.get("device", "CPU")
     if options.get("inference_precision") and device.startswith("CPU"):
         config["INFERENCE_PRECISION_HINT"] = options["inference_precision"]
-    compiled = core.compile_model(core.read_model(str(path)), device, config)
+    model = core.read_model(str(path))
+    recorded = recorded_modules(model)
+    module_of = {}  # op name -> module path (a bias-free conv the frontend split off is named after its op)
+    for op in model.get_ops():
+        path_ = next((recorded[n] for port in op.outputs() for n in port.get_names() if n in recorded), None)
+        if path_ is not None:
+            module_of[op.get_friendly_name()] = path_
+    compiled = core.compile_model(model, device, config)
     req = compiled.create_infer_request()
     x = [np.ascontiguousarray(v) for v in feed.values()]
 
@@ -546,6 +553,7 @@ def openvino_profile(path: str, feed: dict, threads: int, options: dict, runs: i
         req.infer(x)
     prev = cumulative(warmup)
     per_run: list[dict[str, float]] = []
+    per_module: list[dict[str, float]] = []
     totals = []
     for n in range(warmup + 1, warmup + runs + 1):
         t0 = time.perf_counter()
@@ -553,9 +561,16 @@ def openvino_profile(path: str, feed: dict, threads: int, options: dict, runs: i
         totals.append((time.perf_counter() - t0) * 1e3)
         cur = cumulative(n)
         ops: dict[str, float] = {}
+        mods: dict[str, float] = {}
         for node, (kind, total) in cur.items():
-            ops[kind] = ops.get(kind, 0.0) + max(0.0, total - prev.get(node, (kind, 0.0))[1])
+            ms = max(0.0, total - prev.get(node, (kind, 0.0))[1])
+            ops[kind] = ops.get(kind, 0.0) + ms
+            module = module_of.get(node) or module_of.get(node.split("/")[0])
+            if module is not None:
+                mods[module] = mods.get(module, 0.0) + ms
         per_run.append(ops)
+        per_module.append(mods)
         prev = cur
     return {"runtime": f"openvino {ov.get_version().split('-')[0]} performance counters",
-            "ops": median_ops(per_run), "total_ms": round(float(np.median(totals)), 4)}
+            "ops": median_ops(per_run), "modules": median_ops(per_module),
+            "total_ms": round(float(np.median(totals)), 4)}

@@ -72,6 +72,7 @@ class QuantizeRecord(BuildRecord):
     optimized_op_counts: dict[str, int] = {}
     excluded: dict[str, str] = {}
     phase_s: dict[str, float] = {}
+    scopes_kept: int | None = None  # nodes that still name their module (the per-layer diff's pairing)
     # int8-dynamic
     weight_type: str | None = None
     # fp16

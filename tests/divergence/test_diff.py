@@ -48,6 +48,9 @@ def test_a_fault_in_one_layer_is_the_first_divergent_layer(name, module, target,
     assert first.snr_db < layers.threshold_db
     before = [r for r in layers.layers if r.depth < first.depth]
     assert len(before) >= 5 and min(r.snr_db for r in before) > 60  # the layers before it match eager
+    if target in ("onnx", "openvino"):  # runtimes with a profiler: time per layer, by the same module paths
+        assert layers.profiler and sum(1 for r in layers.layers if r.ms is not None) >= 10
+    assert layers.paired_by == ("value" if target == "ncnn" else "module path")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="timm is not installed")
@@ -103,6 +106,10 @@ def test_diff_command_names_the_layer_in_one_table(cli, tmp_path):
     assert code == 1, err  # it departs from eager
     layers = __import__("json").loads(out)["artifacts"]["onnx"]["layers"]
     assert layers["first_divergent"] == "features.4.block.1.0" and layers["seconds"] < 30
+    # time per layer from ONNX Runtime's profiler, by the same module paths
+    assert layers["profiler"].startswith("onnxruntime") and layers["total_ms"] > 0
+    timed = [r for r in layers["layers"] if r["ms"] is not None]
+    assert len(timed) >= 30 and 0 < sum(r["ms"] for r in timed) <= layers["total_ms"]
     code, out, err = cli("diff", built.artifacts["onnx"].path, "mobilenetv3_small", "--shape", "1x3x64x64",
                          "-o", tmp_path / "d")
     assert "first divergent layer: features.4.block.1.0" in out
@@ -115,3 +122,17 @@ def test_layouts_are_reconciled():
     assert np.array_equal(conform(Tap("t", "m", "op", a.transpose(0, 2, 3, 1), "nhwc"), a.shape), a)
     assert np.array_equal(conform(Tap("t", "m", "op", a[0], "chw"), a.shape), a)
     assert conform(Tap("t", "m", "op", a.reshape(1, 4, 3, 2), "nchw"), a.shape) is None  # not the same tensor
+
+
+def test_an_int8_graph_keeps_its_module_paths_and_its_layers_are_timed(tmp_path):
+    """ONNX Runtime's quantizer rewrites every node: the int8 build copies each node's module scope back, so
+    its diff pairs by module path, and each layer's int8 error is measured where it happens."""
+    rep = edgeexport.export("mobilenetv3_small", SHAPE, targets=["onnx-int8"], output=tmp_path, threads=1, images=1,
+                            bench=False)
+    art = rep.artifacts["onnx-int8"]
+    assert art.build["scopes_kept"] > 50
+    layers = edgeexport.diff(art.path, "mobilenetv3_small", SHAPE, output=tmp_path / "d", threads=1
+                             ).artifacts["onnx-int8"].layers
+    assert layers.paired_by == "module path" and len(layers.layers) >= 60
+    assert layers.threshold_db == 12.0 and all(r.snr_db < 80 for r in layers.layers[5:])  # int8 error, everywhere
+    assert sum(1 for r in layers.layers if r.ms is not None) >= 20
