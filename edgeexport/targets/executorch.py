@@ -159,6 +159,12 @@ class ExecuTorchRunner(Runner):
             self.program = Runtime.get().load_program(self.path)
             self.method = self.program.load_method("forward")
 
+    def _taps(self, feed):
+        from edgeexport.runners.base import TapsUnavailable
+
+        raise TapsUnavailable("executorch: the XNNPACK delegate runs the lowered graph as one opaque blob; "
+                              "ExecuTorch's intermediate output logging (ETDump) stops at the delegate's boundary")
+
     def _infer(self, feed):
         args = [self.torch.from_numpy(np.ascontiguousarray(feed[n])) for n in self._inputs]
         outs = self.method.execute(args)

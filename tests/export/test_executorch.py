@@ -16,6 +16,10 @@ def test_fp32_program_matches_eager(cli, tmp_path):
     assert art["status"] == "passed" and m["max_abs_scaled"] <= 1e-4 and m["agreement"] >= 0.999
     assert art["build"]["delegated_nodes"] >= 1
     assert art["latency"]["threads"] == json.loads(out)["eager"]["latency"]["threads"]
+    # no per-layer diff on this runtime, and it says why instead of pretending
+    code, _, err = cli("diff", tmp_path / "lraspp_mobilenetv3_small.pte", "lraspp_mobilenetv3_small",
+                       "--shape", "1x3x64x96", "-o", tmp_path / "diff")
+    assert code == 2 and "XNNPACK delegate" in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_dict_outputs_keep_their_names(cli, tmp_path):
