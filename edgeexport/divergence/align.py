@@ -64,7 +64,9 @@ class LayerDiff(Data):
     note: str | None = None
 
     def record(self, module: str) -> LayerRecord | None:
-        return next((r for r in self.layers if r.module == module), None)
+        """The record of ``module``, or of the layer it was fused into."""
+        return next((r for r in self.layers if r.module == module), None) or \
+            next((r for r in self.layers if module in r.fused_with), None)
 
 
 def _metrics(ref: np.ndarray, got: np.ndarray) -> tuple[float, float, float]:

@@ -39,7 +39,7 @@ import onnx
 from edgeexport.errors import UserError
 from edgeexport.quantize import prep
 from edgeexport.inputs import calibration_batches
-from edgeexport.provenance import keep_scopes
+from edgeexport.provenance import keep_scopes, onnx_node_scope
 from edgeexport.quantize.calib import BatchReader
 from edgeexport.quantize.debug import per_layer_errors, top_drops
 
@@ -68,6 +68,7 @@ class Int8Options:
     per_channel: bool = True
     format: str = "qdq"
     exclude: list[str] = field(default_factory=list)
+    float_modules: list[str] = field(default_factory=list)  # modules of the model (paths) whose nodes stay float
     budget: dict[str, float] | None = None
     plans: list[str] | str = "auto"
     max_budget_steps: int = 16
@@ -161,12 +162,33 @@ class Int8Builder:
         self.prepared = self.tmp / "prepared.onnx"
         onnx.save(model, str(self.prepared))
         self.graph = model.graph
+        if self.opts.float_modules:
+            self._exclude_modules(model)
         names = {n.name for n in model.graph.node}
         unknown = [n for n in self.opts.exclude if n not in names]
         if unknown:
             raise UserError(f"--exclude: no node named {', '.join(unknown[:5])} in the prepared graph "
                             f"(see the report's per-layer table for node names)")
         return self.prepared
+
+    def _exclude_modules(self, model) -> None:
+        """Every node that comes from one of ``float_modules`` (by the module scope the fp32 graph records for a
+        node of the same name) joins the nodes kept in float."""
+        fp32 = onnx.load(str(self.fp32_path), load_external_data=False).graph
+        scopes = {n.name: s[0] for n in fp32.node if n.name and (s := onnx_node_scope(n))}
+        kept: dict[str, list[str]] = {}
+        for module in self.opts.float_modules:
+            hits = [n.name for n in model.graph.node if (p := scopes.get(n.name)) is not None
+                    and (p == module or p.startswith(module + "."))]
+            if not hits:
+                parent = module.rsplit(".", 1)[0] if "." in module else ""
+                near = sorted({p for p in scopes.values() if p.startswith(parent + ".") or not parent})[:6]
+                raise UserError(f"--float-module {module}: no node of the graph comes from that module (a conv whose "
+                                f"BatchNorm the exporter folded is found under the BatchNorm's path; modules here: "
+                                f"{', '.join(near) or 'none'})")
+            kept[module] = hits
+        self.info["float_modules"] = kept
+        self.opts.exclude = list(dict.fromkeys([*self.opts.exclude, *(n for hits in kept.values() for n in hits)]))
 
     # ---------------------------------------------------------------- calibration
 

@@ -32,6 +32,9 @@ class QuantizeOptions(TargetOptions):
     per_channel: bool = Field(True, json_schema_extra={"flag": "--per-channel/--per-tensor"})
     format: Literal["qdq", "qoperator"] = "qdq"
     exclude: list[str] = Field(default_factory=list, description="node to keep in float (repeatable)")
+    float_modules: list[str] = Field(default_factory=list, description="module of the model to keep in float, by "
+                                     "its path as `edgeexport diff` names it (repeatable)",
+                                     json_schema_extra={"flag": "--float-module"})
     budget: dict[Literal[BUDGET_METRICS], float] | None = Field(
         None, description="accuracy budget, e.g. miou_drop=0.5, top1_drop=0.5, snr_db=25 or agreement=0.99",
         json_schema_extra={"parse": "budget"})
@@ -72,6 +75,7 @@ class QuantizeRecord(BuildRecord):
     optimized_op_counts: dict[str, int] = {}
     excluded: dict[str, str] = {}
     phase_s: dict[str, float] = {}
+    float_modules: dict[str, list[str]] = {}  # module kept in float -> its nodes
     scopes_kept: int | None = None  # nodes that still name their module (the per-layer diff's pairing)
     # int8-dynamic
     weight_type: str | None = None
@@ -155,7 +159,8 @@ class QuantizeTarget(Target):
                 for_trt = options.target == "tensorrt"
                 opts = Int8Options(calib_size=options.calib_size, calib_folder=ctx.calib_spec(options.calib_folder),
                                    method=options.method, per_channel=options.per_channel, format=options.format,
-                                   exclude=list(options.exclude), budget=resolve_budget(options.budget, ctx.task_data and ctx.task_data.task),
+                                   exclude=list(options.exclude), float_modules=list(options.float_modules),
+                                   budget=resolve_budget(options.budget, ctx.task_data and ctx.task_data.task),
                                    plans=options.plans, consumer=options.target, symmetric=for_trt,
                                    cpu_plans=not for_trt)
                 tol = ctx.tolerance("int8")
