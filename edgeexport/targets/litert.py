@@ -367,16 +367,20 @@ class LiteRTRunner(Runner):
         self._in_q = {n: (np.dtype(ins[s]["dtype"]), *ins[s]["quantization"]) for n, s in self._in.items()}
         self._out_q = {n: (np.dtype(outs[s]["dtype"]), *outs[s]["quantization"]) for n, s in self._out.items()}
 
-    def _infer(self, feed):
+    def _args(self, feed) -> dict:
+        """The signature's arguments for named inputs (a full-integer model: quantized like its first op would)."""
         args = {}
         for n, s in self._in.items():
             x = np.ascontiguousarray(feed[n], np.float32)
             dtype, scale, zp = self._in_q[n]
-            if dtype != np.float32 and scale:  # a full-integer model: quantize like its first op would
+            if dtype != np.float32 and scale:
                 info = np.iinfo(dtype)
                 x = np.clip(np.round(x / scale) + zp, info.min, info.max).astype(dtype)
             args[s] = x
-        outs = self.signature(**args)
+        return args
+
+    def _infer(self, feed):
+        outs = self.signature(**self._args(feed))
         result = {}
         for n, s in self._out.items():
             dtype, scale, zp = self._out_q[n]
@@ -400,15 +404,7 @@ class LiteRTRunner(Runner):
                                  experimental_op_resolver_type=tfl.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
         signatures = it.get_signature_list()
         runner = it.get_signature_runner(SIGNATURE if SIGNATURE in signatures else next(iter(signatures)))
-        args = {}
-        for n, s in self._in.items():
-            x = np.ascontiguousarray(feed[n][:1], np.float32)
-            dtype, scale, zp = self._in_q[n]
-            if dtype != np.float32 and scale:
-                info = np.iinfo(dtype)
-                x = np.clip(np.round(x / scale) + zp, info.min, info.max).astype(dtype)
-            args[s] = x
-        runner(**args)
+        runner(**self._args({n: feed[n][:1] for n in self._in}))
         details = {d["index"]: d for d in it.get_tensor_details()}
         taps = []
         for op in it._get_ops_details():
