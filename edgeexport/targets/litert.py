@@ -216,7 +216,9 @@ def quantize_int8(fp32: bytes, input_name: str, calibration: list[np.ndarray],
     of per-batch ranges, clips: 2.8 dB SNR on MobileNetV3-Small against 20 dB). Input and output
     stay float. An op type XNNPACK refuses in int8 (int8 HARD_SWISH in ai-edge-litert 2.3) would run
     on the interpreter's slow reference kernels and split the graph into many delegate partitions
-    (9x slower than fp32 on MobileNetV3-Small), so it is kept in float and the file quantized again.
+    (9x slower than fp32 on MobileNetV3-Small), so it is kept in float and the file quantized again; so is
+    an op type whose int8 kernel refuses how ai-edge-quantizer quantized it (AlexNet's FULLY_CONNECTED weights
+    quantized per channel on their second axis: "quantized_dimension != 0", ai-edge-quantizer 0.10).
     """
     with quiet(), quiet_fds() as native:
         from ai_edge_quantizer import calibrator, qtyping, quantizer
@@ -232,10 +234,21 @@ def quantize_int8(fp32: bytes, input_name: str, calibration: list[np.ndarray],
                 q = quantizer.Quantizer(bytearray(fp32), _recipe(float_ops).get_quantization_recipe())
                 return bytes(q.quantize(qsvs, enable_progress_bar=False, enable_progress_report=False).quantized_model)
 
-            content = quantize()
+            content, keep = quantize(), []
             known = {op.value for op in qtyping.TFLOperationName}
-            keep = sorted(op for op in set(delegation(content)[1]) - set(delegation(fp32)[1]) if op in known)
-            if keep:
+            baseline = set(delegation(fp32)[1])
+            for _ in range(4):
+                try:
+                    refused = set(delegation(content)[1]) - baseline
+                except RuntimeError as exc:  # a kernel that cannot take how an op was quantized
+                    m = re.search(r"\((\w+)\) failed to prepare", str(exc))
+                    if not m or m.group(1) not in known or m.group(1) in keep:
+                        raise
+                    refused = {m.group(1)}
+                new = sorted(op for op in refused if op in known and op not in keep)
+                if not new:
+                    break
+                keep = sorted({*keep, *new})
                 content = quantize(keep)
         except Exception as exc:
             raise LiteRTConversionFailed(_failure("int8 quantization", exc, native()),
