@@ -110,6 +110,17 @@ def onnx_node_scope(node) -> tuple[str, str | None] | None:
     return None
 
 
+def onnx_scopes(graph) -> dict[str, str]:
+    """Module path of the user's model for every node name and output tensor of an ONNX graph whose node
+    records one (what the per-layer diff, the profilers and the int8 float sets look nodes up by)."""
+    out = {}
+    for node in graph.node:
+        scope = onnx_node_scope(node)
+        if scope:
+            out.update({k: scope[0] for k in (node.name, *node.output) if k})
+    return out
+
+
 def onnx_node_module(node) -> str | None:
     """The module an ONNX node comes from, described (see :func:`onnx_node_scope`)."""
     scope = onnx_node_scope(node)

@@ -39,7 +39,7 @@ import onnx
 from edgeexport.errors import UserError
 from edgeexport.quantize import prep
 from edgeexport.inputs import calibration_batches
-from edgeexport.provenance import keep_scopes, onnx_node_scope
+from edgeexport.provenance import keep_scopes, onnx_scopes
 from edgeexport.quantize.calib import BatchReader
 from edgeexport.quantize.debug import per_layer_errors, top_drops
 
@@ -174,8 +174,7 @@ class Int8Builder:
     def _exclude_modules(self, model) -> None:
         """Every node that comes from one of ``float_modules`` (by the module scope the fp32 graph records for a
         node of the same name) joins the nodes kept in float."""
-        fp32 = onnx.load(str(self.fp32_path), load_external_data=False).graph
-        scopes = {n.name: s[0] for n in fp32.node if n.name and (s := onnx_node_scope(n))}
+        scopes = onnx_scopes(onnx.load(str(self.fp32_path), load_external_data=False).graph)
         kept: dict[str, list[str]] = {}
         for module in self.opts.float_modules:
             hits = [n.name for n in model.graph.node if (p := scopes.get(n.name)) is not None

@@ -109,14 +109,9 @@ def node_modules(path) -> dict[str, str]:
     with ``_nchwc``: both are keys, the suffix is dropped by :func:`profiled_module`."""
     import onnx
 
-    from edgeexport.provenance import onnx_node_scope
+    from edgeexport.provenance import onnx_scopes
 
-    out = {}
-    for n in onnx.load(str(path), load_external_data=False).graph.node:
-        scope = onnx_node_scope(n)
-        if scope:
-            out.update({k: scope[0] for k in (n.name, *n.output) if k})
-    return out
+    return onnx_scopes(onnx.load(str(path), load_external_data=False).graph)
 
 
 def profiled_module(modules: dict[str, str], node: str) -> str | None:

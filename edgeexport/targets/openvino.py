@@ -37,7 +37,7 @@ from edgeexport.bench import median_ops
 from edgeexport.errors import BuildFailed, UnsupportedOp
 from edgeexport.metrics import PRIMARY, TaskAccumulator
 from edgeexport.parity import resolve_budget
-from edgeexport.provenance import locate_onnx, onnx_node_scope, refused_op
+from edgeexport.provenance import locate_onnx, onnx_scopes, refused_op
 from edgeexport.runners.base import Runner, Tap
 from edgeexport.targets.base import (BUDGET_METRICS, BuildRecord, Format, Requirement, Target, TargetOptions,
                                      fp32_graph, fp32_graph_requirement)
@@ -163,12 +163,7 @@ def annotate_modules(model, source) -> int:
 
     import onnx
 
-    graph = onnx.load(str(source), load_external_data=False).graph
-    scope_of = {}
-    for node in graph.node:
-        scope = onnx_node_scope(node)
-        if scope:
-            scope_of.update({o: scope[0] for o in node.output if o})
+    scope_of = onnx_scopes(onnx.load(str(source), load_external_data=False).graph)
     names = {n for op in model.get_ops() for port in op.outputs() for n in port.get_names()}
     recorded = {n: p for n, p in scope_of.items() if n in names}
     model.set_rt_info(json.dumps(recorded, separators=(",", ":")), MODULE_KEY)
