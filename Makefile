@@ -27,7 +27,7 @@ demo: $(STAMP)
 
 test: $(STAMP) browser
 	$(VENV)/bin/lint-imports --no-cache
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=15
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal --durations=15
 
 # Headless Chromium for the HTML report's browser test, where this machine lets us install it (root with
 # apt-get, e.g. CI). Best effort, never an error: without it that one test is skipped and says why.

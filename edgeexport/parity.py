@@ -371,3 +371,21 @@ def resolve_budget(budget: dict | None, labeled_task: str | None) -> dict | None
         else:
             out[key] = value
     return out
+
+
+def meets(acc: dict, budget: dict[str, float], missing_ok: bool = False) -> bool:
+    """Every metric in ``budget`` reached (``*_drop`` metrics are upper bounds, the others lower
+    bounds). A metric the outputs do not have (agreement of a feature map) fails an explicit
+    budget, and is skipped for the tolerance floor (``missing_ok``)."""
+    def ok(k, v):
+        if acc.get(k) is None:
+            return missing_ok
+        return acc[k] <= v if k.endswith("_drop") else acc[k] >= v
+
+    return all(ok(k, v) for k, v in budget.items())
+
+
+def accuracy_key(acc: dict) -> tuple:
+    """Ranks graphs by accuracy: the task metric's drop when there is labeled data, then logit SNR."""
+    drop = acc.get("task_drop")
+    return (-drop if drop is not None else 0.0, acc.get("snr_db") or -math.inf)

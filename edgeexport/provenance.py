@@ -17,6 +17,8 @@ from __future__ import annotations
 import ast
 import re
 
+from edgeexport.errors import UserError
+
 WRAPPERS = ("inner.", "model.")  # attribute chains of edgeexport's own wrappers, outermost first
 
 
@@ -159,3 +161,36 @@ def refused_op(text: str, patterns) -> str | None:
                 parts.pop()
             return ".".join(parts)
     return None
+
+
+GROUP = "+"  # joins modules kept in float together: a conv and the norm / activation a runtime fused into it
+
+
+def within(path: str | None, modules) -> str | None:
+    """The entry of ``modules`` whose scope holds ``path`` (the module itself or one inside it; an entry
+    ``a+b`` holds what either holds), or None."""
+    if path is None:
+        return None
+    return next((m for m in modules if any(path == p or path.startswith(p + ".") for p in m.split(GROUP))), None)
+
+
+def match_modules(modules, paths: dict[str, str | None], flag: str = "--float-module") -> dict[str, list[str]]:
+    """Which of ``paths`` (an operator's name -> the module it comes from) lies in each of ``modules``:
+    ``{module: [operator names]}``. An entry ``conv+bn`` is a group: the operators of either (a converter gives a
+    conv with a folded BatchNorm the BatchNorm's scope, or the conv's: the group holds both ways). A module that
+    no operator comes from is bad input, named with the modules near it (a typo, or a module the converter
+    folded into another)."""
+    hits: dict[str, list[str]] = {m: [] for m in modules}
+    for name, path in paths.items():
+        m = within(path, modules)
+        if m is not None:
+            hits[m].append(name)
+    for module, names in hits.items():
+        if not names:
+            first = module.split(GROUP)[0]
+            parent = first.rsplit(".", 1)[0] if "." in first else ""
+            known = sorted({p for p in paths.values() if p and (not parent or p.startswith(parent + "."))})
+            raise UserError(f"{flag} {module}: no operator of the artifact comes from that module (a conv whose "
+                            f"BatchNorm the converter folded is found under the BatchNorm's path; modules here: "
+                            f"{', '.join(known[:6]) or 'none'})")
+    return hits

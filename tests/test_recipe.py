@@ -7,7 +7,8 @@ from edgeexport.parity import DEFAULT_TOLERANCES
 from edgeexport.recipe import Recipe
 from edgeexport.zoo import list_models
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml")) + sorted(
+    (Path(__file__).resolve().parents[1] / "recipes" / "budget").glob("*.yaml"))
 
 
 def test_every_model_has_a_recipe():

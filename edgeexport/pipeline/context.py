@@ -222,6 +222,15 @@ class Context:
     def check_parity(self, runner: Runner, precision: str) -> ParityResult:
         return check_parity(runner, self.refs, [self.shape], precision, self.tolerance(precision))[0]
 
+    def accuracy(self, runner: Runner, precision: str) -> dict:
+        res = self.check_parity(runner, precision)
+        acc = {k: res.worst(k) for k in ("snr_db", "agreement", "cosine")}
+        if self.task_data is not None:
+            task = self.task_data.evaluate(runner, self.input_name)[0]
+            acc[task.primary] = task.value
+            acc["task_drop"] = task.drop_below(self.eager_task)
+        return acc
+
     # ---- artifacts
     def artifact_path(self, suffix: str) -> Path:
         return self.out_dir / f"{self.name}{suffix}"

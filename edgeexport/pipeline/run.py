@@ -13,6 +13,7 @@ from edgeexport.keys import load_private_key
 from edgeexport.pipeline.context import Context, RunArtifact, no_status
 from edgeexport.pipeline.divergence import diff_artifact, diff_failed
 from edgeexport.pipeline.execute import build, check_artifact, plan, probe_refusals, time_all
+from edgeexport.pipeline.repair import price_repair, search_float_set, wants_search
 from edgeexport.pipeline.prepare import prepare
 from edgeexport.pipeline.views import profile_slow_int8
 from edgeexport.recipe import Recipe
@@ -31,6 +32,10 @@ def run(recipe: Recipe, log=print, status=no_status, command: str | None = None,
     ctx.calibration_arrays = calibration
     for target_cls, options, required_by in plan(ctx):
         art = build(ctx, target_cls, options, required_by)
+        if wants_search(target_cls, options):
+            search_float_set(ctx, target_cls, options, art)
+        elif art.repair is not None:
+            price_repair(ctx, target_cls, options, art)
         ctx.artifacts.append(art)
         check_artifact(ctx, art)
     probe_refusals(ctx)
@@ -57,7 +62,7 @@ def report_of(ctx: Context, builder: ReportBuilder) -> Report:
             notes=art.all_notes, parity=art.parity, compared=art.compared, latency=art.latency,
             eager_latency=ctx.eager_latency, baseline_latency=base.latency if base else None, task=art.task,
             task_drop=art.task_drop, task_issue=art.task_issue, views=art.views, profile=art.profile,
-            unsupported=art.unsupported, layers=art.layers)
+            unsupported=art.unsupported, layers=art.layers, repair=art.repair)
     recipe = ctx.recipe
     model = ctx.handle.info(ctx.shape)
     model["preparation"] += [f"rewrite {name}: {n} module(s) of the copy the targets convert"

@@ -25,7 +25,6 @@ builder therefore does not stop at "quantize everything":
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import tempfile
 import time
@@ -37,9 +36,10 @@ import numpy as np
 import onnx
 
 from edgeexport.errors import UserError
+from edgeexport.parity import accuracy_key, meets  # noqa: F401  (the budget rules; tests import them here)
 from edgeexport.quantize import prep
 from edgeexport.inputs import calibration_batches
-from edgeexport.provenance import keep_scopes, onnx_scopes
+from edgeexport.provenance import keep_scopes, match_modules, onnx_scopes
 from edgeexport.quantize.calib import BatchReader
 from edgeexport.quantize.debug import per_layer_errors, top_drops
 
@@ -175,17 +175,7 @@ class Int8Builder:
         """Every node that comes from one of ``float_modules`` (by the module scope the fp32 graph records for a
         node of the same name) joins the nodes kept in float."""
         scopes = onnx_scopes(onnx.load(str(self.fp32_path), load_external_data=False).graph)
-        kept: dict[str, list[str]] = {}
-        for module in self.opts.float_modules:
-            hits = [n.name for n in model.graph.node if (p := scopes.get(n.name)) is not None
-                    and (p == module or p.startswith(module + "."))]
-            if not hits:
-                parent = module.rsplit(".", 1)[0] if "." in module else ""
-                near = sorted({p for p in scopes.values() if p.startswith(parent + ".") or not parent})[:6]
-                raise UserError(f"--float-module {module}: no node of the graph comes from that module (a conv whose "
-                                f"BatchNorm the exporter folded is found under the BatchNorm's path; modules here: "
-                                f"{', '.join(near) or 'none'})")
-            kept[module] = hits
+        kept = match_modules(self.opts.float_modules, {n.name: scopes.get(n.name) for n in model.graph.node})
         self.info["float_modules"] = kept
         self.opts.exclude = list(dict.fromkeys([*self.opts.exclude, *(n for hits in kept.values() for n in hits)]))
 
@@ -405,9 +395,16 @@ class Int8Builder:
         lap("plans")
         met = None
         if self.opts.budget:
+            start = set(exclude)
             exclude, steps, met = self.budget_loop(exclude, self.opts.budget)
             self.info["budget"] = {"target": self.opts.budget, "met": met, "steps": steps,
                                    "kept_float": [s["excluded"] for s in steps if s.get("excluded")]}
+            if exclude != start:  # what the nodes kept in float cost: both graphs timed interleaved
+                plain = self.tmp / "budget-0.onnx"
+                final = self.plan_paths.get(frozenset(exclude)) or self._quantize(
+                    self.prepared, self.tmp / "budget-final.onnx", exclude, fmt="qdq")
+                self.info["budget"]["int8_ms"], self.info["budget"]["repaired_ms"] = (
+                    round(ms, 3) for ms in self.ev.latency([plain, final]))
             lap("budget")
         qdq = (self.plan_paths.get(frozenset(exclude))
                or self._quantize(self.prepared, self.tmp / "final-qdq.onnx", exclude, fmt="qdq"))
@@ -429,18 +426,6 @@ class Int8Builder:
         self.info["build_s"] = round(time.perf_counter() - t0, 1)
         self.info["budget_met"] = met
         return self.info
-
-
-def meets(acc: dict, budget: dict[str, float], missing_ok: bool = False) -> bool:
-    """Every metric in ``budget`` reached (``*_drop`` metrics are upper bounds, the others lower
-    bounds). A metric the outputs do not have (agreement of a feature map) fails an explicit
-    budget, and is skipped for the tolerance floor (``missing_ok``)."""
-    def ok(k, v):
-        if acc.get(k) is None:
-            return missing_ok
-        return acc[k] <= v if k.endswith("_drop") else acc[k] >= v
-
-    return all(ok(k, v) for k, v in budget.items())
 
 
 def pick_plan(candidates: list[dict], floor: dict[str, float], fp32_ms: float) -> tuple[dict, str]:
@@ -465,12 +450,6 @@ def pick_plan(candidates: list[dict], floor: dict[str, float], fp32_ms: float) -
     return best, ("no plan meets the int8 tolerances: the most accurate plan "
                   + (f"among those at most {WORTHWHILE_RATIO}x the fp32 latency" if faster
                      else f"(none is at most {WORTHWHILE_RATIO}x the fp32 latency)"))
-
-
-def accuracy_key(acc: dict) -> tuple:
-    """Ranks graphs by accuracy: the task metric's drop when there is labeled data, then logit SNR."""
-    drop = acc.get("task_drop")
-    return (-drop if drop is not None else 0.0, acc.get("snr_db") or -math.inf)
 
 
 def build_int8(fp32_path: Path, out: Path, opts: Int8Options, ev: Evaluator, floor: dict[str, float],

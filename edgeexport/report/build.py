@@ -30,7 +30,7 @@ def artifact_result(*, kind: str, target: str, backend: str, precision: str, nam
                     baseline_latency: LatencyStats | None = None, task: TaskMetrics | None = None,
                     task_drop: float | None = None, task_issue: str | None = None, views: dict | None = None,
                     profile: dict | None = None, model: str | None = None, cell: Cell | None = None,
-                    unsupported: dict | None = None, layers=None) -> ArtifactResult:
+                    unsupported: dict | None = None, layers=None, repair=None) -> ArtifactResult:
     """One artifact. ``checked``: what its checks concluded (passed, failed, not_run, skipped, or error for a
     matrix cell that crashed): a build error overrides it; ``eager_latency`` / ``baseline_latency``: what its
     latency is a ratio of; ``unsupported``: the op a converter refused, its module and the targets that converted the model
@@ -48,7 +48,7 @@ def artifact_result(*, kind: str, target: str, backend: str, precision: str, nam
         latency_note=reason if latency is None and error is None and status == "not_run" else None,
         task=(TaskResult(**task.model_dump(exclude={"per_image"}), drop_points=task_drop, issue=task_issue)
               if task is not None else None),
-        views=dict(views or {}), profile=profile, cell=cell, layers=layers,
+        views=dict(views or {}), profile=profile, cell=cell, layers=layers, repair=repair,
         op=(unsupported or {}).get("op"), module=(unsupported or {}).get("module"),
         taken_by=(unsupported or {}).get("taken_by"))
 

@@ -24,7 +24,7 @@ from edgeexport.report.figures import (divergence_figure, histogram_figure, late
                                        profile_figure)
 from edgeexport.report.images import legend, overlay_uri
 from edgeexport.report.status import STATUS_TEXT
-from edgeexport.report.text import TASK_LABELS, fastest_line, headers, size_text, summary_rows, task_label
+from edgeexport.report.text import TASK_LABELS, metrics_text, fastest_line, headers, size_text, summary_rows, task_label
 from edgeexport.targets import list_targets
 from edgeexport.util import atomic_path, fmt, format_shape, one_line
 
@@ -426,6 +426,7 @@ def page_context(report: Report, json_path: str | None = None) -> dict:
         "inputs_line": f"{inputs.source}: {', '.join(inputs.images)}" if inputs else None,
         "artifacts": [artifact_context(report, a) for a in report.artifacts.values()],
         "layers": layers_context(report),
+        "repairs": repairs_context(report),
         "env": environment(report), "reproduce": reproduce(report, json_path),
     }
 
@@ -469,6 +470,22 @@ def _matrix_env(report: Report) -> dict:
     env = environment(report)
     env["machine"] = [(k, v) for k, v in env["machine"] if k not in ("run took", "report written")]
     return env
+
+
+def repairs_context(report: Report) -> list[dict]:
+    """The page's float-set section: one row per artifact built with an accuracy budget."""
+    rows = []
+    for a in report.artifacts.values():
+        r = a.repair
+        if r is None:
+            continue
+        steps = [f"{i}. {('+ ' + s.added) if s.added else ('- ' + s.removed) if s.removed else 'as built'}: "
+                 f"{s.error or metrics_text(s.metrics)} ({'met' if s.met else 'missed'})" for i, s in enumerate(r.steps)]
+        rows.append({"kind": a.name, "met": r.met, "budget": ", ".join(f"{k}={v:g}" for k, v in r.budget.items()),
+                     "modules": r.float_modules, "builds": len(r.steps), "int8_ms": fmt(r.int8_ms, ".2f"),
+                     "repaired_ms": fmt(r.repaired_ms, ".2f"), "cost": fmt(r.cost, ".2f") + ("x" if r.cost else ""),
+                     "seconds": fmt(r.seconds, ".0f"), "search": r.search, "ranked_on": r.ranked_on, "steps": steps})
+    return rows
 
 
 def layers_context(report: Report) -> dict | None:

@@ -27,7 +27,7 @@ from edgeexport.errors import UserError
 from edgeexport.metrics import TaskMetrics
 from edgeexport.parity import ParityResult
 from edgeexport.report.status import FAILING, STATUS_TEXT, Status  # noqa: F401  (STATUS_TEXT: part of the interface)
-from edgeexport.targets import BuildRecord, RunnerSpec, get_target
+from edgeexport.targets import BuildRecord, Repair, RunnerSpec, get_target
 from edgeexport.util import Data
 
 SCHEMA_VERSION = 2
@@ -145,6 +145,7 @@ class ArtifactResult(Data):
     views: dict[str, Any] = {}  # the HTML page's error views (worst image, top-5)
     profile: dict[str, Any] | None = None  # time per operator type when int8 is not faster than fp32
     layers: LayerDiff | None = None  # per-layer divergence from eager (edgeexport diff; run when a verdict fails)
+    repair: Repair | None = None  # the modules an accuracy budget kept in float, and the latency they cost
     cell: Cell | None = None
 
     @property

@@ -161,6 +161,7 @@ def _artifact_markdown(a: ArtifactResult) -> list[str]:
     if a.required_by:
         lines.append(f"- built because {a.required_by} needs it")
     lines += _task_lines(a) + build_lines(a) + [f"- note: {n}" for n in a.notes]
+    lines += [f"- {line}" for line in repair_lines(a)] + repair_table_markdown(a)
     lines += [f"- {line}" for line in layer_lines(a)] + layer_table_markdown(a)
     if a.status == "not_run":
         lines.append(f"- parity: {a.reason}")
@@ -234,6 +235,8 @@ def print_report(report: Report, console) -> None:
             console.print(f"[red]{kind}[/]: {escape(failure)}")
         for where, message in issue_lines(a):
             console.print(f"[red]{kind} @ {where}[/] {escape(message)}")
+        for line in repair_lines(a):
+            console.print(f"[{'cyan' if a.repair.met else 'red'}]{kind}[/] {escape(line)}")
         for line in layer_lines(a):
             console.print(f"[cyan]{kind}[/] {escape(line)}")
 
@@ -355,4 +358,43 @@ def layer_table_markdown(a: ArtifactResult, around: int = 6) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r.depth} | {r.module} | {r.cls} | {r.op} | {format_shape(r.shape)} | {r.snr_db:.1f} | "
               f"{r.max_abs_scaled:.2e} | {r.cosine:.6f} | {', '.join(r.fused_with)} |" for r in picked]
+    return lines
+
+
+def metrics_text(m: dict) -> str:
+    parts = []
+    if m.get("task_drop") is not None:
+        parts.append(f"task drop {m['task_drop']:+.2f} pts")
+    if m.get("snr_db") is not None:
+        parts.append(f"SNR {m['snr_db']:.2f} dB")
+    if m.get("agreement") is not None:
+        parts.append(f"agreement {m['agreement']:.4f}")
+    return ", ".join(parts) or "not measured"
+
+
+def repair_lines(a: ArtifactResult) -> list[str]:
+    """What an accuracy budget kept in float, and the latency it cost (Markdown and the terminal)."""
+    r = a.repair
+    if r is None:
+        return []
+    budget = ", ".join(f"{k}={v:g}" for k, v in r.budget.items())
+    kept = ", ".join(r.float_modules) if r.float_modules else "nothing"
+    line = (f"accuracy budget {budget} {'met' if r.met else 'NOT met'} after {len(r.steps)} measured build(s)"
+            f"{f' in {r.seconds:.0f} s' if r.seconds is not None else ''}; kept in float: {kept}")
+    if r.cost is not None:
+        line += f"; latency {r.repaired_ms:.2f} ms against {r.int8_ms:.2f} ms all-int8 ({r.cost:.2f}x)"
+    return [line]
+
+
+def repair_table_markdown(a: ArtifactResult) -> list[str]:
+    r = a.repair
+    if r is None or len(r.steps) < 2:
+        return []
+    lines = ["", f"Float-set search ({r.search}; ranked on {r.ranked_on or 'n/a'}):", "",
+             "| step | change | why | measured | budget |", "|---|---|---|---|---|"]
+    for i, s in enumerate(r.steps):
+        change = (f"+ {s.added}" if s.added else f"- {s.removed}" if s.removed else "as built"
+                  + (f" ({', '.join(s.float_modules)} in float)" if s.float_modules and i == 0 else ""))
+        lines.append(f"| {i} | {change} | {s.why or ''} | {s.error or metrics_text(s.metrics)} | "
+                     f"{'met' if s.met else 'missed'} |")
     return lines

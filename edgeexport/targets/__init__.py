@@ -18,6 +18,8 @@ from edgeexport.targets.base import (  # noqa: F401
     BuildContext,
     BuildRecord,
     Format,
+    Repair,
+    RepairStep,
     Requirement,
     RunnerSpec,
     Target,

@@ -120,6 +120,41 @@ class BuildRecord(BaseModel):
         return []
 
 
+class RepairStep(BaseModel):
+    """One artifact a float-set search built and measured."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    float_modules: list[str]  # the modules kept in float in it
+    added: str | None = None  # the module this step put back in float
+    removed: str | None = None  # the module this step tried back in int8 (the pruning pass)
+    why: str | None = None  # why that module (what the per-layer diff said)
+    metrics: dict[str, float | None] = {}  # snr_db, agreement, cosine vs eager; task_drop (points) on labeled data
+    met: bool = False
+    error: str | None = None  # the build failed
+
+
+class Repair(BaseModel):
+    """What an int8 build kept in float to meet an accuracy budget, and what that costs in latency."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    search: str  # how the float set was searched
+    budget: dict[str, float]  # the limits (task_drop in points; *_drop are upper bounds, the others lower bounds)
+    met: bool
+    float_modules: list[str] = []  # the chosen set: modules of the user's model kept in float
+    steps: list[RepairStep] = []
+    ranked_on: str | None = None  # where the per-layer ranking came from
+    int8_ms: float | None = None  # median latency with nothing kept in float ...
+    repaired_ms: float | None = None  # ... and with the chosen set, measured interleaved in one run
+    seconds: float | None = None  # how long the search took
+
+    @property
+    def cost(self) -> float | None:
+        """Latency of the repaired artifact over the all-int8 one."""
+        return self.repaired_ms / self.int8_ms if self.repaired_ms and self.int8_ms else None
+
+
 @dataclass
 class Requirement:
     """An artifact a target needs from another target: built first when the recipe does not build it."""
@@ -147,6 +182,7 @@ class Artifact:
     failures: list[str] = field(default_factory=list)  # build-time verdicts (e.g. an accuracy budget missed)
     notes: list[str] = field(default_factory=list)
     compare_to: str | None = None  # also compared against this artifact's kind (e.g. int8 vs fp32 ONNX)
+    repair: Repair | None = None  # the float set an accuracy budget kept, and its latency cost
 
     def finish(self, record: BuildRecord, runner: RunnerSpec | None) -> None:
         """What a target calls when the artifact is written: its record and how to run it."""
@@ -211,6 +247,10 @@ class BuildContext(Protocol):
 
     def check_parity(self, runner: "Runner", precision: str) -> "ParityResult":
         """``runner`` (active) against the reference at the main shape, with ``precision``'s limits."""
+
+    def accuracy(self, runner: "Runner", precision: str) -> dict:
+        """What accuracy budgets are checked on: the worst ``snr_db``, ``agreement`` and ``cosine`` of ``runner``
+        (active) against the reference, and with labeled data the task metric and its ``task_drop`` (points)."""
 
     def find(self, kind: str) -> Artifact | None: ...
 
@@ -299,6 +339,19 @@ class Target(abc.ABC):
     @abc.abstractmethod
     def runner(cls, spec: RunnerSpec, threads: int | None) -> "Runner":
         """A runner (not yet activated) for the artifact ``spec`` describes."""
+
+    @classmethod
+    def searches_budget(cls, options: TargetOptions) -> bool:
+        """Whether this build meets ``options.budget`` itself (and fills ``art.repair``). Otherwise a target whose
+        options have ``budget`` and ``float_modules`` gets the pipeline's search: modules ranked by the
+        per-layer diff go back to float one at a time, rebuilding through ``float_modules``."""
+        return False
+
+    @classmethod
+    def quantized_taps(cls, ctx: BuildContext, options: TargetOptions, x: "np.ndarray") -> list | None:
+        """Intermediate tensors of the quantized model as the converter computes it before lowering, for ranking
+        modules when the runtime cannot return its own (:meth:`Runner.taps` raises); None: no such thing."""
+        return None
 
     @classmethod
     def operator_profile(cls, spec: RunnerSpec, feed: dict, threads: int, runs: int) -> dict | None:

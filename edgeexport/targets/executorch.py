@@ -15,11 +15,12 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
+from edgeexport.bench import median_ops
 from edgeexport.errors import BackendMissing, BuildFailed, EdgeExportError, UnsupportedOp
-from edgeexport.provenance import locate_in_torch, refused_op
-from edgeexport.runners.base import Runner
+from edgeexport.provenance import GROUP, locate_in_torch, match_modules, refused_op, user_path, within
+from edgeexport.runners.base import Runner, Tap
 from edgeexport.targets.registry import register_target
-from edgeexport.targets.base import BuildRecord, Format, Target, TargetOptions
+from edgeexport.targets.base import BUDGET_METRICS, BuildRecord, Format, Target, TargetOptions
 from edgeexport.util import one_line, quiet
 
 INSTALL_HINT = "pip install 'edgeexport[executorch]'"
@@ -60,7 +61,17 @@ def _drop_identity_pads(graph_module):
     return graph_module
 
 
-def _quantize_pt2e(module, sample, calibration):
+def _stack_path(node) -> str | None:
+    """The innermost module path of an exported node (``nn_module_stack``), as the exported module names it."""
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return None
+    return list(stack.values())[-1][0].removeprefix("L['self'].")
+
+
+def _quantize_pt2e(module, sample, calibration, float_modules=()):
+    """PT2E int8 with the XNNPACK quantizer; returns the converted module and ``{module: [node names]}`` kept
+    in float (``float_modules``: paths in the user's model, left out of the quantizer's annotation)."""
     import torch
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
@@ -74,14 +85,55 @@ def _quantize_pt2e(module, sample, calibration):
 
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     graph = _drop_identity_pads(torch.export.export(module, (sample,)).module())
+    kept: dict[str, list[str]] = {}
+    if float_modules:
+        paths = {n.name: _stack_path(n) for n in graph.graph.nodes if n.op == "call_function"}
+        users = {k: user_path(v) if v else None for k, v in paths.items()}
+        kept = match_modules(float_modules, users)
+        for part in {p for m in float_modules for p in m.split(GROUP)}:
+            node = next((k for k, v in users.items() if within(v, [part])), None)
+            if node is None:
+                continue  # a group's member with no node of its own (a BatchNorm PT2E folds into its conv)
+            full = paths[node]  # the module's path in the exported (wrapped) module: the quantizer's name
+            full = full[:len(full) - len(user_path(full))] + part
+            # a module with no config is left out of the global annotation and annotated with nothing (float);
+            # set_module_name refuses None in ExecuTorch 1.5, the annotation itself skips it
+            quantizer.module_name_config[full] = None
     prepared = prepare_pt2e(graph, quantizer)
     with torch.no_grad():
         for x in calibration:
             prepared(x)
-    return convert_pt2e(prepared)
+    return convert_pt2e(prepared), kept
 
 
-def lower(module, sample, out: Path, *, quantize: str | None = None, calibration: list | None = None) -> dict:
+def quantized_taps(module, sample, calibration, x, float_modules=()) -> list:
+    """The int8 program as PT2E builds it before lowering (quantize / dequantize around reference kernels), run
+    in PyTorch on ``x``: every float tensor a node computes, named by its module. What ranks the modules to keep
+    in float when the XNNPACK delegate cannot return its own intermediate tensors; XNNPACK's int8 kernels
+    round the same quantized values, so the ranking carries over, the exact figures need not."""
+    import torch
+
+    converted, _ = _quantize_pt2e(module.eval(), sample, calibration, float_modules)
+    outs: dict = {}
+
+    class Recorder(torch.fx.Interpreter):
+        def run_node(self, n):
+            r = super().run_node(n)
+            outs[n.name] = r.clone() if isinstance(r, torch.Tensor) else r  # later in-place ops (relu_) change it
+            return r
+
+    with torch.no_grad():
+        Recorder(converted).run(torch.as_tensor(x))
+    taps = []
+    for n in converted.graph.nodes:
+        path, r = _stack_path(n), outs.get(n.name)
+        if path and isinstance(r, torch.Tensor) and r.is_floating_point():
+            taps.append(Tap(n.name, user_path(path), str(n.target).removeprefix("aten."), r.float().numpy()))
+    return taps
+
+
+def lower(module, sample, out: Path, *, quantize: str | None = None, calibration: list | None = None,
+          float_modules=()) -> dict:
     """Export, (quantize), lower to XNNPACK and write ``out`` atomically (``module``: a torch module
     returning a tuple; ``calibration``: tensors)."""
     import torch
@@ -96,8 +148,9 @@ def lower(module, sample, out: Path, *, quantize: str | None = None, calibration
 
         try:
             module = module.eval()
+            kept = {}
             if quantize == "int8":
-                module = _quantize_pt2e(module, sample, calibration or [sample])
+                module, kept = _quantize_pt2e(module, sample, calibration or [sample], float_modules)
             program = torch.export.export(module, (sample,))
             if quantize != "int8":
                 # Weights computed from parameters in forward (HetConv's dense / grouped forms, folded
@@ -108,6 +161,8 @@ def lower(module, sample, out: Path, *, quantize: str | None = None, calibration
             edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
             delegated, total = _delegation(edge)
             et = edge.to_executorch()
+        except EdgeExportError:
+            raise
         except Exception as exc:
             failure = ExecuTorchLoweringFailed(f"ExecuTorch lowering failed: {one_line(exc)}")
             failure.op = refused_op(str(exc), REFUSALS)
@@ -122,7 +177,8 @@ def lower(module, sample, out: Path, *, quantize: str | None = None, calibration
 
         version = _v("executorch")
     return {"backend": "xnnpack", "quantize": quantize or "none", "executorch": version,
-            "delegated_nodes": delegated, "graph_nodes": total, "lower_s": round(time.perf_counter() - t0, 1)}
+            "delegated_nodes": delegated, "graph_nodes": total, "lower_s": round(time.perf_counter() - t0, 1),
+            "float_modules": kept}
 
 
 def _delegation(edge) -> tuple[int, int]:
@@ -181,12 +237,64 @@ class ExecuTorchRunner(Runner):
                 "artifact": str(self.path)}
 
 
+def etdump_profile(path: str, feed: dict, threads: int, input_names, runs: int = 10) -> dict:
+    """Time per operator type from ExecuTorch's ETDump: the XNNPACK delegate's own profiling events, one per
+    XNNPACK operator it runs ("Convolution (NHWC, QC8) IGEMM #3"), ms per run (median over ``runs``).
+
+    The events name XNNPACK operators, not graph nodes: without an ETRecord of the build they are not mapped
+    to module paths, so there is no time per module here."""
+    import re
+    import tempfile
+
+    import torch
+
+    with quiet():
+        from executorch.devtools import Inspector
+        from executorch.extension.pybindings import portable_lib
+        from executorch.runtime import Runtime
+
+        portable_lib._unsafe_reset_threadpool(int(threads))
+        program = Runtime.get().load_program(Path(path), enable_etdump=True, debug_buffer_size=0)
+        method = program.load_method("forward")
+        args = [torch.from_numpy(np.ascontiguousarray(feed[n])) for n in input_names]
+        for _ in range(2):
+            method.execute(args)
+        totals = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            method.execute(args)
+            totals.append((time.perf_counter() - t0) * 1e3)
+        with tempfile.TemporaryDirectory(prefix="edgeexport-etdump-") as tmp:
+            etdump = Path(tmp) / "run.etdp"
+            program.write_etdump_result_to_file(str(etdump), str(Path(tmp) / "debug.bin"))
+            inspector = Inspector(etdump_path=str(etdump))
+    per_run: list[dict[str, float]] = [{} for _ in range(runs)]
+    for block in inspector.event_blocks:
+        for event in block.events:
+            raw = event.perf_data.raw if event.perf_data is not None else []
+            if event.delegate_debug_identifier is None or len(raw) < runs:
+                continue  # the method's own events (init, execute, the delegate call around the operators)
+            kind = re.sub(r"\s*#\d+$", "", str(event.name))
+            for i, ms in enumerate(raw[-runs:]):
+                per_run[i][kind] = per_run[i].get(kind, 0.0) + ms
+    if not any(per_run):
+        return None
+    return {"runtime": "executorch etdump (XNNPACK delegate events)", "ops": median_ops(per_run),
+            "total_ms": round(float(np.median(totals)), 4)}
+
+
 # ---------------------------------------------------------------- the target
 
 
 class ExecuTorchOptions(TargetOptions):
     quantize: Literal["none", "int8"] = Field("none", description="int8: PT2E with the XNNPACK quantizer")
     calib_size: int = Field(8, ge=1, le=1024, description="calibration batches")
+    float_modules: list[str] = Field(default_factory=list, description="int8: module of the model to keep in float "
+                                     "(left out of the XNNPACK quantizer's annotation), by its path as `edgeexport "
+                                     "diff` names it (repeatable)", json_schema_extra={"flag": "--float-module"})
+    budget: dict[Literal[BUDGET_METRICS], float] | None = Field(
+        None, description="int8 accuracy budget (miou_drop=0.5, top1_drop=0.5, snr_db=25, agreement=0.99): the "
+                          "smallest set of modules kept in float that meets it is searched", json_schema_extra={"parse": "budget"})
 
 
 class ExecuTorchRecord(BuildRecord):
@@ -196,6 +304,7 @@ class ExecuTorchRecord(BuildRecord):
     delegated_nodes: int
     graph_nodes: int
     lower_s: float
+    float_modules: dict[str, list[str]] = {}  # module kept in float -> its graph nodes
 
 
 @register_target
@@ -228,13 +337,27 @@ class ExecuTorchTarget(Target):
             calib = [torch.from_numpy(b) for b in ctx.calibration(options.calib_size)] if int8 else None
             try:
                 info = lower(ctx.torch_model(), ctx.sample(), art.path, quantize="int8" if int8 else None,
-                             calibration=calib)
+                             calibration=calib, float_modules=options.float_modules if int8 else ())
             except ExecuTorchLoweringFailed as exc:
                 if getattr(exc, "op", None):
                     raise UnsupportedOp(exc.op, locate_in_torch(ctx.torch_model(), ctx.sample(), exc.op),
                                         str(exc)) from None
                 raise BuildFailed(str(exc)) from None
         art.finish(ExecuTorchRecord(**info, build_s=info["lower_s"]), ctx.runner_spec(type(self), art.path))
+
+    @classmethod
+    def operator_profile(cls, spec, feed, threads: int, runs: int):
+        return etdump_profile(spec.artifact, feed, threads, spec.input_names, runs)
+
+    @classmethod
+    def quantized_taps(cls, ctx, options: ExecuTorchOptions, x):
+        if options.quantize != "int8":
+            return None
+        import torch
+
+        calib = [torch.from_numpy(b) for b in ctx.calibration(options.calib_size)]
+        with quiet():
+            return quantized_taps(ctx.torch_model(), ctx.sample(), calib, x, options.float_modules)
 
     @classmethod
     def runner(cls, spec, threads):

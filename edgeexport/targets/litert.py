@@ -39,10 +39,10 @@ import numpy as np
 from pydantic import Field
 
 from edgeexport.errors import BackendMissing, BuildFailed, EdgeExportError, UnsupportedOp
-from edgeexport.provenance import locate_in_torch, refused_op, user_path
+from edgeexport.provenance import locate_in_torch, match_modules, refused_op, user_path, within
 from edgeexport.runners.base import Runner, Tap
 from edgeexport.targets.registry import register_target
-from edgeexport.targets.base import Availability, BuildRecord, Format, Target, TargetOptions
+from edgeexport.targets.base import BUDGET_METRICS, Availability, BuildRecord, Format, Target, TargetOptions
 from edgeexport.util import quiet, version_of
 
 INSTALL_HINT = "pip install 'edgeexport[litert]'"
@@ -194,9 +194,10 @@ def convert_fp32(module, sample, input_names: list[str], output_names: list[str]
                                          refused_op(str(exc) + "\n" + native(), REFUSALS)) from exc
 
 
-def _recipe(float_ops=()):
+def _recipe(float_ops=(), float_scopes=()):
     """ai-edge-quantizer's static int8 recipe (int8 per-channel weights, int8 activations), with the
-    model's input and output tensors, and ``float_ops`` (op types), left in float."""
+    model's input and output tensors, ``float_ops`` (op types) and the ops of ``float_scopes`` (their scopes:
+    output tensor names, which the recipe's regexes match) left in float."""
     from ai_edge_quantizer import qtyping, recipe_manager
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
 
@@ -204,13 +205,37 @@ def _recipe(float_ops=()):
     rm.add_static_config(".*", qtyping.TFLOperationName.ALL_SUPPORTED, activation_num_bits=8, weight_num_bits=8)
     for op in ("INPUT", "OUTPUT", *float_ops):
         rm.add_quantization_config(".*", qtyping.TFLOperationName(op), algorithm_key=AlgorithmName.NO_QUANTIZE)
+    if float_scopes:  # added last: the recipe's latest matching regex wins
+        rm.add_quantization_config("^(?:" + "|".join(re.escape(s) for s in sorted(float_scopes)) + ")$",
+                                   qtyping.TFLOperationName.ALL_SUPPORTED, algorithm_key=AlgorithmName.NO_QUANTIZE)
     return rm
 
 
+def float_scopes(fp32: bytes, modules: list[str]) -> tuple[dict[str, list[str]], set[str]]:
+    """The ops of an fp32 flatbuffer that come from each of ``modules`` (by the module stacks litert-torch
+    writes into tensor names; a fused conv + BN + activation belongs to each module it names), as
+    ``({module: [op descriptions]}, {op scopes})`` for :func:`_recipe`."""
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
+
+    model = fu.read_model(bytearray(fp32))
+    graph = model.subgraphs[0]
+    codes = [getattr(fu.TFL_OP_CODE_TO_NAME.get(c.builtinCode), "value", str(c.builtinCode)) for c in model.operatorCodes]
+    paths, scope_of = {}, {}
+    for i, op in enumerate(graph.operators):
+        names = [fu.get_tensor_name(graph.tensors[t]) for t in op.outputs if t != -1]
+        found = [m for n in names for m in tensor_modules(n)]
+        key = f"{codes[op.opcodeIndex]}#{i}"
+        paths[key] = next((m for m in found if within(m, modules)), found[0] if found else None)
+        scope_of[key] = fu.get_op_scope(op, graph.tensors)
+    hits = match_modules(modules, paths)
+    return hits, {scope_of[k] for ops in hits.values() for k in ops}
+
+
 def quantize_int8(fp32: bytes, input_name: str, calibration: list[np.ndarray],
-                  threads: int | None) -> tuple[bytes, list[str]]:
+                  threads: int | None, scopes=()) -> tuple[bytes, list[str]]:
     """Static int8 of an fp32 flatbuffer with ai-edge-quantizer; returns the file and the op types kept
-    in float because XNNPACK cannot run them in int8.
+    in float because XNNPACK cannot run them in int8. ``scopes``: ops kept in float by the user (see
+    :func:`float_scopes`).
 
     Ranges are min/max over all calibration batches (ai-edge-quantizer's default, a moving average
     of per-batch ranges, clips: 2.8 dB SNR on MobileNetV3-Small against 20 dB). Input and output
@@ -231,7 +256,7 @@ def quantize_int8(fp32: bytes, input_name: str, calibration: list[np.ndarray],
             qsvs = cal.get_model_qsvs()
 
             def quantize(float_ops=()):
-                q = quantizer.Quantizer(bytearray(fp32), _recipe(float_ops).get_quantization_recipe())
+                q = quantizer.Quantizer(bytearray(fp32), _recipe(float_ops, scopes).get_quantization_recipe())
                 return bytes(q.quantize(qsvs, enable_progress_bar=False, enable_progress_report=False).quantized_model)
 
             content, keep = quantize(), []
@@ -449,6 +474,12 @@ class LiteRTOptions(TargetOptions):
     quantize: Literal["none", "int8"] = Field("none", description="int8: static int8 (ai-edge-quantizer), "
                                                                   "float input and output")
     calib_size: int = Field(8, ge=1, le=1024, description="calibration batches")
+    float_modules: list[str] = Field(default_factory=list, description="int8: module of the model to keep in float "
+                                     "(an ai-edge-quantizer recipe entry for its ops), by its path as `edgeexport "
+                                     "diff` names it (repeatable)", json_schema_extra={"flag": "--float-module"})
+    budget: dict[Literal[BUDGET_METRICS], float] | None = Field(
+        None, description="int8 accuracy budget (miou_drop=0.5, top1_drop=0.5, snr_db=25, agreement=0.99): the "
+                          "smallest set of modules kept in float that meets it is searched", json_schema_extra={"parse": "budget"})
 
 
 class LiteRTRecord(BuildRecord):
@@ -463,6 +494,7 @@ class LiteRTRecord(BuildRecord):
     quantize_s: float | None = None
     calib_size: int | None = None
     kept_float_for_xnnpack: list[str] = []  # op types XNNPACK refuses in int8, left in float
+    float_modules: dict[str, list[str]] = {}  # module kept in float -> its ops (type#index)
     inputs: dict[str, str]  # signature name -> dtype (and quantization)
     outputs: dict[str, str]
     op_count: int
@@ -533,7 +565,9 @@ class LiteRTTarget(Target):
                     art.compare_to = self.formats[0].kind
                     calib = ctx.calibration(options.calib_size)
                     t1 = time.perf_counter()
-                    content, kept = quantize_int8(content, inputs[0], calib, ctx.threads)
+                    modules, scopes = float_scopes(content, options.float_modules) if options.float_modules else ({}, ())
+                    content, kept = quantize_int8(content, inputs[0], calib, ctx.threads, scopes)
+                    facts["float_modules"] = modules
                     facts.update(path="litert_torch.convert + ai-edge-quantizer static int8 (min/max ranges)",
                                  ai_edge_quantizer=version_of("ai-edge-quantizer"), calib_size=len(calib),
                                  quantize_s=round(time.perf_counter() - t1, 1), kept_float_for_xnnpack=kept)
@@ -546,6 +580,8 @@ class LiteRTTarget(Target):
                 tmp.write_bytes(content)
             facts.update(inspect_flatbuffer(art.path))
         record = LiteRTRecord(**facts, build_s=round(time.perf_counter() - t0, 1))
+        if not int8 and (options.float_modules or options.budget):
+            record.notes.append("float modules and budget apply to --quantize int8 only; ignored for the fp32 file")
         if record.kept_float_for_xnnpack:
             record.notes.append(f"kept in float: {', '.join(record.kept_float_for_xnnpack)} (XNNPACK has no int8 "
                                 "kernel for them here; in int8 they would run on the interpreter's slow kernels)")

@@ -33,14 +33,13 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from edgeexport.bench import median_ops
 from edgeexport.errors import BuildFailed, UnsupportedOp
 from edgeexport.metrics import PRIMARY, TaskAccumulator
 from edgeexport.parity import resolve_budget
-from edgeexport.provenance import locate_onnx, onnx_scopes, refused_op
-from edgeexport.runners.base import Runner, Tap
-from edgeexport.targets.base import (BUDGET_METRICS, BuildRecord, Format, Requirement, Target, TargetOptions,
-                                     fp32_graph, fp32_graph_requirement)
+from edgeexport.provenance import locate_onnx, match_modules, refused_op
+from edgeexport.runners.openvino import OpenVINORunner, annotate_modules, compile_model, op_modules, openvino_profile
+from edgeexport.targets.base import (BUDGET_METRICS, BuildRecord, Format, Repair, RepairStep, Requirement, Target,
+                                     TargetOptions, fp32_graph, fp32_graph_requirement)
 from edgeexport.targets.registry import register_target
 from edgeexport.util import atomic_path, quiet, version_of
 
@@ -92,19 +91,6 @@ def ir_facts(model) -> dict:
     return {"op_counts": dict(ops.most_common()), "constant_bytes": dict(weights.most_common())}
 
 
-def compile_model(core, model, device: str, threads: int | None, inference_precision: str | None):
-    """Compile for ``device`` with the run's thread count (the CPU plugin's, also under AUTO / HETERO)
-    and an explicit inference precision (the CPU plugin would otherwise pick bf16 where it can)."""
-    config = {"PERFORMANCE_HINT": "LATENCY"}
-    if inference_precision:
-        config["INFERENCE_PRECISION_HINT"] = inference_precision
-    if threads and device == "CPU":
-        config["INFERENCE_NUM_THREADS"] = int(threads)
-    elif threads and "CPU" in core.available_devices:
-        core.set_property("CPU", {"INFERENCE_NUM_THREADS": int(threads)})
-    return core.compile_model(model, device, config)
-
-
 def runtime_precisions(compiled) -> dict[str, int]:
     """How many layers of the compiled (runtime) graph run in each precision (int8 kernels show as i8/u8)."""
     skip = {"Parameter", "Result", "Constant", "Input", "Output"}
@@ -152,113 +138,10 @@ def _reverted(messages: list[str]) -> tuple[list[str], int | None]:
 
 # ---------------------------------------------------------------- module paths and taps
 
-MODULE_KEY = "edgeexport_modules"  # the model's runtime info: {ONNX tensor name: module path of the user's model}
-
-
-def annotate_modules(model, source) -> int:
-    """Record in the model's runtime info (kept in the IR) the module path each ONNX tensor comes from, as the
-    ONNX node that computes it records it; OpenVINO keeps the ONNX tensor names on its ops' outputs, so an op
-    of the IR finds its module by the names of its output. Returns how many tensors got one."""
-    import json
-
-    import onnx
-
-    scope_of = onnx_scopes(onnx.load(str(source), load_external_data=False).graph)
-    names = {n for op in model.get_ops() for port in op.outputs() for n in port.get_names()}
-    recorded = {n: p for n, p in scope_of.items() if n in names}
-    model.set_rt_info(json.dumps(recorded, separators=(",", ":")), MODULE_KEY)
-    return len(recorded)
-
-
-def recorded_modules(model) -> dict[str, str]:
-    import json
-
-    try:
-        return json.loads(str(model.get_rt_info(MODULE_KEY).astype(str)))
-    except Exception:  # noqa: BLE001 (an IR written elsewhere, or before edgeexport recorded modules)
-        return {}
-
-
-TAP_SKIP = {"Parameter", "Constant", "Result", "ShapeOf", "Convert", "FakeQuantize"}
-
-
-def openvino_taps(runner: "OpenVINORunner", feed) -> list[Tap]:
-    """Every float op output of the IR for ``feed`` (the model is read again with each one added as an
-    output; the artifact is not changed), attributed by the module paths recorded at build time (an IR without
-    them is paired by value)."""
-    import openvino as ov
-
-    core = ov.Core()
-    model = core.read_model(str(runner.path))
-    modules = recorded_modules(model)
-    picked = []
-    for op in model.get_ordered_ops():
-        if op.get_type_name() in TAP_SKIP or op.get_output_size() != 1:
-            continue
-        port = op.output(0)
-        if port.get_element_type() not in (ov.Type.f32, ov.Type.f16):
-            continue
-        module = next((modules[n] for n in port.get_names() if n in modules), None)
-        picked.append((op.get_friendly_name(), module, op.get_type_name(), port))
-    for j, (*_, port) in enumerate(picked):  # a name of our own for each, to find it among the outputs
-        port.get_tensor().add_names({f"edgeexport.tap.{j}"})
-    model.add_outputs([p for *_, p in picked])
-    compiled = compile_model(core, model, runner.device, runner.threads, runner.inference_precision)
-    res = compiled.create_infer_request().infer(
-        {n: np.ascontiguousarray(feed[n][:1], dtype=np.float32) for n in runner.input_names})
-    index = {n: i for i, o in enumerate(model.outputs) for n in o.get_names()}  # the compiled model's order
-    taps = [Tap(name, module, op, np.array(res[index[f"edgeexport.tap.{j}"]], dtype=np.float32))
-            for j, (name, module, op, _) in enumerate(picked) if f"edgeexport.tap.{j}" in index]
-    return taps
-
-
-# ---------------------------------------------------------------- runner
-
-
-class OpenVINORunner(Runner):
-    backend = "openvino"
-
-    def __init__(self, path: str | Path, threads: int | None = None, input_names=(), output_names=(),
-                 device: str = "CPU", inference_precision: str | None = "f32"):
-        super().__init__(threads)
-        self.path, self.device, self.inference_precision = Path(path), device, inference_precision
-        self._inputs, self._outputs = list(input_names), list(output_names)
-        self.compiled = self.request = None
-
-    def _activate(self) -> None:
-        import openvino as ov
-
-        core = ov.Core()
-        self.compiled = compile_model(core, core.read_model(str(self.path)), self.device, self.threads,
-                                      self.inference_precision)
-        self._ports = {}
-        for port in self.compiled.outputs:
-            for n in port.get_names():
-                self._ports[n] = port
-        self._inputs = self._inputs or [p.get_any_name() for p in self.compiled.inputs]
-        self._outputs = self._outputs or [p.get_any_name() for p in self.compiled.outputs]
-        self.request = self.compiled.create_infer_request()
-
-    def _infer(self, feed):
-        res = self.request.infer({n: np.ascontiguousarray(feed[n], dtype=np.float32) for n in self._inputs})
-        # the request reuses its output tensors: copy
-        return {n: np.array(res[self._ports[n]], dtype=np.float32, copy=True) for n in self._outputs}
-
-    def _deactivate(self) -> None:
-        self.request = self.compiled = None
-
-    def _taps(self, feed):
-        return openvino_taps(self, feed)
-
-    def describe(self) -> dict:
-        import openvino as ov
-
-        d = {**super().describe(), "runtime": f"openvino {ov.get_version()}", "device": self.device,
-             "artifact": str(self.path)}
-        if self.compiled is not None and self.device.startswith("CPU"):
-            d["inference_precision"] = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
-            d["threads_used"] = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
-        return d
+def float_operations(model, modules: list[str]) -> dict[str, list[str]]:
+    """The operations of an IR (friendly names) that come from each of ``modules``: what NNCF's ignored scope
+    keeps in float."""
+    return match_modules(modules, op_modules(model))
 
 
 # ---------------------------------------------------------------- the target
@@ -275,6 +158,9 @@ class OpenVINOOptions(TargetOptions):
     budget: dict[Literal[BUDGET_METRICS], float] | None = Field(
         None, description="int8 accuracy budget: miou_drop=0.5 or top1_drop=0.5 (points, on labeled data) turns on "
                           "NNCF's accuracy control", json_schema_extra={"parse": "budget"})
+    float_modules: list[str] = Field(default_factory=list, description="int8: module of the model to keep in float "
+                                     "(NNCF ignored scope), by its path as `edgeexport diff` names it (repeatable)",
+                                     json_schema_extra={"flag": "--float-module"})
     device: str = Field("CPU", min_length=1, description="OpenVINO device the IR is compiled for (CPU, GPU, NPU, "
                                                          "AUTO); recorded in the runner spec")
 
@@ -297,6 +183,7 @@ class OpenVINORecord(BuildRecord):
     fake_quantize: int | None = None
     quantize_s: float | None = None
     accuracy_control: dict | None = None
+    float_modules: dict[str, list[str]] = {}  # module kept in float (NNCF ignored scope) -> its operations
     modules_recorded: int = 0  # ops whose runtime info names the module of the user's model (for `diff`)
 
     def markdown(self) -> list[str]:
@@ -318,6 +205,21 @@ class OpenVINORecord(BuildRecord):
     def terminal(self) -> list[str]:
         ac = self.accuracy_control
         return [f"openvino-int8 accuracy control: {_accuracy_line(ac)}"] if ac else []
+
+
+def _repair_of(ac: dict, model, key: str) -> Repair:
+    """NNCF's accuracy control as the report's repair record: the modules of the operations it reverted."""
+    module_of = op_modules(model)
+    floats = list(dict.fromkeys(module_of.get(name) or f"operation {name}" for name in ac["reverted"]))
+    drops = {"task_drop": round(ac["fp32"] - ac["quantized"], 4)}
+    steps = [RepairStep(float_modules=[], metrics=drops, met=drops["task_drop"] <= ac["max_drop"] + 1e-9)]
+    if floats:
+        steps.append(RepairStep(float_modules=floats, metrics={"task_drop": ac["drop"]}, met=ac["met"],
+                                why=f"NNCF reverted {len(ac['reverted'])} operation(s)"))
+    return Repair(search="NNCF's accuracy control (quantize_with_accuracy_control): operations ranked by their effect "
+                         "on the task metric, reverted to float until the drop is within the budget",
+                  budget={"task_drop": ac["max_drop"]}, met=ac["met"], float_modules=floats, steps=steps,
+                  ranked_on=f"the {ac['metric']} of {ac['images']} labeled images ({key})")
 
 
 def _accuracy_line(ac: dict) -> str:
@@ -358,6 +260,13 @@ class OpenVINOTarget(Target):
     def requires(cls, options, ctx) -> list[Requirement]:
         return fp32_graph_requirement(ctx)
 
+    @classmethod
+    def searches_budget(cls, options) -> bool:
+        """A budget on the task metric alone is NNCF's accuracy control; one with tensor metrics is the
+        pipeline's float-set search (through the ignored scope)."""
+        budget = options.budget or {}
+        return options.quantize == "int8" and bool(budget) and all(k in TASK_BUDGETS for k in budget)
+
     def build(self, ctx, options: OpenVINOOptions, art) -> None:
         import openvino as ov
 
@@ -391,8 +300,8 @@ class OpenVINOTarget(Target):
         facts: dict = {}
         if int8:
             model, facts = self._quantize(ctx, options, model, notes, art)
-        elif options.budget or options.preset != "performance":
-            notes.append("preset and budget apply to --quantize int8 only; ignored for the fp32 IR")
+        elif options.budget or options.preset != "performance" or options.float_modules:
+            notes.append("preset, budget and float modules apply to --quantize int8 only; ignored for the fp32 IR")
         precision = "f32"
         # compile here, with the run's threads, before anything is written: a graph the plugin cannot
         # compile fails the build, by name, and leaves no IR behind
@@ -438,31 +347,34 @@ class OpenVINOTarget(Target):
         budget = dict(options.budget or {})
         labeled = ctx.task_data.task if ctx.task_data is not None else None
         resolve_budget(budget, labeled)  # a task-metric budget without (matching) labeled data is bad input, as for quantize
-        task_keys = [k for k in TASK_BUDGETS if k in budget]
-        other = [k for k in budget if k not in TASK_BUDGETS]
-        if other:
-            notes.append(f"accuracy control not applied to {', '.join(other)}: NNCF's accuracy control works on "
-                         "the task metric of labeled data (miou_drop / top1_drop); parity below reports them")
+        # a budget on the task metric alone: NNCF's accuracy control (otherwise the pipeline searches it)
+        task_keys = [k for k in TASK_BUDGETS if k in budget] if type(self).searches_budget(options) else []
         facts = {"preset": options.preset, "calib_size": len(calib),
                  "calib_source": ctx.calib_spec(options.calib_folder) or "photos:calib"}
+        ignored = {}
+        if options.float_modules:
+            facts["float_modules"] = float_operations(model, options.float_modules)
+            names = sorted({n for ops in facts["float_modules"].values() for n in ops})
+            ignored = {"ignored_scope": nncf.IgnoredScope(names=names, validate=False)}
         t0 = time.perf_counter()
         if task_keys:
             max_drop = resolve_budget({task_keys[0]: budget[task_keys[0]]}, labeled)["task_drop"]  # checks the task
             with ctx.status(f"Quantizing with NNCF, accuracy control ({task_keys[0]} <= {max_drop:g})"):
                 quantized, facts["accuracy_control"] = self._accuracy_control(ctx, nncf, model, calibration, preset,
-                                                                              len(calib), max_drop)
+                                                                              len(calib), max_drop, ignored)
+            art.repair = _repair_of(facts["accuracy_control"], model, task_keys[0])
             if not facts["accuracy_control"]["met"]:
                 art.failures.append(f"accuracy budget {task_keys[0]}={max_drop:g} not met: "
                                     f"{facts['accuracy_control']['drop']:.2f} points below the fp32 IR")
         else:
             with ctx.status(f"Quantizing with NNCF ({options.preset}, {len(calib)} calibration batches)"), \
                     quiet(), _nncf_log():
-                quantized = nncf.quantize(model, calibration, preset=preset, subset_size=len(calib))
+                quantized = nncf.quantize(model, calibration, preset=preset, subset_size=len(calib), **ignored)
         facts["quantize_s"] = round(time.perf_counter() - t0, 2)
         return quantized, facts
 
     @staticmethod
-    def _accuracy_control(ctx, nncf, model, calibration, preset, subset_size: int, max_drop: float):
+    def _accuracy_control(ctx, nncf, model, calibration, preset, subset_size: int, max_drop: float, ignored: dict):
         """``nncf.quantize_with_accuracy_control`` with the task metric (in points) on the labeled data."""
         from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
@@ -484,7 +396,7 @@ class OpenVINOTarget(Target):
         with quiet(), _nncf_log() as log:
             quantized = nncf.quantize_with_accuracy_control(
                 model, calibration, validation, metric, max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE,
-                preset=preset, subset_size=subset_size,
+                preset=preset, subset_size=subset_size, **ignored,
                 advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(num_ranking_workers=1))
             import openvino as ov
 
@@ -508,64 +420,3 @@ class OpenVINOTarget(Target):
     def runner(cls, spec, threads):
         return OpenVINORunner(spec.artifact, threads, spec.input_names, spec.output_names,
                               spec.options.get("device", "CPU"), spec.options.get("inference_precision", "f32"))
-
-
-def openvino_profile(path: str, feed: dict, threads: int, options: dict, runs: int = 10) -> dict:
-    """OpenVINO's performance counters (``PERF_COUNT``): real time per layer type, ms per run (median).
-
-    The CPU plugin reports each layer's *average* time over every inference since compilation (in whole
-    microseconds); one run's time is recovered as ``n * avg_n - (n - 1) * avg_(n-1)``.
-    """
-    import openvino as ov
-
-    core = ov.Core()
-    config = {"PERF_COUNT": True, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": int(threads)}
-    device = options.get("device", "CPU")
-    if options.get("inference_precision") and device.startswith("CPU"):
-        config["INFERENCE_PRECISION_HINT"] = options["inference_precision"]
-    model = core.read_model(str(path))
-    recorded = recorded_modules(model)
-    module_of = {}  # op name -> module path (a bias-free conv the frontend split off is named after its op)
-    for op in model.get_ops():
-        path_ = next((recorded[n] for port in op.outputs() for n in port.get_names() if n in recorded), None)
-        if path_ is not None:
-            module_of[op.get_friendly_name()] = path_
-    compiled = core.compile_model(model, device, config)
-    req = compiled.create_infer_request()
-    x = [np.ascontiguousarray(v) for v in feed.values()]
-
-    def cumulative(n: int) -> dict[str, tuple[str, float]]:
-        out = {}
-        for info in req.get_profiling_info():
-            if info.status != ov.ProfilingInfo.Status.EXECUTED:
-                continue
-            kind = info.node_type + (" (int8)" if any(t in info.exec_type.upper() for t in ("I8", "U8")) else "")
-            out[info.node_name] = (kind, n * info.real_time.total_seconds() * 1e3)
-        return out
-
-    warmup = 2
-    for _ in range(warmup):
-        req.infer(x)
-    prev = cumulative(warmup)
-    per_run: list[dict[str, float]] = []
-    per_module: list[dict[str, float]] = []
-    totals = []
-    for n in range(warmup + 1, warmup + runs + 1):
-        t0 = time.perf_counter()
-        req.infer(x)
-        totals.append((time.perf_counter() - t0) * 1e3)
-        cur = cumulative(n)
-        ops: dict[str, float] = {}
-        mods: dict[str, float] = {}
-        for node, (kind, total) in cur.items():
-            ms = max(0.0, total - prev.get(node, (kind, 0.0))[1])
-            ops[kind] = ops.get(kind, 0.0) + ms
-            module = module_of.get(node) or module_of.get(node.split("/")[0])
-            if module is not None:
-                mods[module] = mods.get(module, 0.0) + ms
-        per_run.append(ops)
-        per_module.append(mods)
-        prev = cur
-    return {"runtime": f"openvino {ov.get_version().split('-')[0]} performance counters",
-            "ops": median_ops(per_run), "modules": median_ops(per_module),
-            "total_ms": round(float(np.median(totals)), 4)}

@@ -12,10 +12,11 @@ from typing import Literal
 
 from pydantic import Field
 
-from edgeexport.parity import resolve_budget
+from edgeexport.parity import meets, resolve_budget
 from edgeexport.runners.onnxruntime import OnnxRuntimeRunner, ort_profile
-from edgeexport.targets.base import (BUDGET_METRICS, BuildRecord, Format, Requirement, Target, TargetOptions,
-                                     fp32_graph, fp32_graph_requirement)
+from edgeexport.provenance import onnx_scopes
+from edgeexport.targets.base import (BUDGET_METRICS, BuildRecord, Format, Repair, RepairStep, Requirement, Target,
+                                     TargetOptions, fp32_graph, fp32_graph_requirement)
 from edgeexport.targets.registry import register_target
 from edgeexport.util import md_table
 
@@ -145,6 +146,10 @@ class QuantizeTarget(Target):
     def requires(cls, options, ctx) -> list[Requirement]:
         return fp32_graph_requirement(ctx)
 
+    @classmethod
+    def searches_budget(cls, options) -> bool:
+        return options.mode == "int8"  # the int8 builder's budget loop, node by node
+
     def build(self, ctx, options: QuantizeOptions, art) -> None:
         from edgeexport.quantize.fp16 import build_fp16
         from edgeexport.quantize.int8 import Int8Options, build_int8, build_int8_dynamic
@@ -172,6 +177,8 @@ class QuantizeTarget(Target):
                 info["mode"] = "int8"
                 if info.get("budget_met") is False:
                     art.failures.append(f"accuracy budget {options.budget} not met; kept the most accurate graph found")
+                if info.get("budget"):
+                    art.repair = node_repair(info["budget"], fp32, info.get("phase_s", {}).get("budget"))
             elif options.mode == "int8-dynamic":
                 info = build_int8_dynamic(fp32, art.path, ctx.shape, options.per_channel)
             else:
@@ -187,6 +194,29 @@ class QuantizeTarget(Target):
         return ort_profile(spec.artifact, feed, threads, spec.options.get("optimization", "all"), runs)
 
 
+def node_repair(budget: dict, fp32, seconds: float | None) -> Repair:
+    """The int8 builder's budget loop (nodes back in float, the worst first) as the report's repair record:
+    the modules of the user's model those nodes come from."""
+    import onnx
+
+    scopes = onnx_scopes(onnx.load(str(fp32), load_external_data=False).graph)
+    floats, steps = [], []
+    for s in budget["steps"]:
+        node = s.get("excluded")
+        module = scopes.get(node, f"node {node}") if node else None
+        if module and module not in floats:
+            floats.append(module)
+        metrics = {k: s.get(k) for k in ("snr_db", "agreement", "cosine", "task_drop") if s.get(k) is not None}
+        steps.append(RepairStep(float_modules=list(floats), added=module,
+                                why=f"node {node} ({s['op']}) loses {s['drop_db']:.1f} dB" if node else None,
+                                metrics=metrics, met=meets(metrics, budget["target"])))
+    return Repair(search="node-level, in the int8 builder: the node losing the most SNR goes back to float, the "
+                         "ranking recomputed after each step", budget=budget["target"], met=bool(budget["met"]),
+                  float_modules=floats, steps=steps,
+                  ranked_on="ONNX Runtime's int8 and fp32 activations, node by node",
+                  int8_ms=budget.get("int8_ms"), repaired_ms=budget.get("repaired_ms"), seconds=seconds)
+
+
 def evaluator(ctx):
     """What the int8 builder may measure (an :class:`~edgeexport.quantize.int8.Evaluator`): accuracy of a
     graph against the reference, latencies here."""
@@ -197,13 +227,7 @@ def evaluator(ctx):
 
     def accuracy(path) -> dict:
         with QuantizeTarget.runner(ctx.runner_spec(QuantizeTarget, path), ctx.threads) as r:
-            res = ctx.check_parity(r, "int8")
-            task = ctx.task_data.evaluate(r, ctx.input_name)[0] if ctx.task_data is not None else None
-        acc = {k: res.worst(k) for k in ("snr_db", "agreement", "cosine")}
-        if task is not None:
-            acc[task.primary] = task.value
-            acc["task_drop"] = task.drop_below(ctx.eager_task)
-        return acc
+            return ctx.accuracy(r, "int8")
 
     def latency(paths) -> list[float]:
         runners = {str(i): QuantizeTarget.runner(ctx.runner_spec(QuantizeTarget, p), ctx.threads)

@@ -124,41 +124,32 @@ def test_layouts_are_reconciled():
     assert conform(Tap("t", "m", "op", a.reshape(1, 4, 3, 2), "nchw"), a.shape) is None  # not the same tensor
 
 
-def test_an_int8_graph_keeps_its_module_paths_and_its_layers_are_timed(tmp_path):
+def test_an_int8_graph_keeps_its_module_paths_and_a_named_module_stays_float(cli, tmp_path):
     """ONNX Runtime's quantizer rewrites every node: the int8 build copies each node's module scope back, so
-    its diff pairs by module path, and each layer's int8 error is measured where it happens."""
-    rep = edgeexport.export("mobilenetv3_small", SHAPE, targets=["onnx-int8"], output=tmp_path, threads=1, images=1,
-                            bench=False)
+    its diff pairs by module path, and each layer's int8 error is measured where it happens. The repair on
+    ONNX Runtime, by module path: every node of the named module stays float in the int8 graph (its weights are
+    not int8), the build records which, and a module that is not there is one line."""
+    import onnx
+
+    module = "features.2.block.1.1"  # the BatchNorm folded into the first expansion's depthwise conv
+    rep = edgeexport.export("mobilenetv3_small", SHAPE, {"onnx-int8": {"float_modules": [module], "plans": ["all"],
+                                                                       "calib_size": 2}},
+                            output=tmp_path, threads=1, images=1, bench=False)
     art = rep.artifacts["onnx-int8"]
     assert art.build["scopes_kept"] > 50
+    kept = art.build["float_modules"][module]
+    assert kept and set(kept) <= set(art.build["excluded"])
+    graph = onnx.load(str(art.path)).graph
+    producers = {o: n for n in graph.node for o in n.output}
+    for node in (n for n in graph.node if n.name in kept and n.op_type == "Conv"):
+        weight = producers.get(node.input[1])
+        assert weight is None or weight.op_type != "DequantizeLinear", node.name  # float weights, not int8
     layers = edgeexport.diff(art.path, "mobilenetv3_small", SHAPE, output=tmp_path / "d", threads=1
                              ).artifacts["onnx-int8"].layers
     assert layers.paired_by == "module path" and len(layers.layers) >= 60
     assert layers.threshold_db == 12.0 and all(r.snr_db < 80 for r in layers.layers[5:])  # int8 error, everywhere
     assert sum(1 for r in layers.layers if r.ms is not None) >= 20
-
-
-def test_a_module_the_diff_names_can_be_kept_in_float(cli, tmp_path):
-    """The repair on ONNX Runtime, by module path: every node of the named module stays float in the int8
-    graph (its weights are not int8), the build records which, and a module that is not there is one line."""
-    import onnx
-
-    module = "features.2.block.1.1"  # the BatchNorm folded into the first expansion's depthwise conv
-    code, out, err = cli("quantize", "mobilenetv3_small", "--mode", "int8", "--shape", "1x3x64x64",
-                         "--float-module", module, "--calib-size", "2", "--images", "1", "--no-bench",
-                         "-o", tmp_path, "--json")
-    assert code in (0, 1), err  # seeded weights: the int8 verdict is a plumbing check
-    art = __import__("json").loads(out)["artifacts"]["onnx-int8"]
-    kept = art["build"]["float_modules"][module]
-    assert kept and set(kept) <= set(art["build"]["excluded"])
-    graph = onnx.load(str(tmp_path / "mobilenetv3_small.int8.onnx")).graph
-    producers = {o: n for n in graph.node for o in n.output}
-    for node in (n for n in graph.node if n.name in kept and n.op_type == "Conv"):
-        weight = producers.get(node.input[1])
-        assert weight is None or weight.op_type != "DequantizeLinear", node.name  # float weights, not int8
-    repaired = edgeexport.diff(tmp_path / "mobilenetv3_small.int8.onnx", "mobilenetv3_small", SHAPE,
-                               output=tmp_path / "d", threads=1).artifacts["onnx-int8"].layers
-    assert repaired.record(module).module == "features.2.block.1.0"  # the diff names the conv it was folded into
+    assert layers.record(module).module == "features.2.block.1.0"  # the diff names the conv it was folded into
     code, _, err = cli("quantize", "mobilenetv3_small", "--mode", "int8", "--shape", "1x3x64x64",
                        "--float-module", "features.99", "--no-bench", "-o", tmp_path / "bad")
     assert code == 2 and "features.99" in err and not list((tmp_path / "bad").glob("*.int8.onnx"))

@@ -95,3 +95,21 @@ def test_pads_of_zero_width_are_dropped_and_others_kept():
     graph = _drop_identity_pads(graph)
     assert pads(graph) == [[1, 0, 0, 2]]
     torch.testing.assert_close(graph(x), Pads()(x))
+
+
+def test_etdump_times_the_xnnpack_operators(tmp_path):
+    """ExecuTorch's own profiler: the XNNPACK delegate's events, per operator type, within the run's time."""
+    import numpy as np
+    import torch
+
+    from edgeexport.targets.executorch import etdump_profile, lower
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(16, 16, 3, padding=1)).eval()
+    lower(model, torch.randn(1, 3, 32, 32), tmp_path / "m.pte")
+    feed = {"input": np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)}
+    prof = etdump_profile(str(tmp_path / "m.pte"), feed, 1, ["input"], runs=5)
+    convs = {k: v for k, v in prof["ops"].items() if k.startswith("Convolution")}
+    assert convs and all(v > 0 for v in convs.values()), prof
+    assert sum(prof["ops"].values()) <= prof["total_ms"] * 1.05 and "etdump" in prof["runtime"]

@@ -136,3 +136,32 @@ class ConvStack(nn.Module):
 
 def conv_stack():
     return ConvStack().eval()
+
+
+class Fragile(nn.Module):
+    """A small feature extractor (32 maps at stride 4) with one convolution int8 cannot carry, for the
+    float-set search.
+
+    ``features.2``'s filters each hold one weight 40x the others, on an input channel that is nearly zero
+    (``features.0`` leaves channel 0 at 0.001): eager hardly notices it, but int8 weights, scaled per output
+    channel to that one weight, keep about 3 levels for all the others. Keeping ``features.2`` in float repairs
+    the model; every other layer quantizes well.
+    """
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(2)
+        self.features = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 32, 3, 1, 1), nn.ReLU(),
+                                      nn.Conv2d(32, 32, 3, 2, 1), nn.ReLU())
+        with torch.no_grad():
+            first, fragile = self.features[0], self.features[2]
+            first.weight[0].zero_()
+            first.bias[0] = 1e-3
+            fragile.weight[:, 0, 1, 1] = 40 * fragile.weight.abs().amax(dim=(1, 2, 3))
+
+    def forward(self, x):
+        return self.features(x)
+
+
+def fragile():
+    return Fragile().eval()

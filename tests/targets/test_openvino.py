@@ -116,7 +116,11 @@ def test_int8_ir_is_quantized_runs_and_agrees(seg):
     assert len(np.unique(got["out"].argmax(1))) > 1
     assert (got["out"].argmax(1) == ref["out"].argmax(1)).mean() >= INT8_MIN_AGREEMENT
     assert art.record.preset == "performance" and art.record.calib_source == "photos:calib"
-    assert any("accuracy control not applied to snr_db" in n for n in art.record.notes)
+    # a budget with a tensor metric is the pipeline's float-set search (tests/pipeline), one on the task metric
+    # alone NNCF's accuracy control: this build (not through a run) applied neither
+    assert art.record.accuracy_control is None and art.repair is None
+    assert not OpenVINOTarget.searches_budget(OpenVINOTarget.Options(quantize="int8", budget={"snr_db": 10}))
+    assert OpenVINOTarget.searches_budget(OpenVINOTarget.Options(quantize="int8", budget={"miou_drop": 1}))
     assert art.compared.get("openvino")  # also compared with the fp32 IR
 
 
@@ -184,6 +188,9 @@ def test_accuracy_control_on_labeled_data(tmp_path):
     assert art.task is not None and art.record.fake_quantize > 0
     md = "\n".join(art.record.markdown())
     assert "accuracy control: miou" in md and "budget 1 points met" in md
+    r = art.repair  # the report's repair record: the modules of the operations NNCF reverted
+    assert r.met and r.budget == {"task_drop": 1.0} and "NNCF" in r.search
+    assert bool(r.float_modules) == bool(ac["reverted"]) and len(r.float_modules) <= len(ac["reverted"])
 
 
 def test_int8_edge_cases(seg, tmp_path, monkeypatch):

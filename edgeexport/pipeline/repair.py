@@ -1,0 +1,248 @@
+"""Repair an int8 artifact that misses its accuracy budget: the smallest set of modules kept in float that meets it.
+
+Every int8 target takes ``float_modules`` (module paths of the user's model, kept in float by the target's
+own means: ONNX Runtime's excluded nodes, NNCF's ignored scope, an ai-edge-quantizer recipe entry, the XNNPACK
+quantizer's module config). A target that does not search its budget itself (:meth:`Target.searches_budget`)
+gets this search:
+
+1. measure the artifact as built (``task_drop`` on labeled data, SNR / agreement / cosine against eager);
+2. while the budget is missed, diff it layer by layer against eager (:func:`diff_artifact`; where the runtime
+   keeps its intermediate tensors to itself, the target's :meth:`Target.quantized_taps`), take the layer that
+   loses the most SNR over the layer before it and is not yet in float, put its conv + norm + activation
+   group back in float, rebuild and measure again;
+3. once met, try each module but the last added back in int8 (the ranking is greedy: an early pick can turn
+   out unnecessary) and keep it out of the set when the budget still holds;
+4. time the all-int8 artifact and the chosen one interleaved (the latency cost of the repair), then put the
+   chosen artifact where the first one was.
+
+Every step is recorded (:class:`~edgeexport.targets.base.Repair`) in the artifact's report.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from edgeexport.bench import benchmark_interleaved
+from edgeexport.divergence import ROOT, LayerDiff, align, eager_taps
+from edgeexport.parity import accuracy_key, meets, resolve_budget
+from edgeexport.pipeline.context import Context, RunArtifact
+from edgeexport.pipeline.divergence import diff_artifact
+from edgeexport.provenance import GROUP, user_path, within
+from edgeexport.targets import Repair, RepairStep, Target, TargetOptions, make_runner
+from edgeexport.util import one_line
+
+MAX_STEPS = 10  # modules added to the float set at most
+SEARCH = ("diff-guided: the layer losing the most SNR over the one before it goes back to float (its conv + norm + "
+          "activation group), rebuilt and re-measured each step; then each earlier pick is tried back in int8")
+
+
+def wants_search(target_cls: type[Target], options: TargetOptions) -> bool:
+    fields = type(options).model_fields
+    return ("budget" in fields and "float_modules" in fields and bool(options.budget)
+            and not target_cls.searches_budget(options))
+
+
+def group(module: str, fused_with: list[str], modules: set[str]) -> str:
+    """What to keep in float for a layer: the module and the norm / activation the runtime fused into it (a conv
+    whose BatchNorm was folded carries the BatchNorm's scope in some runtimes). Their common parent when it
+    holds nothing else (torchvision's Conv2dNormActivation), else the group ``conv+bn+act``."""
+    if not fused_with:
+        return module
+    members = [module, *fused_with]
+    parts = [p.split(".") for p in members]
+    common = []
+    for segs in zip(*parts):
+        if len(set(segs)) > 1:
+            break
+        common.append(segs[0])
+    parent = ".".join(common)
+    inside = [p for p in modules if p.startswith(parent + ".")] if parent else []
+    if inside and all(within(p, members) for p in inside):
+        return parent
+    return GROUP.join(members)
+
+
+def rank(diff: LayerDiff, floats: list[str], modules: set[str]) -> list[tuple[str, str]]:
+    """Modules to try in float, the most harmful first: (module, why). What a layer loses is its SNR below that
+    of its input, taken as the latest layer before it with at least its spatial size (a squeeze-and-excitation
+    branch pooled to 1x1 is not the input of the layer after it; the map it was pooled from is its input)."""
+    out, seen_layers = [], []
+    for r in diff.layers:
+        if r.module == ROOT:
+            continue
+        size = math.prod(r.shape[2:]) if len(r.shape) > 2 else 1
+        before = next((p for p, s in reversed(seen_layers) if s >= size), None)
+        drop = (before.snr_db - r.snr_db) if before is not None else 0.0
+        seen_layers.append((r, size))
+        m = group(r.module, r.fused_with, modules)
+        if drop > 0 and not all(within(part, floats) for part in m.split(GROUP)):
+            out.append((drop, m, f"loses {drop:.1f} dB ({r.module}: {r.snr_db:.1f} dB SNR against eager)"))
+    seen, ranked = set(), []
+    for _, m, why in sorted(out, key=lambda t: -t[0]):
+        if m not in seen:
+            seen.add(m)
+            ranked.append((m, why))
+    return ranked
+
+
+def shortfall(acc: dict, budget: dict[str, float]) -> tuple:
+    """How far ``acc`` is from the budget (0 when met), each limit's miss relative to the limit, summed; then
+    the most accurate. What picks the artifact to keep when no step meets the budget."""
+    miss = 0.0
+    for k, v in budget.items():
+        got = acc.get(k)
+        if got is None:
+            miss += 1.0
+            continue
+        gap = got - v if k.endswith("_drop") else v - got
+        miss += max(0.0, gap) / max(abs(v), 1.0)
+    return (miss, tuple(-x for x in accuracy_key(acc)))
+
+
+class Search:
+    def __init__(self, ctx: Context, target_cls: type[Target], options: TargetOptions, art: RunArtifact, tmp: Path):
+        self.ctx, self.target_cls, self.options, self.art, self.tmp = ctx, target_cls, options, art, tmp
+        labeled = ctx.task_data.task if ctx.task_data is not None else None
+        self.budget = resolve_budget(dict(options.budget), labeled)
+        self.ranked_on: str | None = None
+        self.count = 0
+        self.modules = {user_path(n) for n, _ in ctx.handle.model.named_modules()} - {""}
+
+    def build(self, floats: list[str]) -> RunArtifact:
+        from edgeexport.pipeline.execute import build
+
+        self.count += 1
+        folder = self.tmp / f"build-{self.count}"
+        folder.mkdir()
+        scratch = copy.copy(self.ctx)
+        scratch.out_dir, scratch.artifacts = folder, list(self.ctx.artifacts)
+        opts = self.options.model_copy(update={"float_modules": list(floats), "budget": None})
+        return build(scratch, self.target_cls, opts)
+
+    def measure(self, art: RunArtifact) -> dict:
+        with make_runner(art.runner, self.ctx.threads) as r:
+            return self.ctx.accuracy(r, art.precision)
+
+    def diff(self, art: RunArtifact, floats: list[str]) -> LayerDiff:
+        d = diff_artifact(self.ctx, art)
+        if d.layers:
+            self.ranked_on = f"{art.backend}'s own intermediate tensors"
+            return d
+        names, batch = self.ctx.refs.batches[tuple(self.ctx.shape)][0]
+        opts = self.options.model_copy(update={"float_modules": list(floats), "budget": None})
+        taps = self.target_cls.quantized_taps(self.ctx, opts, batch[:1])
+        if not taps:
+            return d
+        why = d.note or "the runtime keeps its intermediate tensors"
+        self.ranked_on = f"the quantized program before lowering, run in PyTorch ({why})"
+        return align(taps, eager_taps(self.ctx.handle.model, batch[:1]), art.precision)
+
+    def run(self) -> Repair:
+        t0 = time.perf_counter()
+        floats = list(self.options.float_modules)
+        first = self.measure(self.art)
+        steps = [RepairStep(float_modules=floats, metrics=first, met=meets(first, self.budget))]
+        best = (self.art, floats, first)
+        current = self.art
+        while not meets(best[2], self.budget) and len(floats) - len(self.options.float_modules) < MAX_STEPS:
+            with self.ctx.status(f"Budget {self.options.budget}: ranking {current.kind}'s layers"):
+                ranked = rank(self.diff(current, floats), floats, self.modules)
+            if not ranked:
+                break
+            module, why = ranked[0]
+            floats = [*floats, module]
+            with self.ctx.status(f"Budget: {module} back in float ({len(floats)} modules)"):
+                cand = self.build(floats)
+                if cand.error or cand.runner is None:
+                    steps.append(RepairStep(float_modules=floats, added=module, why=why, error=cand.error))
+                    break
+                acc = self.measure(cand)
+            steps.append(RepairStep(float_modules=floats, added=module, why=why, metrics=acc,
+                                    met=meets(acc, self.budget)))
+            current = cand
+            if shortfall(acc, self.budget) < shortfall(best[2], self.budget):
+                best = (cand, floats, acc)
+        if meets(best[2], self.budget):
+            best = self.prune(best, steps)
+        repair = Repair(search=SEARCH, budget=self.budget, met=meets(best[2], self.budget), float_modules=best[1],
+                        steps=steps, ranked_on=self.ranked_on)
+        if best[0] is not self.art:
+            repair.int8_ms, repair.repaired_ms = self.latency(self.art, best[0])
+            self.adopt(best[0])
+        repair.seconds = round(time.perf_counter() - t0, 1)
+        return repair
+
+    def prune(self, best, steps: list[RepairStep]):
+        """Each module the search added, but the last, tried back in int8 (kept out of the set when the budget
+        still holds)."""
+        art, floats, acc = best
+        added = [m for m in floats if m not in self.options.float_modules]
+        for module in added[:-1]:
+            trial = [m for m in floats if m != module]
+            with self.ctx.status(f"Budget: is {module} needed in float?"):
+                cand = self.build(trial)
+                if cand.error or cand.runner is None:
+                    continue
+                got = self.measure(cand)
+            ok = meets(got, self.budget)
+            steps.append(RepairStep(float_modules=trial, removed=module, metrics=got, met=ok,
+                                    why="met without it: dropped from the set" if ok else "needed"))
+            if ok:
+                art, floats, acc = cand, trial, got
+        return art, floats, acc
+
+    def latency(self, plain: RunArtifact, repaired: RunArtifact) -> tuple[float | None, float | None]:
+        try:
+            runners = {"int8": make_runner(plain.runner, self.ctx.threads),
+                       "repaired": make_runner(repaired.runner, self.ctx.threads)}
+            with contextlib.ExitStack() as stack:
+                for r in runners.values():
+                    stack.enter_context(r)
+                with self.ctx.status("Budget: timing the all-int8 and the repaired artifact, interleaved"):
+                    stats = benchmark_interleaved(runners, self.ctx.feed(), warmup=2, runs=20, budget_s=3.0,
+                                                  rounds=5, min_runs=5)
+            return round(stats["int8"].median_ms, 3), round(stats["repaired"].median_ms, 3)
+        except Exception as exc:  # noqa: BLE001 (the cost is a figure of the report, not a verdict)
+            self.art.notes.append(f"the latency cost of the float set was not measured: {one_line(exc)}")
+            return None, None
+
+    def adopt(self, chosen: RunArtifact) -> None:
+        """The chosen artifact's files replace the first build's (the same names, in the run's folder)."""
+        out = self.art.path.parent
+        for f in [chosen.path, *(Path(p) for p in chosen.runner.files)]:
+            os.replace(f, out / Path(f).name)
+        self.art.record, self.art.runner = chosen.record, chosen.runner.relocated(out)
+        self.art.failures, self.art.notes = list(chosen.failures), list(chosen.notes)
+
+
+def search_float_set(ctx: Context, target_cls: type[Target], options: TargetOptions, art: RunArtifact) -> None:
+    """Meet ``options.budget`` by keeping modules in float (see the module docstring); fills ``art.repair``."""
+    if art.error is not None or art.runner is None or art.path is None:
+        return
+    ok, reason = target_cls.run_availability()
+    if not ok:
+        art.notes.append(f"the accuracy budget was not searched: the artifact cannot run here ({reason})")
+        return
+    with tempfile.TemporaryDirectory(prefix=".repair-", dir=art.path.parent) as tmp:
+        art.repair = Search(ctx, target_cls, options, art, Path(tmp)).run()
+    if not art.repair.met:
+        art.failures.append(f"accuracy budget {options.budget} not met with {len(art.repair.float_modules)} "
+                            "module(s) kept in float")
+
+
+def price_repair(ctx: Context, target_cls: type[Target], options: TargetOptions, art: RunArtifact) -> None:
+    """The latency cost of a float set a target chose itself (NNCF's accuracy control): the same build with
+    nothing kept in float, timed interleaved with the artifact."""
+    if art.repair is None or not art.repair.float_modules or art.repair.int8_ms is not None or art.runner is None:
+        return
+    with tempfile.TemporaryDirectory(prefix=".repair-", dir=art.path.parent) as tmp:
+        search = Search(ctx, target_cls, options, art, Path(tmp))
+        with ctx.status("Budget: building the all-int8 artifact to price the float set"):
+            plain = search.build([])
+        if plain.error is None and plain.runner is not None:
+            art.repair.int8_ms, art.repair.repaired_ms = search.latency(plain, art)
