@@ -21,6 +21,8 @@ from edgeexport.doctor import installed_versions as versions  # noqa: E402
 from edgeexport.recipe import Recipe  # noqa: E402
 from edgeexport.report import STATUS_TEXT, Report, report_from_dict  # noqa: E402
 
+from benchmarks.repair import repair_section, reused_repair, run_repair  # noqa: E402
+
 # Option sets per target for the head cases (only targets registered here are used).
 STAGES = {
     "onnx": {},
@@ -536,6 +538,9 @@ def main():
                     help="take the corpus section from the last corpus run (out/bench/corpus) instead of running it")
     ap.add_argument("--corpus-models", nargs="*", metavar="ROW", help="corpus rows to run (default: every one)")
     ap.add_argument("--corpus-cached-ok", action="store_true", help="take unchanged corpus cells from the cache")
+    ap.add_argument("--no-repair", action="store_true", help="skip the int8 budget runs (recipes/budget)")
+    ap.add_argument("--reuse-repair", action="store_true",
+                    help="take the repair section from the last budget run (out/bench/repair) instead of running it")
     ap.add_argument("--matrix-serial-models", nargs="*", metavar="MODEL",
                     help="the models whose cells are timed both ways (default: SERIAL_MODELS)")
     ap.add_argument("--matrix-runs", type=int, default=10)
@@ -553,6 +558,8 @@ def main():
     text = render(reports, args) if reports else "# Benchmarks\n"
     if not args.no_rewrites:
         text += rewrite_section(args)
+    if args.reuse_repair or not args.no_repair:
+        text += repair_section(reused_repair() if args.reuse_repair else run_repair(args.threads))
     if args.reuse_matrix:
         text += reused_matrix()
     elif not args.no_matrix:

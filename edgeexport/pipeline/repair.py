@@ -108,10 +108,12 @@ class Search:
     def __init__(self, ctx: Context, target_cls: type[Target], options: TargetOptions, art: RunArtifact, tmp: Path):
         self.ctx, self.target_cls, self.options, self.art, self.tmp = ctx, target_cls, options, art, tmp
         labeled = ctx.task_data.task if ctx.task_data is not None else None
-        self.budget = resolve_budget(dict(options.budget), labeled)
+        self.budget = resolve_budget(dict(options.budget or {}), labeled) or {}
         self.ranked_on: str | None = None
+        self.unranked: str | None = None  # why the last diff paired no layer
         self.count = 0
-        self.modules = {user_path(n) for n, _ in ctx.handle.model.named_modules()} - {""}
+        model = ctx.handle.model  # None for a user's ONNX file: nothing to rank, the artifact stays as built
+        self.modules = {user_path(n) for n, _ in model.named_modules()} - {""} if model is not None else set()
 
     def build(self, floats: list[str]) -> RunArtifact:
         from edgeexport.pipeline.execute import build
@@ -130,13 +132,15 @@ class Search:
 
     def diff(self, art: RunArtifact, floats: list[str]) -> LayerDiff:
         d = diff_artifact(self.ctx, art)
+        self.unranked = None
         if d.layers:
             self.ranked_on = f"{art.backend}'s own intermediate tensors"
             return d
         names, batch = self.ctx.refs.batches[tuple(self.ctx.shape)][0]
         opts = self.options.model_copy(update={"float_modules": list(floats), "budget": None})
-        taps = self.target_cls.quantized_taps(self.ctx, opts, batch[:1])
+        taps = self.target_cls.quantized_taps(self.ctx, opts, batch[:1]) if self.ctx.handle.model is not None else None
         if not taps:
+            self.unranked = d.note
             return d
         why = d.note or "the runtime keeps its intermediate tensors"
         self.ranked_on = f"the quantized program before lowering, run in PyTorch ({why})"
@@ -153,6 +157,8 @@ class Search:
             with self.ctx.status(f"Budget {self.options.budget}: ranking {current.kind}'s layers"):
                 ranked = rank(self.diff(current, floats), floats, self.modules)
             if not ranked:
+                self.art.notes.append("the float-set search found no layer left to put back in float"
+                                      + (f" ({self.unranked})" if self.unranked else ""))
                 break
             module, why = ranked[0]
             floats = [*floats, module]

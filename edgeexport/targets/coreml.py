@@ -20,8 +20,8 @@ import numpy as np
 from pydantic import Field
 
 from edgeexport.errors import BackendMissing, BuildFailed, EdgeExportError, UnsupportedOp
-from edgeexport.provenance import locate_in_torch, refused_op
-from edgeexport.runners.base import Runner
+from edgeexport.provenance import locate_in_torch, refused_op, user_path
+from edgeexport.runners.base import Runner, Tap
 from edgeexport.targets.registry import register_target
 from edgeexport.targets.base import Availability, BuildRecord, Format, Target, TargetOptions
 from edgeexport.util import quiet
@@ -72,6 +72,46 @@ def _drop_aliases(program):
     return program
 
 
+MODULE_KEY = "edgeexport_modules"  # the package's user-defined metadata: {MIL op output: module path of the user's model}
+
+
+def _mil_outputs(spec) -> dict[str, str]:
+    """Every MIL operation output of a package's main function: name -> operation type."""
+    out = {}
+    if spec.WhichOneof("Type") == "mlProgram":
+        for fn in spec.mlProgram.functions.values():
+            for block in fn.block_specializations.values():
+                for op in block.operations:
+                    out.update({o.name: op.type for o in op.outputs})
+    return out
+
+
+def module_map(program, spec) -> dict[str, str]:
+    """Which module of the user's model each MIL operation output comes from. coremltools names an operation's
+    output after the exported node it converts (a conv with its BatchNorm folded takes the BatchNorm's node);
+    each node's ``nn_module_stack`` names the module. Outputs of operations a node was decomposed into
+    (``sigmoid_hard_0`` of a hardswish) are not the module's output and get none; an fp16 program's outputs
+    are the node's name with ``_cast_fp16``."""
+    nodes = {}
+    for n in program.graph.nodes:
+        stack = n.meta.get("nn_module_stack") if n.op == "call_function" else None
+        if stack:
+            nodes[n.name] = user_path(list(stack.values())[-1][0].removeprefix("L['self']."))
+    out = {}
+    for name, kind in _mil_outputs(spec).items():
+        node = name.removesuffix("_cast_fp16")  # an fp16 program's outputs carry their precision cast
+        if node in nodes and kind != "const":
+            out[name] = nodes[node]
+    return out
+
+
+def recorded_modules(spec) -> dict[str, str]:
+    import json
+
+    raw = spec.description.metadata.userDefined.get(MODULE_KEY)
+    return json.loads(raw) if raw else {}
+
+
 def convert(module, sample, out: Path, *, input_name: str, output_names: list[str],
             precision: str = "fp16", compress: str = "none", deployment_target: str = "iOS17") -> dict:
     """Convert ``module`` (a torch module returning a tuple) to ``out`` (an .mlpackage folder), atomically."""
@@ -89,13 +129,14 @@ def convert(module, sample, out: Path, *, input_name: str, output_names: list[st
               outputs=[ct.TensorType(name=n) for n in output_names], convert_to="mlprogram",
               minimum_deployment_target=target,
               compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32)
-    route, errors = None, []
+    route, errors, modules = None, [], {}
     with quiet():
         for route in ("torch.export", "trace"):
             try:
                 if route == "torch.export":
                     program = _drop_aliases(torch.export.export(module, (sample,)).run_decompositions({}))
                     mlmodel = ct.convert(program, **{k: v for k, v in kw.items() if k != "inputs"})
+                    modules = module_map(program, mlmodel.get_spec())
                 else:
                     traced = torch.jit.trace(module, (sample,), check_trace=False)
                     mlmodel = ct.convert(traced, **kw)
@@ -116,11 +157,15 @@ def convert(module, sample, out: Path, *, input_name: str, output_names: list[st
             cfg = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(mode="kmeans",
                                                                              nbits=int(compress[len("palettize"):])))
             mlmodel = cto.palettize_weights(mlmodel, config=cfg)
+        if modules:  # for `diff` on macOS: which module each intermediate tensor comes from
+            import json
+
+            mlmodel.user_defined_metadata[MODULE_KEY] = json.dumps(modules, separators=(",", ":"))
         with atomic_path(out, suffix=".mlpackage") as tmp:
             mlmodel.save(str(tmp))
     info = {"route": route, "fallback_reasons": errors, "precision": precision, "compress": compress,
             "deployment_target": deployment_target, "coremltools": ct.__version__,
-            "convert_s": round(time.perf_counter() - t0, 1)}
+            "convert_s": round(time.perf_counter() - t0, 1), "modules_recorded": len(modules)}
     info.update(inspect_package(out, input_name, tuple(sample.shape), output_names))
     return info
 
@@ -176,6 +221,26 @@ class CoreMLRunner(Runner):
         out = self.model.predict({n: np.ascontiguousarray(feed[n]) for n in self._inputs})
         return {n: np.asarray(out[n], dtype=np.float32) for n in self._outputs}
 
+    def _taps(self, feed):
+        """Every MIL operation output for ``feed``, from coremltools' ``MLModelInspector`` (which predicts with
+        models that output them; macOS only), attributed by the module map the build recorded."""
+        import asyncio
+
+        from coremltools.models.ml_program.experimental.debugging_utils import MLModelInspector
+
+        spec = self.model.get_spec()
+        modules, kinds = recorded_modules(spec), _mil_outputs(spec)
+        inspector = MLModelInspector(self.model)
+        names = [n for n in reversed(inspector.output_names) if kinds.get(n, "const") != "const"]
+        inputs = {n: np.ascontiguousarray(feed[n][:1]) for n in self._inputs}
+
+        async def collect():
+            return [(n, v) async for n, v in inspector.inspect(inputs=inputs, output_names=names) if v is not None]
+
+        order = {n: i for i, n in enumerate(names)}  # execution order: the diff pairs a module with its last tensor
+        got = sorted(asyncio.run(collect()), key=lambda nv: order[nv[0]])
+        return [Tap(n, modules.get(n), kinds[n], np.asarray(v, dtype=np.float32)) for n, v in got]
+
     def _deactivate(self) -> None:
         self.model = None
 
@@ -210,6 +275,7 @@ class CoreMLRecord(BuildRecord):
     outputs: list[str]
     ops: dict[str, int] = {}
     validation_problems: list[str] = []
+    modules_recorded: int = 0  # MIL outputs whose module of the user's model the package records (for `diff`)
 
 
 @register_target

@@ -27,6 +27,30 @@ def test_convert_validate_and_report_not_run_off_macos(cli, tmp_path):
         assert "passed" not in out.split('"status": "not_run"')[0][-50:]
     md = (tmp_path / "lraspp_mobilenetv3_small.report.md").read_text()
     assert "not run here" in md or ON_MAC
+    # the module map `diff` pairs CoreML's intermediate tensors by: every conv's output names its module
+    from edgeexport.targets.coreml import _mil_outputs, recorded_modules
+    from edgeexport.zoo import create_model
+
+    spec = ct.utils.load_spec(str(tmp_path / "lraspp_mobilenetv3_small.mlpackage"))
+    modules, kinds = recorded_modules(spec), _mil_outputs(spec)
+    convs = [n for n, k in kinds.items() if k == "conv"]
+    named = dict(create_model("lraspp_mobilenetv3_small").named_modules())
+    assert b["modules_recorded"] == len(modules) and sum(n in modules for n in convs) >= 0.9 * len(convs)
+    assert {type(named[modules[n]]).__name__ for n in convs if n in modules} <= {"Conv2d", "BatchNorm2d"}
+
+
+@pytest.mark.skipif(not ON_MAC, reason="CoreML predicts on macOS only: its intermediate tensors cannot be read here")
+def test_diff_names_a_faulty_module_on_coreml(tmp_path):  # pragma: no cover (macOS)
+    import edgeexport
+    from tests.divergence.test_diff import _faulty
+    from edgeexport.zoo import create_model
+
+    model, module = create_model("mobilenetv3_small"), "features.4.block.1.0"
+    built = edgeexport.export(_faulty(model, module), (1, 3, 64, 64), {"coreml": {"precision": "fp32"}},
+                              output=tmp_path, threads=1, images=1, bench=False)
+    layers = edgeexport.diff(built.artifacts["coreml"].path, model, (1, 3, 64, 64), output=tmp_path / "d",
+                             threads=1).artifacts["coreml"].layers
+    assert layers.first_divergent == module
 
 
 def test_weight_compression_shrinks_the_package(cli, tmp_path):

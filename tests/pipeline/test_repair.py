@@ -105,3 +105,29 @@ def test_float_modules_reach_each_converter(tmp_path):
     ops = art.build["float_modules"]["features.2"]
     assert any("conv" in op.lower() for op in ops), ops  # the Convolution, not only its bias Add
     assert art.parity[0].worst("snr_db") > 20  # 16 dB all-int8 (the search test measures it)
+
+
+def test_a_float_set_a_target_chose_itself_is_priced(tmp_path):
+    """NNCF's accuracy control picks its own float operations: the pipeline prices them by building the same
+    artifact with nothing kept in float beside it, timing both interleaved, and leaves the artifact as it was."""
+    pytest.importorskip("nncf")
+    from edgeexport import pipeline
+    from edgeexport.pipeline.repair import price_repair
+    from edgeexport.recipe import Recipe
+    from edgeexport.targets import Repair, get_target
+
+    recipe = Recipe.from_dict({"model": "tests.support.models:fragile", "input_shape": list(SHAPE),
+                               "output": str(tmp_path), "inputs": {"images": 1}, "bench": {"enabled": False},
+                               "stages": {"onnx": {}, "openvino": [{"quantize": "int8",
+                                                                    "float_modules": ["features.2"]}]}})
+    ctx = pipeline.prepare(recipe)
+    for target_cls, options, required_by in pipeline.plan(ctx):
+        art = pipeline.build(ctx, target_cls, options, required_by)
+        ctx.artifacts.append(art)
+    target, options = get_target("openvino"), recipe.stages.openvino[0]
+    art.repair = Repair(search="chosen by the target", budget={"snr_db": 20.0}, met=True, float_modules=["features.2"])
+    before = art.path.read_bytes()
+    price_repair(ctx, target, options, art)
+    assert art.repair.int8_ms > 0 and art.repair.repaired_ms > 0
+    assert art.path.read_bytes() == before and art.record.float_modules  # the artifact is untouched
+    assert not list(tmp_path.glob(".repair-*"))  # the all-int8 build was scratch
