@@ -47,6 +47,11 @@ def wants_search(target_cls: type[Target], options: TargetOptions) -> bool:
             and not target_cls.searches_budget(options))
 
 
+def check_budget(ctx: Context, options: TargetOptions) -> None:
+    """A budget the run cannot measure (a task metric without labeled data) is bad input, before anything is built."""
+    resolve_budget(dict(options.budget or {}), ctx.task_data.task if ctx.task_data is not None else None)
+
+
 def group(module: str, fused_with: list[str], modules: set[str]) -> str:
     """What to keep in float for a layer: the module and the norm / activation the runtime fused into it (a conv
     whose BatchNorm was folded carries the BatchNorm's scope in some runtimes). Their common parent when it
@@ -111,6 +116,7 @@ class Search:
         self.budget = resolve_budget(dict(options.budget or {}), labeled) or {}
         self.ranked_on: str | None = None
         self.unranked: str | None = None  # why the last diff paired no layer
+        self.notes: list[str] = []  # what the search says about itself (added to the artifact's notes at the end)
         self.count = 0
         model = ctx.handle.model  # None for a user's ONNX file: nothing to rank, the artifact stays as built
         self.modules = {user_path(n) for n, _ in model.named_modules()} - {""} if model is not None else set()
@@ -157,8 +163,8 @@ class Search:
             with self.ctx.status(f"Budget {self.options.budget}: ranking {current.kind}'s layers"):
                 ranked = rank(self.diff(current, floats), floats, self.modules)
             if not ranked:
-                self.art.notes.append("the float-set search found no layer left to put back in float"
-                                      + (f" ({self.unranked})" if self.unranked else ""))
+                self.notes.append("the float-set search found no layer left to put back in float"
+                                  + (f" ({self.unranked})" if self.unranked else ""))
                 break
             module, why = ranked[0]
             floats = [*floats, module]
@@ -181,6 +187,7 @@ class Search:
             repair.int8_ms, repair.repaired_ms = self.latency(self.art, best[0])
             self.adopt(best[0])
         repair.seconds = round(time.perf_counter() - t0, 1)
+        self.art.notes.extend(self.notes)
         return repair
 
     def prune(self, best, steps: list[RepairStep]):
@@ -214,7 +221,7 @@ class Search:
                                                   rounds=5, min_runs=5)
             return round(stats["int8"].median_ms, 3), round(stats["repaired"].median_ms, 3)
         except Exception as exc:  # noqa: BLE001 (the cost is a figure of the report, not a verdict)
-            self.art.notes.append(f"the latency cost of the float set was not measured: {one_line(exc)}")
+            self.notes.append(f"the latency cost of the float set was not measured: {one_line(exc)}")
             return None, None
 
     def adopt(self, chosen: RunArtifact) -> None:
@@ -252,3 +259,4 @@ def price_repair(ctx: Context, target_cls: type[Target], options: TargetOptions,
             plain = search.build([])
         if plain.error is None and plain.runner is not None:
             art.repair.int8_ms, art.repair.repaired_ms = search.latency(plain, art)
+        art.notes.extend(search.notes)

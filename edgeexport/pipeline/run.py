@@ -13,7 +13,7 @@ from edgeexport.keys import load_private_key
 from edgeexport.pipeline.context import Context, RunArtifact, no_status
 from edgeexport.pipeline.divergence import diff_artifact, diff_failed
 from edgeexport.pipeline.execute import build, check_artifact, plan, probe_refusals, time_all
-from edgeexport.pipeline.repair import price_repair, search_float_set, wants_search
+from edgeexport.pipeline.repair import check_budget, price_repair, search_float_set, wants_search
 from edgeexport.pipeline.prepare import prepare
 from edgeexport.pipeline.views import profile_slow_int8
 from edgeexport.recipe import Recipe
@@ -30,7 +30,11 @@ def run(recipe: Recipe, log=print, status=no_status, command: str | None = None,
     t0 = time.perf_counter()
     ctx = prepare(recipe, log, status, module=module)
     ctx.calibration_arrays = calibration
-    for target_cls, options, required_by in plan(ctx):
+    steps = plan(ctx)
+    for target_cls, options, _ in steps:
+        if wants_search(target_cls, options):
+            check_budget(ctx, options)
+    for target_cls, options, required_by in steps:
         art = build(ctx, target_cls, options, required_by)
         if wants_search(target_cls, options):
             search_float_set(ctx, target_cls, options, art)

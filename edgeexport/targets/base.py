@@ -145,7 +145,7 @@ class Repair(BaseModel):
     float_modules: list[str] = []  # the chosen set: modules of the user's model kept in float
     steps: list[RepairStep] = []
     ranked_on: str | None = None  # where the per-layer ranking came from
-    int8_ms: float | None = None  # median latency with nothing kept in float ...
+    int8_ms: float | None = None  # median latency as first built (nothing, or only the user's modules, in float) ...
     repaired_ms: float | None = None  # ... and with the chosen set, measured interleaved in one run
     seconds: float | None = None  # how long the search took
 

@@ -131,3 +131,11 @@ def test_a_float_set_a_target_chose_itself_is_priced(tmp_path):
     assert art.repair.int8_ms > 0 and art.repair.repaired_ms > 0
     assert art.path.read_bytes() == before and art.record.float_modules  # the artifact is untouched
     assert not list(tmp_path.glob(".repair-*"))  # the all-int8 build was scratch
+
+
+def test_a_task_budget_without_labeled_data_is_bad_input_before_any_build(cli, tmp_path):
+    pytest.importorskip("ai_edge_quantizer")
+    code, _, err = cli("litert", "mobilenetv3_small", "--quantize", "int8", "--shape", "1x3x64x64",
+                       "--budget", "miou_drop=0.5", "-o", tmp_path)
+    assert code == 2 and "--budget miou_drop=0.5 needs labeled data" in err and "Traceback" not in err
+    assert not list(tmp_path.glob("*.tflite")) and not list(tmp_path.glob("*.onnx"))
