@@ -115,7 +115,19 @@ def node_modules(path) -> dict[str, str]:
 
 
 def profiled_module(modules: dict[str, str], node: str) -> str | None:
-    return modules.get(node) or modules.get(node.removesuffix("_nchwc"))
+    """The module of a node as ONNX Runtime's profiler names it: the graph's name, or that name with what its
+    optimiser appends (``_nchwc`` kernels, ``_token_N`` of a fused int8 node, a Q/DQ node named after the tensor
+    it quantizes)."""
+    import re
+
+    for name in (node, node.removesuffix("_nchwc"), re.sub(r"_token_\d+$", "", node),
+                 re.sub(r"_(Dequantize|Quantize)Linear$", "", node)):
+        if name in modules:
+            return modules[name]
+    return None
+
+
+QDQ = ("QuantizeLinear", "DequantizeLinear")
 
 
 def tap_outputs(model) -> list[tuple[str, str | None, str]]:
@@ -133,15 +145,31 @@ def tap_outputs(model) -> list[tuple[str, str | None, str]]:
     types = {v.name: v.type.tensor_type.elem_type for v in
              list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input)}
     existing = {o.name for o in model.graph.output}
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node)
+
+    def as_seen(out: str) -> str:
+        """What the nodes after a Q/DQ pair read: the dequantized tensor (a Clip that quantization's saturation
+        replaced, the rounding of the activation), not the float value before QuantizeLinear."""
+        q = [c for c in consumers.get(out, []) if c.op_type == "QuantizeLinear"]
+        dq = [c for c in consumers.get(q[0].output[0], []) if c.op_type == "DequantizeLinear"] if len(q) == 1 else []
+        return dq[0].output[0] if dq and len(consumers.get(out, [])) == 1 else out
+
     marked = []
     for node in model.graph.node:
+        if node.op_type in QDQ:
+            continue  # their tensors are tapped as the outputs of the nodes they quantize
         scope = onnx_node_scope(node)
         for out in node.output:
             if not out or types.get(out) not in float_types:
                 continue
-            if out not in existing:
-                model.graph.output.append(onnx.helper.make_tensor_value_info(out, types[out], None))
-            marked.append((out, scope[0] if scope else None, node.op_type))
+            seen = as_seen(out)
+            if seen not in existing:
+                model.graph.output.append(onnx.helper.make_tensor_value_info(seen, types.get(seen, types[out]), None))
+                existing.add(seen)
+            marked.append((seen, scope[0] if scope else None, node.op_type))
     return marked
 
 
