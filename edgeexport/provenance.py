@@ -59,12 +59,19 @@ def export_program(module, sample):
     return torch.export.export(module, (sample,), strict=False)
 
 
+def stack_path(node) -> str | None:
+    """The path of the innermost module a torch.export node was called in, as the exported module names it
+    (edgeexport's wrappers included; :func:`user_path` drops them). None: the model's forward, or no record."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return list(stack.values())[-1][0].removeprefix("L['self'].") if stack else None
+
+
 def node_module(node) -> str | None:
     """The innermost module a torch.export node was called in, described (None: the model's forward)."""
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
+    path = stack_path(node)
+    if path is None:
         return None
-    path, cls = list(stack.values())[-1]
+    cls = list(node.meta["nn_module_stack"].values())[-1][1]
     cls_name = cls if isinstance(cls, str) else getattr(cls, "__name__", str(cls))
     return describe(user_path(path), cls_name)
 

@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import Field
 
 from edgeexport.errors import BackendMissing, BuildFailed, EdgeExportError, UnsupportedOp
-from edgeexport.provenance import locate_in_torch, refused_op, user_path
+from edgeexport.provenance import locate_in_torch, refused_op, stack_path, user_path
 from edgeexport.runners.base import Runner, Tap
 from edgeexport.targets.registry import register_target
 from edgeexport.targets.base import Availability, BuildRecord, Format, Target, TargetOptions
@@ -75,15 +75,17 @@ def _drop_aliases(program):
 MODULE_KEY = "edgeexport_modules"  # the package's user-defined metadata: {MIL op output: module path of the user's model}
 
 
-def _mil_outputs(spec) -> dict[str, str]:
-    """Every MIL operation output of a package's main function: name -> operation type."""
-    out = {}
+def _mil_ops(spec):
+    """Every MIL operation of an ML program package (none for a neural network package)."""
     if spec.WhichOneof("Type") == "mlProgram":
         for fn in spec.mlProgram.functions.values():
             for block in fn.block_specializations.values():
-                for op in block.operations:
-                    out.update({o.name: op.type for o in op.outputs})
-    return out
+                yield from block.operations
+
+
+def _mil_outputs(spec) -> dict[str, str]:
+    """Every MIL operation output of a package: name -> operation type."""
+    return {o.name: op.type for op in _mil_ops(spec) for o in op.outputs}
 
 
 def module_map(program, spec) -> dict[str, str]:
@@ -92,11 +94,8 @@ def module_map(program, spec) -> dict[str, str]:
     each node's ``nn_module_stack`` names the module. Outputs of operations a node was decomposed into
     (``sigmoid_hard_0`` of a hardswish) are not the module's output and get none; an fp16 program's outputs
     are the node's name with ``_cast_fp16``."""
-    nodes = {}
-    for n in program.graph.nodes:
-        stack = n.meta.get("nn_module_stack") if n.op == "call_function" else None
-        if stack:
-            nodes[n.name] = user_path(list(stack.values())[-1][0].removeprefix("L['self']."))
+    nodes = {n.name: user_path(path) for n in program.graph.nodes
+             if n.op == "call_function" and (path := stack_path(n)) is not None}
     out = {}
     for name, kind in _mil_outputs(spec).items():
         node = name.removesuffix("_cast_fp16")  # an fp16 program's outputs carry their precision cast
@@ -184,12 +183,7 @@ def inspect_package(path: Path, input_name: str, shape, output_names: list[str])
         problems.append(f"input shape {inputs[input_name]} != {list(shape)}")
     if outputs != list(output_names):
         problems.append(f"outputs are {outputs}, expected {list(output_names)}")
-    ops: Counter = Counter()
-    if spec.WhichOneof("Type") == "mlProgram":
-        for fn in spec.mlProgram.functions.values():
-            for block in fn.block_specializations.values():
-                for op in block.operations:
-                    ops[op.type] += 1
+    ops = Counter(op.type for op in _mil_ops(spec))
     return {"spec_version": spec.specificationVersion, "inputs": inputs, "outputs": outputs,
             "ops": dict(ops.most_common()), "validation_problems": problems}
 

@@ -17,7 +17,7 @@ from pydantic import Field
 
 from edgeexport.bench import median_ops
 from edgeexport.errors import BackendMissing, BuildFailed, EdgeExportError, UnsupportedOp
-from edgeexport.provenance import GROUP, locate_in_torch, match_modules, refused_op, user_path, within
+from edgeexport.provenance import GROUP, locate_in_torch, match_modules, refused_op, stack_path, user_path, within
 from edgeexport.runners.base import Runner, Tap
 from edgeexport.targets.registry import register_target
 from edgeexport.targets.base import BUDGET_METRICS, BuildRecord, Format, Target, TargetOptions
@@ -61,14 +61,6 @@ def _drop_identity_pads(graph_module):
     return graph_module
 
 
-def _stack_path(node) -> str | None:
-    """The innermost module path of an exported node (``nn_module_stack``), as the exported module names it."""
-    stack = node.meta.get("nn_module_stack")
-    if not stack:
-        return None
-    return list(stack.values())[-1][0].removeprefix("L['self'].")
-
-
 def _quantize_pt2e(module, sample, calibration, float_modules=()):
     """PT2E int8 with the XNNPACK quantizer; returns the converted module and ``{module: [node names]}`` kept
     in float (``float_modules``: paths in the user's model, left out of the quantizer's annotation)."""
@@ -87,7 +79,7 @@ def _quantize_pt2e(module, sample, calibration, float_modules=()):
     graph = _drop_identity_pads(torch.export.export(module, (sample,)).module())
     kept: dict[str, list[str]] = {}
     if float_modules:
-        paths = {n.name: _stack_path(n) for n in graph.graph.nodes if n.op == "call_function"}
+        paths = {n.name: stack_path(n) for n in graph.graph.nodes if n.op == "call_function"}
         users = {k: user_path(v) if v else None for k, v in paths.items()}
         kept = match_modules(float_modules, users)
         for part in {p for m in float_modules for p in m.split(GROUP)}:
@@ -126,7 +118,7 @@ def quantized_taps(module, sample, calibration, x, float_modules=()) -> list:
         Recorder(converted).run(torch.as_tensor(x))
     taps = []
     for n in converted.graph.nodes:
-        path, r = _stack_path(n), outs.get(n.name)
+        path, r = stack_path(n), outs.get(n.name)
         if path and isinstance(r, torch.Tensor) and r.is_floating_point():
             taps.append(Tap(n.name, user_path(path), str(n.target).removeprefix("aten."), r.float().numpy()))
     return taps
