@@ -25,9 +25,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/edgeexport run recipes/lraspp_mobilenetv3.yaml
 
+# the modules with the longest fixtures first, so that two workers finish together (each module's fixtures are
+# built once: --dist loadscope keeps a module on one worker)
+LONGEST_FIRST = tests/test_matrix.py tests/export/test_executorch.py tests/divergence/test_diff.py \
+	tests/targets/test_litert.py tests/targets/test_conformance.py tests/test_cli.py tests/quantize/test_quantize.py
+
 test: $(STAMP) browser
 	$(VENV)/bin/lint-imports --no-cache
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal --durations=15
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadscope --durations=15 $(LONGEST_FIRST) tests
 
 # Headless Chromium for the HTML report's browser test, where this machine lets us install it (root with
 # apt-get, e.g. CI). Best effort, never an error: without it that one test is skipped and says why.
