@@ -24,6 +24,7 @@ builder therefore does not stop at "quantize everything":
 """
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import tempfile
@@ -135,6 +136,15 @@ class Int8Builder:
                            "calib_size": opts.calib_size,
                            "calib_source": opts.calib_folder or "bundled calibration photographs"}
 
+    @functools.cached_property
+    def fp32_meta(self) -> onnx.ModelProto:
+        """The fp32 graph without its weights: the module scopes its nodes record (read once)."""
+        return onnx.load(str(self.fp32_path), load_external_data=False)
+
+    @functools.cached_property
+    def scopes(self) -> dict[str, str]:
+        return onnx_scopes(self.fp32_meta.graph)
+
     def close(self):
         shutil.rmtree(self.tmp, ignore_errors=True)
 
@@ -174,8 +184,7 @@ class Int8Builder:
     def _exclude_modules(self, model) -> None:
         """Every node that comes from one of ``float_modules`` (by the module scope the fp32 graph records for a
         node of the same name) joins the nodes kept in float."""
-        scopes = onnx_scopes(onnx.load(str(self.fp32_path), load_external_data=False).graph)
-        kept = match_modules(self.opts.float_modules, {n.name: scopes.get(n.name) for n in model.graph.node})
+        kept = match_modules(self.opts.float_modules, {n.name: self.scopes.get(n.name) for n in model.graph.node})
         self.info["float_modules"] = kept
         self.opts.exclude = list(dict.fromkeys([*self.opts.exclude, *(n for hits in kept.values() for n in hits)]))
 
@@ -343,7 +352,8 @@ class Int8Builder:
             exclude = self.close_islands(exclude | {row["node"]})
             path = self._quantize(self.prepared, self.tmp / f"budget-{i}.onnx", exclude, fmt="qdq")
             acc = self.ev.accuracy(path)
-            steps.append({"step": i, "excluded": row["node"], "op": row["op"], "drop_db": row["drop_db"], **acc})
+            steps.append({"step": i, "excluded": row["node"], "module": self.scopes.get(row["node"]), "op": row["op"],
+                          "drop_db": row["drop_db"], **acc})
             if accuracy_key(acc) > accuracy_key(best[0]):
                 best = (acc, set(exclude))
         if meets(acc, budget):
@@ -418,7 +428,7 @@ class Int8Builder:
         self.info["excluded"] = {n: REASONS.get(self.why.get(n, "user"), "") for n in sorted(exclude)}
         model = onnx.load(str(final))
         # which module each node comes from, for the per-layer diff (quantization drops node metadata)
-        self.info["scopes_kept"] = keep_scopes(onnx.load(str(self.fp32_path), load_external_data=False), model)
+        self.info["scopes_kept"] = keep_scopes(self.fp32_meta, model)
         with atomic_path(out) as tmp:
             onnx.save(model, str(tmp))
         lap("final")

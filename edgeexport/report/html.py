@@ -479,7 +479,7 @@ def repairs_context(report: Report) -> list[dict]:
         r = a.repair
         if r is None:
             continue
-        steps = [f"{i}. {('+ ' + s.added) if s.added else ('- ' + s.removed) if s.removed else 'as built'}: "
+        steps = [f"{i}. {s.change}: "
                  f"{s.error or metrics_text(s.metrics)} ({'met' if s.met else 'missed'})" for i, s in enumerate(r.steps)]
         rows.append({"kind": a.name, "met": r.met, "budget": ", ".join(f"{k}={v:g}" for k, v in r.budget.items()),
                      "modules": r.float_modules, "builds": len(r.steps), "int8_ms": fmt(r.int8_ms, ".2f"),

@@ -393,8 +393,7 @@ def repair_table_markdown(a: ArtifactResult) -> list[str]:
     lines = ["", f"Float-set search ({r.search}; ranked on {r.ranked_on or 'n/a'}):", "",
              "| step | change | why | measured | budget |", "|---|---|---|---|---|"]
     for i, s in enumerate(r.steps):
-        change = (f"+ {s.added}" if s.added else f"- {s.removed}" if s.removed else "as built"
-                  + (f" ({', '.join(s.float_modules)} in float)" if s.float_modules and i == 0 else ""))
+        change = s.change + (f" ({', '.join(s.float_modules)} in float)" if s.float_modules and i == 0 else "")
         lines.append(f"| {i} | {change} | {s.why or ''} | {s.error or metrics_text(s.metrics)} | "
                      f"{'met' if s.met else 'missed'} |")
     return lines

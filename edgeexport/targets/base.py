@@ -133,6 +133,11 @@ class RepairStep(BaseModel):
     met: bool = False
     error: str | None = None  # the build failed
 
+    @property
+    def change(self) -> str:
+        """What this step changed: ``+ module``, ``- module`` or ``as built``."""
+        return f"+ {self.added}" if self.added else f"- {self.removed}" if self.removed else "as built"
+
 
 class Repair(BaseModel):
     """What an int8 build kept in float to meet an accuracy budget, and what that costs in latency."""

@@ -14,7 +14,6 @@ from pydantic import Field
 
 from edgeexport.parity import meets, resolve_budget
 from edgeexport.runners.onnxruntime import OnnxRuntimeRunner, ort_profile
-from edgeexport.provenance import onnx_scopes
 from edgeexport.targets.base import (BUDGET_METRICS, BuildRecord, Format, Repair, RepairStep, Requirement, Target,
                                      TargetOptions, fp32_graph, fp32_graph_requirement)
 from edgeexport.targets.registry import register_target
@@ -178,7 +177,7 @@ class QuantizeTarget(Target):
                 if info.get("budget_met") is False:
                     art.failures.append(f"accuracy budget {options.budget} not met; kept the most accurate graph found")
                 if info.get("budget"):
-                    art.repair = node_repair(info["budget"], fp32, info.get("phase_s", {}).get("budget"))
+                    art.repair = node_repair(info["budget"], info.get("phase_s", {}).get("budget"))
             elif options.mode == "int8-dynamic":
                 info = build_int8_dynamic(fp32, art.path, ctx.shape, options.per_channel)
             else:
@@ -194,16 +193,13 @@ class QuantizeTarget(Target):
         return ort_profile(spec.artifact, feed, threads, spec.options.get("optimization", "all"), runs)
 
 
-def node_repair(budget: dict, fp32, seconds: float | None) -> Repair:
+def node_repair(budget: dict, seconds: float | None) -> Repair:
     """The int8 builder's budget loop (nodes back in float, the worst first) as the report's repair record:
     the modules of the user's model those nodes come from."""
-    import onnx
-
-    scopes = onnx_scopes(onnx.load(str(fp32), load_external_data=False).graph)
     floats, steps = [], []
     for s in budget["steps"]:
         node = s.get("excluded")
-        module = scopes.get(node, f"node {node}") if node else None
+        module = (s.get("module") or f"node {node}") if node else None
         if module and module not in floats:
             floats.append(module)
         metrics = {k: s.get(k) for k in ("snr_db", "agreement", "cosine", "task_drop") if s.get(k) is not None}
