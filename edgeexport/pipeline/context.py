@@ -126,7 +126,7 @@ class Context:
     eager_preds: list | None = None  # eager's predicted classes on the labeled data (the report's mask views)
     views: dict = field(default_factory=dict)  # report-level view data: images shared by artifacts' views
     calibration_arrays: list[np.ndarray] | None = None  # calibration batches given in memory (the API)
-    _rewritten: dict = field(default_factory=dict)  # rewrite set -> (wrapped rewritten model, counts)
+    _rewritten: dict = field(default_factory=dict)  # rewrite set -> (wrapped rewritten model, counts, notes)
 
     # ---- the run's facts targets read
     @property
@@ -196,8 +196,9 @@ class Context:
             rewrites = self.recipe.stages.onnx.rewrites if self.recipe.stages.onnx else list(DEFAULT_REWRITES)
         key = tuple(rewrites)
         if key not in self._rewritten:
-            model, counts = apply_rewrites(self.handle.model, list(rewrites))
-            self._rewritten[key] = (self.handle.wrapped(model), counts)
+            notes: list[str] = []
+            model, counts = apply_rewrites(self.handle.model, list(rewrites), notes=notes)
+            self._rewritten[key] = (self.handle.wrapped(model), counts, notes)
         return self._rewritten[key]
 
     def torch_model(self, rewrites: list[str] | None = None) -> torch.nn.Module:
@@ -213,10 +214,14 @@ class Context:
     def rewrites_applied(self) -> dict[str, int]:
         """Every rewrite that changed a copy some target converted, with the modules it replaced."""
         out: dict[str, int] = {}
-        for _, counts in self._rewritten.values():
+        for _, counts, _ in self._rewritten.values():
             for name, n in counts.items():
                 out[name] = max(out.get(name, 0), n)
         return {k: v for k, v in out.items() if v}
+
+    def rewrite_notes(self) -> list[str]:
+        """What the rewrites of every converted copy left alone, and why (each note once)."""
+        return list(dict.fromkeys(n for _, _, notes in self._rewritten.values() for n in notes))
 
     # ---- checks targets may run while building
     def check_parity(self, runner: Runner, precision: str) -> ParityResult:

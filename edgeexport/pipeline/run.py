@@ -70,7 +70,7 @@ def report_of(ctx: Context, builder: ReportBuilder) -> Report:
     recipe = ctx.recipe
     model = ctx.handle.info(ctx.shape)
     model["preparation"] += [f"rewrite {name}: {n} module(s) of the copy the targets convert"
-                             for name, n in ctx.rewrites_applied().items()]
+                             for name, n in ctx.rewrites_applied().items()] + ctx.rewrite_notes()
     return builder.build(
         model=ModelInfo(**model, dynamic=recipe.dynamic),
         inputs=Inputs(source=recipe.inputs.source, folder=recipe.inputs.folder,

@@ -1,7 +1,7 @@
 """Exact, export-friendly rewrites applied to a copy of the model before export.
 
-Each rewrite is a function ``model -> count`` that edits the model in place and returns
-how many modules it changed; the pipeline reports the counts. Every rewrite is verified
+Each rewrite is a function ``model -> count`` (or ``-> Outcome``, a count with notes) that edits the
+model in place and returns how many modules it changed; the pipeline reports the counts and notes. Every rewrite is verified
 numerically against the original module in the tests.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Callable
 from torch import nn
 
 from edgeexport.errors import UserError
-from edgeexport.rewrite.modules import replace_modules  # noqa: F401  (part of the package's interface)
+from edgeexport.rewrite.modules import Outcome, replace_modules  # noqa: F401  (part of the package's interface)
 from edgeexport.rewrite.adaptive_pool import rewrite_adaptive_max_pool, rewrite_adaptive_pool
 from edgeexport.rewrite.fold_bn import rewrite_fold_bn
 from edgeexport.rewrite.rank4 import rewrite_rank4
@@ -29,7 +29,7 @@ def _hetconv(form: str) -> Callable[[nn.Module], int]:
     return rewrite
 
 
-REWRITES: dict[str, Callable[[nn.Module], int]] = {
+REWRITES: dict[str, Callable[[nn.Module], "int | Outcome"]] = {
     "adaptive_pool": rewrite_adaptive_pool,
     "adaptive_max_pool": rewrite_adaptive_max_pool,
     "fold_bn": rewrite_fold_bn,
@@ -41,11 +41,22 @@ REWRITES: dict[str, Callable[[nn.Module], int]] = {
 DEFAULT_REWRITES = ("reparameterize", "adaptive_pool", "adaptive_max_pool")
 
 
-def apply_rewrites(model: nn.Module, names, inplace: bool = False) -> tuple[nn.Module, dict[str, int]]:
+def apply_rewrites(model: nn.Module, names, inplace: bool = False,
+                   notes: list[str] | None = None) -> tuple[nn.Module, dict[str, int]]:
+    """Apply the named rewrites in order (to a copy unless ``inplace``); returns the model and each rewrite's
+    count. ``notes``, when given, receives what the rewrites report leaving alone (a hook that raised)."""
     unknown = [n for n in names if n not in REWRITES]
     if unknown:
         raise UserError(f"unknown rewrite(s) {', '.join(unknown)}; known: {', '.join(REWRITES)}")
     if not inplace:
         model = copy.deepcopy(model)
-    counts = {name: REWRITES[name](model) for name in names}
+    counts = {}
+    for name in names:
+        done = REWRITES[name](model)
+        if isinstance(done, Outcome):
+            counts[name] = done.count
+            if notes is not None:
+                notes.extend(done.notes)
+        else:
+            counts[name] = done
     return model, counts
