@@ -34,7 +34,7 @@ from edgeexport.parity import Tolerance
 from edgeexport.recipe import Recipe
 from edgeexport.report import ArtifactResult, Report, load_report  # noqa: F401  (re-exported by edgeexport)
 from edgeexport.targets import list_targets, options_for_kind
-from edgeexport.util import parse_shape
+from edgeexport.util import MAX_RUNS, MAX_THREADS, bounded, parse_shape
 
 # torch, the pipeline and Ray are imported by the functions that need them: verifying a bundle needs none.
 
@@ -255,6 +255,8 @@ def verify(bundle: str | Path, *, trust_keys: Sequence[str | Path | bytes] = (),
            runs: int = 30) -> Report:
     """Run a parity bundle's artifact with the runtime installed here. ``trust_keys``: public key files (or raw
     keys); the bundle must then be signed by one of them."""
+    bounded("--threads", threads, 1, MAX_THREADS)
+    bounded("--runs", runs, 1, MAX_RUNS)
     keys = [k if isinstance(k, bytes) else load_public_key(k) for k in trust_keys]
     return verify_bundle(Path(bundle), threads=threads, runs=runs, trust_keys=keys or None)
 
@@ -265,4 +267,7 @@ def matrix(models: Sequence[str] | None, kinds: Sequence[str] | None = None, **o
     from edgeexport.matrix import run_matrix
 
     options.setdefault("log", _quiet)
+    bounded("--threads", options.get("threads"), 1, MAX_THREADS)
+    bounded("--cpus", options.get("cpus"), 1, 4096)
+    bounded("--retries", options.get("retries"), 0, 100)
     return run_matrix(list(models) if models else None, list(kinds) if kinds else None, **options)

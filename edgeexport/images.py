@@ -12,7 +12,10 @@ Where a run's inputs come from (photographs, a folder, labeled data, calibration
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import stat
+import warnings
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -27,10 +30,47 @@ CALIB_PHOTOS = ("rocket.jpg", "hubble_deep_field.jpg", "retina.jpg", "ihc.png", 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 
 
+# Bounds on a user's image, checked from its header before it is decoded: a 370-byte PNG can declare 100000x1
+# pixels, and resizing that for a centre crop would take gigabytes.
+MAX_IMAGE_PIXELS = 64_000_000
+MAX_ASPECT = 20
+MIN_SIDE = 8
+
+
 def _pil():
     from PIL import Image
 
     return Image
+
+
+@contextlib.contextmanager
+def open_image(path: Path, what: str = "image"):
+    """A user's image opened (not decoded) after checking that it is a regular file whose declared size is within
+    the bounds above; yields the PIL image. Anything else is a one-line :class:`UserError`."""
+    Image = _pil()
+    try:
+        mode = Path(path).stat().st_mode
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the {what} ({exc.strerror})") from None
+    if not stat.S_ISREG(mode):
+        raise UserError(f"{path}: not a regular file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL's DecompressionBombWarning: the bounds below decide
+            im = Image.open(path)
+    except Exception as exc:  # PIL raises many types for corrupt files (DecompressionBombError among them)
+        raise UserError(f"{path}: not a readable {what} ({type(exc).__name__}: "
+                        f"{(str(exc).splitlines() or [''])[0][:120]})") from None
+    with im:
+        w, h = im.size
+        if w * h > MAX_IMAGE_PIXELS:
+            raise UserError(f"{path}: {w}x{h} pixels, more than {MAX_IMAGE_PIXELS // 1_000_000} megapixels")
+        if min(w, h) < MIN_SIDE or max(w, h) > MAX_ASPECT * min(w, h):
+            raise UserError(f"{path}: a {w}x{h} {what} (sides of at least {MIN_SIDE} px and an aspect ratio of at "
+                            f"most {MAX_ASPECT}:1 are taken)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield im
 
 
 @functools.lru_cache(maxsize=None)
@@ -49,9 +89,8 @@ def photos(split: str = "eval") -> list[tuple[str, np.ndarray]]:
 
 def read_image(path: Path) -> np.ndarray:
     """Read one user image as HxWx3 uint8; grayscale is replicated, other layouts are refused."""
-    Image = _pil()
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             im.load()
             mode = im.mode
             if mode in ("RGB", "L", "P") or (mode == "RGBA" and im.getextrema()[3][0] == 255):

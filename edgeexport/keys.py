@@ -15,6 +15,65 @@ from edgeexport.util import PLAIN_NAME
 
 MAX_KEY_BYTES = 64 << 10
 
+# ---------------------------------------------------------------- public keys that are points of small order
+#
+# Ed25519 verification (RFC 8032, as OpenSSL does it) accepts a public key A of small order: with A in the
+# 8-element torsion subgroup and the signature R = identity, s = 0, the check [8][s]B == [8]R + [8][k]A holds for
+# every message whose k makes [k]A vanish (about 1 in 4 for the all-zero key). Such a key signs anything, so it is
+# refused wherever a public key is read. The test is the point's own arithmetic (8P == identity on edwards25519),
+# which covers the 8 points and their non-canonical encodings (libsodium's blacklist in ed25519_ref10.c); a
+# non-canonical encoding (y >= p) or a y that is on no point is refused as well.
+
+_P = 2**255 - 19
+_D = -121665 * pow(121666, _P - 2, _P) % _P
+_SQRT_M1 = pow(2, (_P - 1) // 4, _P)
+
+
+def _decode_point(raw: bytes):
+    """``(x, y)`` of an encoded edwards25519 point; None when the encoding is not canonical or not on the curve."""
+    n = int.from_bytes(raw, "little")
+    y, sign = n & ((1 << 255) - 1), n >> 255
+    if y >= _P:
+        return None
+    u, v = (y * y - 1) % _P, (_D * y * y + 1) % _P
+    x = u * pow(v, 3, _P) * pow(u * pow(v, 7, _P), (_P - 5) // 8, _P) % _P  # RFC 8032 5.1.3
+    if (v * x * x - u) % _P:
+        x = x * _SQRT_M1 % _P
+        if (v * x * x - u) % _P:
+            return None
+    if x == 0 and sign:
+        return None  # -0: a non-canonical encoding of x = 0
+    return (_P - x if (x & 1) != sign else x), y
+
+
+def _double(pt):
+    x, y = pt  # affine doubling on -x^2 + y^2 = 1 + d x^2 y^2 (complete: the denominators never vanish)
+    xy, xx, yy = x * y % _P, x * x % _P, y * y % _P
+    dxxyy = _D * xx * yy % _P
+    return (2 * xy * pow(1 + dxxyy, _P - 2, _P) % _P, (yy + xx) * pow(1 - dxxyy, _P - 2, _P) % _P)
+
+
+def public_key_problem(raw: bytes) -> str | None:
+    """Why ``raw`` (32 bytes) is not a usable Ed25519 public key: None, or a short reason."""
+    if len(raw) != 32:
+        return f"{len(raw)} bytes, not 32"
+    pt = _decode_point(raw)
+    if pt is None:
+        return "not a canonical encoding of a point of edwards25519"
+    for _ in range(3):
+        pt = _double(pt)
+    if pt == (0, 1):
+        return "a point of small order, which verifies signatures it never made"
+    return None
+
+
+def check_public_key(raw: bytes, what: str) -> bytes:
+    """``raw`` if it is a usable Ed25519 public key, else a one-line :class:`UserError` about ``what``."""
+    why = public_key_problem(raw)
+    if why:
+        raise UserError(f"{what} is not a usable Ed25519 public key ({why})")
+    return raw
+
 
 def ed25519_module():
     try:
@@ -77,7 +136,7 @@ def load_public_key(path) -> bytes:
 
     data = _key_bytes(path, "trusted key")
     if len(data) == 32:
-        return data
+        return check_public_key(data, f"trusted key {path}")
     if b"PRIVATE KEY" in data:
         raise UserError(f"trusted key {path} is a private key: pass the public key (edgeexport keygen writes NAME.pub)")
     try:
@@ -86,7 +145,7 @@ def load_public_key(path) -> bytes:
         raise UserError(f"trusted key {path}: not a PEM or raw 32-byte public key") from None
     if not isinstance(key, ed25519.Ed25519PublicKey):
         raise UserError(f"trusted key {path} is a {type(key).__name__.lstrip('_')}, not an Ed25519 public key")
-    return raw_public(key)
+    return check_public_key(raw_public(key), f"trusted key {path}")
 
 
 def generate_keypair(folder: Path, name: str = "edgeexport") -> tuple[Path, Path, str]:
@@ -104,6 +163,7 @@ def generate_keypair(folder: Path, name: str = "edgeexport") -> tuple[Path, Path
         if os.path.lexists(p):
             raise UserError(f"{p} already exists (keygen never overwrites a key)")
     key = ed25519.Ed25519PrivateKey.generate()
+    check_public_key(raw_public(key.public_key()), "the generated key")  # never, with a sound generator
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
     fd = os.open(priv, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others, not even briefly

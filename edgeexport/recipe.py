@@ -21,13 +21,95 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from edgeexport.errors import UserError
 from edgeexport.parity import DEFAULT_TOLERANCES, TASK_JUDGED, Tolerance
-from edgeexport.util import parse_shape
+from edgeexport.util import MAX_RUNS, MAX_THREADS, PLAIN_NAME, parse_shape
 
 PRECISIONS = ("fp32", "fp16", "int8")
+# A recipe is data from other people: bounded before anything reads it.
+MAX_RECIPE_BYTES = 1 << 20
+MAX_ALIASES = 64  # YAML anchors used more often than this are refused (a "billion laughs" alias bomb)
+MAX_NODES = 20_000  # values in the whole document, aliases expanded
+MAX_DEPTH = 16
+MAX_KWARGS_NODES, MAX_KWARGS_DEPTH, MAX_STRING = 1000, 6, 10_000
+
+
+def _expanded(value, depth: int = 0, seen: dict | None = None) -> tuple[int, int]:
+    """(values, depth) of a parsed document with every alias expanded, computed once per shared object (an alias
+    bomb's expansion is counted, never built)."""
+    seen = {} if seen is None else seen
+    if not isinstance(value, (dict, list)):
+        return 1, depth
+    key = id(value)
+    if key in seen:
+        count, d = seen[key]
+        return count, depth + d
+    if depth > 64:
+        raise UserError(f"nested deeper than {MAX_DEPTH} levels")
+    items = list(value.items()) if isinstance(value, dict) else [(None, v) for v in value]
+    total, deepest = 1, 0
+    for k, v in items:
+        n, d = _expanded(v, 0, seen)
+        total, deepest = total + n + (k is not None), max(deepest, d + 1)
+        if total > 10 * MAX_NODES:
+            break
+    seen[key] = (total, deepest)
+    return total, depth + deepest
+
+
+def _plain_data(value, limit_nodes: int, limit_depth: int, where: str):
+    """``value`` if it is plain data (str, finite number, bool, None, lists and string-keyed mappings of them)
+    within the limits; else ValueError naming the path of the first offending value."""
+    count = 0
+
+    def walk(v, path, depth):
+        nonlocal count
+        count += 1
+        if count > limit_nodes:
+            raise ValueError(f"more than {limit_nodes} values")
+        if depth > limit_depth:
+            raise ValueError(f"{path or where}: nested deeper than {limit_depth} levels")
+        if v is None or isinstance(v, bool):
+            return v
+        if isinstance(v, int):
+            if abs(v) >= 1 << 63:
+                raise ValueError(f"{path or where}: integer out of range")
+            return v
+        if isinstance(v, float):
+            if v != v or v in (float("inf"), float("-inf")):
+                raise ValueError(f"{path or where}: {v} is not a finite number")
+            return v
+        if isinstance(v, str):
+            if len(v) > MAX_STRING:
+                raise ValueError(f"{path or where}: a string longer than {MAX_STRING} characters")
+            return v
+        if isinstance(v, list):
+            return [walk(x, f"{path}[{i}]", depth + 1) for i, x in enumerate(v)]
+        if isinstance(v, dict):
+            out = {}
+            for k, x in v.items():
+                if not isinstance(k, str) or not k.isidentifier():
+                    raise ValueError(f"{path or where}: key {str(k)[:40]!r} is not a Python identifier")
+                out[k] = walk(x, f"{path}.{k}" if path else k, depth + 1)
+            return out
+        raise ValueError(f"{path or where}: a {type(v).__name__} is not plain data")
+
+    return walk(value, "", 0)
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (no Python tags), counting aliases as it composes."""
+
+    aliases = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_ALIASES:
+                raise UserError(f"more than {MAX_ALIASES} YAML aliases (an alias bomb?)")
+        return super().compose_node(parent, index)
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class InputsConfig(_Strict):
@@ -39,7 +121,7 @@ class InputsConfig(_Strict):
     # Labeled data for task metrics: a folder (ImageFolder, or images/ + masks/), a built-in task
     # (NAME[:SPLIT[:SEED]], e.g. shapes_seg:eval), "auto" (the built-in task of trained weights), or "none".
     eval_data: str = "auto"
-    eval_images: int | None = Field(None, ge=1, description="labeled images to use (default: all, at most 500)")
+    eval_images: int | None = Field(None, ge=1, le=100_000, description="labeled images to use (default: all, at most 500)")
 
 
 class ToleranceConfig(_Strict):
@@ -104,18 +186,21 @@ class ParityConfig(_Strict):
 
 class BenchConfig(_Strict):
     enabled: bool = True
-    warmup: int = Field(5, ge=0)
-    runs: int = Field(30, ge=1)
-    budget_s: float | None = Field(20.0, gt=0)
-    threads: int | None = Field(None, ge=1)
+    warmup: int = Field(5, ge=0, le=MAX_RUNS)
+    runs: int = Field(30, ge=1, le=MAX_RUNS)
+    budget_s: float | None = Field(20.0, gt=0, le=3600, allow_inf_nan=False)
+    threads: int | None = Field(None, ge=1, le=MAX_THREADS)
 
 
 class Recipe(_Strict):
-    model: str
-    name: str | None = None  # artifact base name; defaults to the model name
-    weights: str | None = None
-    num_classes: int | None = Field(None, ge=1)
-    model_kwargs: dict = Field(default_factory=dict)
+    model: str = Field(max_length=1000)
+    name: str | None = Field(None, description="artifact base name, one plain file name (letters, digits, . _ + -); "
+                                               "defaults to the model name")
+    weights: str | None = Field(None, max_length=4096)
+    num_classes: int | None = Field(None, ge=1, le=1_000_000)
+    model_kwargs: dict = Field(default_factory=dict, description="keyword arguments of the model's factory: plain "
+                               "data (strings, numbers, booleans, lists, mappings), at most "
+                               f"{MAX_KWARGS_NODES} values, {MAX_KWARGS_DEPTH} levels deep")
     task: Literal["classification", "segmentation", "features"] | None = None
     input_shape: list[int] | None = None
     settle_bn: bool = Field(False, description="re-estimate BatchNorm statistics on calibration images before "
@@ -139,6 +224,21 @@ class Recipe(_Strict):
             return list(parse_shape(v))
         except UserError as exc:
             raise ValueError(str(exc)) from None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        if v is not None and (not PLAIN_NAME.fullmatch(v) or v in (".", "..") or len(v) > 200):
+            raise ValueError("must be one plain file name (letters, digits, . _ + -; no folders, at most 200 "
+                             "characters): artifacts and reports are written inside the output folder")
+        return v
+
+    @field_validator("model_kwargs", mode="before")
+    @classmethod
+    def _kwargs(cls, v):
+        if not isinstance(v, dict):
+            raise ValueError("must be a mapping of argument names to plain data")
+        return _plain_data(v, MAX_KWARGS_NODES, MAX_KWARGS_DEPTH, "model_kwargs")
 
     @field_validator("model")
     @classmethod
@@ -173,19 +273,36 @@ class Recipe(_Strict):
         if not p.is_file():
             raise UserError(f"recipe {p} is not a file")
         try:
-            data = yaml.safe_load(p.read_text())
+            if p.stat().st_size > MAX_RECIPE_BYTES:
+                raise UserError(f"recipe {p} is larger than {MAX_RECIPE_BYTES >> 20} MiB")
+            loader = _RecipeLoader(p.read_text(encoding="utf-8"))
+            try:
+                data = loader.get_single_data()
+            finally:
+                loader.dispose()
+        except UserError as exc:
+            raise UserError(f"{p}: {exc}") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark else ""
             raise UserError(f"{p}:{where} malformed YAML: {getattr(exc, 'problem', exc)}") from None
         except (OSError, UnicodeDecodeError) as exc:
-            raise UserError(f"cannot read recipe {p}: {exc}") from None
+            raise UserError(f"cannot read recipe {p}: {type(exc).__name__}: {exc}") from None
+        except (ValueError, RecursionError, OverflowError) as exc:  # a 5000-digit integer, a deep nesting
+            raise UserError(f"{p}: unreadable value ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
         return cls.from_dict(data, source=str(p))
 
     @classmethod
     def from_dict(cls, data, source: str = "recipe") -> "Recipe":
         if not isinstance(data, dict):
             raise UserError(f"{source}: a recipe is a mapping with at least a 'model' key")
+        try:
+            nodes, depth = _expanded(data)
+        except UserError as exc:
+            raise UserError(f"{source}: {exc}") from None
+        if nodes > MAX_NODES or depth > MAX_DEPTH:
+            raise UserError(f"{source}: more than {MAX_NODES} values or {MAX_DEPTH} levels of nesting (aliases "
+                            "expanded); a recipe is a small document")
         try:
             return cls.model_validate(data)
         except ValidationError as exc:

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import copy
 import importlib
+import importlib.util
+import inspect
+import re
 import sys
+import sysconfig
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -171,20 +175,89 @@ def count_macs(model: nn.Module, x: torch.Tensor) -> int:
     return counter.get_total_flops() // 2
 
 
+_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+# Packages whose functions are not model factories (their nn.Module classes are): the tool itself, torch's
+# loaders and hub, installers and the cluster.
+NOT_FACTORIES = ("edgeexport", "torch", "pip", "setuptools", "ray", "typer", "click", "IPython")
+
+
+def _stdlib_file(path: str | None) -> bool:
+    """Whether a source file belongs to Python's standard library (not site-packages)."""
+    if not path:
+        return True
+    stdlib = [sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib")]
+    p = Path(path).resolve()
+    return "site-packages" not in p.parts and "dist-packages" not in p.parts and \
+        any(p.is_relative_to(Path(d).resolve()) for d in stdlib)
+
+
+def _import_user_module(module_name: str):
+    """Import the module a recipe names. The current folder is searched for that module only, and only while it
+    is imported (after every installed package, so a stray ``onnxsim.py`` there never shadows the real one)."""
+    cwd = str(Path.cwd())
+    added = cwd not in sys.path and importlib.util.find_spec(module_name.split(".")[0]) is None
+    if added:
+        sys.path.append(cwd)
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
+        importlib.invalidate_caches()
+
+
 def _import_factory(spec: str):
+    """The model factory a recipe names as ``package.module:factory``, checked before anything is called: a
+    class that subclasses ``nn.Module``, or a Python function defined outside the standard library (and outside
+    the tool, torch and installers). Importing the module runs it, like a Python script; nothing else is called
+    until the check passes."""
     if ":" not in spec:
         raise UserError(f"--model {spec!r}: expected package.module:factory")
     module_name, _, attr = spec.partition(":")
-    if str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))
+    if not _DOTTED.fullmatch(module_name) or not _DOTTED.fullmatch(attr):
+        raise UserError(f"model {_show(spec)}: expected package.module:factory (Python names, dot-separated)")
+    top = module_name.split(".")[0]
+    if top in sys.stdlib_module_names or top in sys.builtin_module_names or top == "__main__":
+        raise UserError(f"model {spec}: {top} is Python's standard library, not a model factory (a recipe names "
+                        "a function or an nn.Module class of your own package)")
     try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise UserError(f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
-    factory = getattr(module, attr, None)
-    if factory is None or not callable(factory):
-        raise UserError(f"{module_name!r} has no callable {attr!r}")
-    return factory
+        obj = _import_user_module(module_name)
+    except UserError:
+        raise
+    except BaseException as exc:  # the module's own top-level code: whatever it raises or exits with
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise UserError(f"cannot import {module_name!r}: {type(exc).__name__}: {_show(str(exc), 200)}") from None
+    for part in attr.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise UserError(f"{module_name!r} has no callable {attr!r}")
+    what = _factory_kind(obj)
+    if what is not None:
+        raise UserError(f"model {spec}: {what}, not a model factory (a recipe may name an nn.Module class, or a "
+                        "Python function of your own package that returns one)")
+    return obj
+
+
+def _factory_kind(obj) -> str | None:
+    """None when ``obj`` may be called as a model factory; otherwise what it is."""
+    if inspect.isclass(obj):
+        return None if issubclass(obj, nn.Module) else f"{obj.__module__}.{obj.__qualname__} is a class that is not " \
+                                                       "a torch.nn.Module"
+    if not inspect.isfunction(obj):
+        return f"{type(obj).__name__} {getattr(obj, '__qualname__', '')}".strip() + " is not a Python function"
+    owner = (obj.__module__ or "").split(".")[0]
+    if owner in sys.stdlib_module_names or _stdlib_file(getattr(obj.__code__, "co_filename", None)):
+        return f"{obj.__module__}.{obj.__qualname__} is a function of Python's standard library"
+    if owner in NOT_FACTORIES:
+        return f"{obj.__module__}.{obj.__qualname__} is a function of {owner}"
+    return None
+
+
+def _show(value: str, limit: int = 80) -> str:
+    """A string as it may appear in a one-line message: control characters escaped, length capped."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(value))
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 IN_MEMORY = "python:"  # a recipe's model name for a module given in memory (edgeexport.export)
@@ -240,9 +313,11 @@ def load_model(model: str, weights: str | None = None, num_classes: int | None =
         factory = _import_factory(model)
         try:
             built = factory(**({"num_classes": num_classes} if num_classes else {}), **kwargs)
-        except TypeError as exc:
-            raise UserError(f"calling {model}: {exc}") from None
-        return _user_handle(model.rsplit(":", 1)[1], f"user:{model}", built, weights, task, input_size,
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # the user's code: whatever it raises (or exits with) is this model's problem
+            raise UserError(f"calling {model}: {type(exc).__name__}: {_show(str(exc), 200)}") from None
+        return _user_handle(model.rsplit(":", 1)[1].rsplit(".", 1)[-1], f"user:{model}", built, weights, task, input_size,
                             "the factory's own")
     name = resolve_name(model)
     trained = resolve_weights(name, weights) if weights not in (None, "init") else None

@@ -3,6 +3,7 @@ messages and Markdown tables. One copy of each, for every layer above."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import importlib.metadata as md
 import io
@@ -19,15 +20,79 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from edgeexport.errors import UserError
 
 
+def regular_input(path: str | os.PathLike, what: str = "file", folder: bool = False) -> Path:
+    """``path`` if it is something a runtime may open: a non-empty regular file (or, with ``folder``, a folder of
+    regular files and folders, no symlinks). A FIFO, a device, a symlink loop or an empty file is a one-line
+    :class:`UserError` (a FIFO would block the reader forever)."""
+    import stat
+
+    p = Path(path)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise UserError(f"{what} {p} does not exist") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {what} {p} ({exc.strerror or type(exc).__name__})") from None
+    if stat.S_ISDIR(st.st_mode):
+        if not folder:
+            raise UserError(f"{what} {p} is a folder, not a file")
+        for sub in p.rglob("*"):
+            if sub.is_symlink() or not (sub.is_file() or sub.is_dir()):
+                raise UserError(f"{what} {p} holds {sub.relative_to(p)}, which is not a regular file or folder")
+        return p
+    if not stat.S_ISREG(st.st_mode):
+        raise UserError(f"{what} {p} is not a regular file")
+    if folder:
+        raise UserError(f"{what} {p} is a file; this format is a folder (a package)")
+    if st.st_size == 0:
+        raise UserError(f"{what} {p} is empty")
+    return p
+
+
+def in_the_way(final: Path, writes_folder: bool = False, replaces=None) -> None:
+    """Refuse to write ``final`` when something the tool must not delete is there: a folder where a file is
+    written, a file or symlink where a folder is written, or a folder that ``replaces`` (a predicate: is this
+    folder one edgeexport wrote, e.g. a bundle with its manifest) does not recognise. A regular file where a file
+    is written is replaced: it is an earlier run's output of the same name."""
+    if final.is_symlink():
+        raise UserError(f"{final} is a symlink; edgeexport writes its output there only as a new "
+                        f"{'folder' if writes_folder else 'file'} (move it away)")
+    if not final.exists():
+        return
+    if final.is_dir():
+        if not writes_folder:
+            raise UserError(f"{final} is a folder; edgeexport writes a file there (move the folder away)")
+        if replaces is None or not replaces(final):
+            raise UserError(f"{final} is a folder edgeexport did not write; it would be replaced (move it away)")
+    elif writes_folder:
+        raise UserError(f"{final} is a file; edgeexport writes a folder there (move the file away)")
+    elif not final.is_file():
+        raise UserError(f"{final} is not a regular file; edgeexport writes a file there (move it away)")
+
+
+def atomic_target(final: Path, writes_folder: bool = False, replaces=None) -> None:
+    """Refuse, before any work, to write ``final`` where :func:`atomic_path` would refuse to: under something
+    that is not a folder, or over something the tool must not replace (:func:`in_the_way`)."""
+    if not final.parent.is_dir():
+        raise UserError(f"cannot write {final}: {final.parent} is not a folder"
+                        + ("" if final.parent.exists() or final.parent.is_symlink() else " (it does not exist)"))
+    if final.exists() or final.is_symlink():
+        in_the_way(final, writes_folder=writes_folder, replaces=replaces)
+
+
 @contextlib.contextmanager
-def atomic_path(final: str | os.PathLike, suffix: str = ""):
+def atomic_path(final: str | os.PathLike, suffix: str = "", replaces=None):
     """Yield a temporary path beside ``final``; rename it onto ``final`` only if the block succeeds.
 
-    Works for files and folders (e.g. ``.mlpackage``). On failure the temporary is removed,
-    so no partial artifact is ever left under the final name.
+    Works for files and folders (e.g. ``.mlpackage``). On failure the temporary is removed, so no partial
+    artifact is ever left under the final name. Nothing the tool did not write is deleted: a folder at
+    ``final`` is replaced only by a folder, and only when ``replaces(folder)`` recognises it as edgeexport's
+    own; anything else in the way is a one-line :class:`UserError` (:func:`in_the_way`), checked before the
+    block runs and again before the rename.
     """
     final = Path(final)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{suffix}", dir=final.parent)
+    atomic_target(final, writes_folder=final.is_dir(), replaces=replaces)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name[:80]}.", suffix=f".tmp{suffix}", dir=final.parent)
     os.close(fd)
     os.unlink(tmp)
     tmp = Path(tmp)
@@ -37,13 +102,20 @@ def atomic_path(final: str | os.PathLike, suffix: str = ""):
             raise RuntimeError(f"nothing was written to {tmp}")
         if tmp.is_file():  # some writers (safetensors) create 0600 files: give the umask's usual mode
             os.chmod(tmp, 0o666 & ~_umask())
-        if final.is_dir() and not final.is_symlink():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        in_the_way(final, writes_folder=tmp.is_dir(), replaces=replaces)
+        if final.is_dir():
+            old = final.with_name(f".{final.name[:80]}.{tmp.name[-12:]}.old")
+            os.replace(final, old)  # our own earlier folder: out of the way first, removed once the new one is in
+            try:
+                os.replace(tmp, final)
+            finally:
+                shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
     finally:
-        if tmp.is_dir():
+        if tmp.is_dir() and not tmp.is_symlink():
             shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
+        elif tmp.exists() or tmp.is_symlink():
             tmp.unlink()
 
 
@@ -68,7 +140,30 @@ def ensure_output_dir(path: str | os.PathLike) -> Path:
     return p
 
 
+# Bounds on what a recipe, flag or manifest may ask for: beyond them a value is bad input, not a long run.
+MAX_THREADS = 256
+MAX_RUNS = 10_000
+
+
+
+def bounded(flag: str, value, low: int, high: int):
+    """``value`` (an int from ``low`` to ``high``, or None), else a one-line :class:`UserError` naming ``flag``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise UserError(f"{flag} {str(value)[:40]}: expected a whole number from {low} to {high}")
+    return value
+
+
 PLAIN_NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,254}")  # a plain file name (POSIX portable characters)
+
+
+def plain_name(name: str) -> str:
+    """``name`` as one plain file name: characters outside :data:`PLAIN_NAME` become ``_``, length capped."""
+    out = re.sub(r"[^A-Za-z0-9._+-]", "_", str(name))[:200].lstrip(".") or "model"
+    return out if PLAIN_NAME.fullmatch(out) else "model"
+
+
 _SHAPE = re.compile(r"^\s*(\d+)\s*(?:[x,]\s*(\d+)\s*){3}$")
 
 
@@ -126,6 +221,98 @@ def quiet(loggers=("torch", "torch.onnx", "torch.export", "torch._dynamo", "onnx
     finally:
         for lg, level in zip(objs, levels):
             lg.setLevel(level)
+
+
+# Characters that steer a terminal or reorder text: C0 and C1 controls (but newline and tab), DEL, and the
+# Unicode bidirectional overrides and isolates.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with every character that could steer a terminal shown as its escape (``\\x1b``), so a string
+    from an artifact, a manifest or a report prints as what it is."""
+    return _UNSAFE.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """For the block, whatever is written to standard output (by the user's model code, a library, a native
+    runtime: Python's ``sys.stdout`` and file descriptor 1) goes to standard error; yields a stream on the
+    real standard output, for the one document that belongs there (``--json``)."""
+    import sys
+
+    original = sys.stdout
+    try:
+        fd = original.fileno()
+    except (AttributeError, OSError, ValueError):  # an in-memory stream (a test runner): no descriptor to move
+        fd = None
+    original.flush()
+    saved = os.dup(fd) if fd is not None else None
+    real = os.fdopen(os.dup(saved), "w", encoding="utf-8", closefd=True) if saved is not None else original
+    try:
+        if saved is not None:
+            os.dup2(2, fd)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield real
+    finally:
+        sys.stderr.flush()
+        if saved is not None:
+            os.dup2(saved, fd)
+            os.close(saved)
+            real.flush()
+            real.close()
+
+
+@contextlib.contextmanager
+def native_stderr():
+    """What native code writes to file descriptor 2 during the block (a parser's complaints), captured instead of
+    reaching the terminal; yields a list that holds the captured lines once the block ends."""
+    import sys
+
+    lines: list[str] = []
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no descriptor 2 at all
+        yield lines
+        return
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines.extend(ln for ln in sink.read(1 << 16).decode("utf-8", "replace").splitlines() if ln.strip())
+
+
+_CAPTURE: "contextvars.ContextVar[list | None]" = contextvars.ContextVar("edgeexport_capture", default=None)
+
+
+@contextlib.contextmanager
+def capture_warnings():
+    """Python warnings raised by libraries during the block are recorded (each distinct one once, with a count)
+    instead of printed: the command's report carries them (:func:`captured`), the terminal does not."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        token = _CAPTURE.set(caught)
+        try:
+            yield caught
+        finally:
+            _CAPTURE.reset(token)
+
+
+def captured() -> list[str]:
+    """The warnings recorded so far by the innermost :func:`capture_warnings`, as ``Category (xN): message``."""
+    caught = _CAPTURE.get()
+    if not caught:
+        return []
+    counts: dict[str, int] = {}
+    for w in caught:
+        key = terminal_safe(f"{w.category.__name__}: {str(w.message).splitlines()[0][:300] if str(w.message) else ''}")
+        counts[key] = counts.get(key, 0) + 1
+    return [k if n == 1 else k.replace(":", f" (x{n}):", 1) for k, n in counts.items()]
 
 
 def one_line(exc: BaseException, limit: int = 300) -> str:

@@ -21,6 +21,7 @@ from edgeexport.bundle.manifest import (  # noqa: F401
     REFERENCES,
     SIGNATURE,
     check_signature,
+    is_bundle,
     load_bundle,
     read_manifest,
     sign_manifest,

@@ -30,11 +30,13 @@ from typing import Annotated, Any, Literal, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, create_model
 
+from edgeexport.bundle.arrays import INPUT_DTYPES, REFERENCE_DTYPES, read_npz
+from edgeexport.bundle.files import copy_hashed
 from edgeexport.errors import UserError
-from edgeexport.keys import ed25519_module, fingerprint, raw_public
+from edgeexport.keys import check_public_key, ed25519_module, fingerprint, raw_public
 from edgeexport.parity import Tolerance
-from edgeexport.targets import RunnerSpec
-from edgeexport.util import PLAIN_NAME, sha256
+from edgeexport.targets import RunnerSpec, get_target
+from edgeexport.util import PLAIN_NAME
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 3  # 2: the manifest records the runner spec; 3: plain names, length-prefixed folder hashes, signature
@@ -216,39 +218,38 @@ def _inside(root: Path, name, what: str, folder_ok: bool = False) -> Path:
     return p
 
 
-def _check_hash(root: Path, name: str, expected: str, what: str, folder_ok: bool) -> Path:
+def is_bundle(folder: Path) -> bool:
+    """Whether ``folder`` is a bundle edgeexport wrote (it has a manifest): the only folder a new bundle replaces."""
+    return (Path(folder) / MANIFEST).is_file() and not (Path(folder) / MANIFEST).is_symlink()
+
+
+def _check_hash(root: Path, name: str, expected: str, what: str, folder_ok: bool, into: Path | None) -> Path:
+    """``root / name``, contained and hashed (copied to ``into / name`` while it is hashed, when given): the
+    path the runtime is given afterwards (the copy), or a one-line :class:`UserError`."""
     p = _inside(root, name, what, folder_ok)
-    try:
-        digest = sha256(p)
-    except OSError as exc:
-        raise UserError(f"{root}: cannot read {what} {name} ({type(exc).__name__})") from None
+    dest = None if into is None else into / name
+    digest, _ = copy_hashed(p, dest, f"{what} {name}")
     if digest != expected:
         raise UserError(f"{p} does not match its hash in the manifest (corrupt or edited)")
-    return p
+    return p if dest is None else dest
 
 
-def _arrays(root: Path, name: str) -> dict[str, np.ndarray]:
-    p = _inside(root, name, "its inputs" if name == INPUTS else "its references")
-    try:
-        z = np.load(p, allow_pickle=False)
-        if not isinstance(z, np.lib.npyio.NpzFile):
-            raise ValueError("not an .npz archive")
-        with z:
-            out = {k: z[k] for k in z.files}
-    except Exception as exc:  # whatever numpy or zipfile raises on a malformed archive: bad input
-        raise UserError(f"{p}: unreadable arrays ({type(exc).__name__}: {_printable(str(exc), 120)})") from None
-    for k, v in out.items():
-        if v.dtype.kind not in "biuf":
-            raise UserError(f"{p}: array {_show(k, 40)} has dtype {v.dtype}, not numbers")
-    return out
+def _finite_arrays(p: Path, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    for k, v in arrays.items():
+        if v.dtype.kind == "f" and not np.isfinite(v).all():
+            raise UserError(f"{p}: array {_show(k, 40)} holds NaN or infinity (nothing to compare against)")
+    return arrays
 
 
-def load_bundle(path: Path, trust_keys: list[bytes] | None = None
+def load_bundle(path: Path, trust_keys: list[bytes] | None = None, into: Path | None = None
                 ) -> tuple[dict, list[np.ndarray], list[dict[str, np.ndarray]]]:
     """Check a bundle and read it: ``(manifest, inputs, references)``, or a one-line ``UserError``.
 
     ``trust_keys`` (raw Ed25519 public keys, see :func:`load_public_key`): refuse the bundle unless
-    it is signed by one of them. A signature that does not verify is refused either way.
+    it is signed by one of them. A signature that does not verify is refused either way. ``into``: an empty
+    private folder that receives a copy of exactly the files the manifest names, each hashed as it is
+    copied, so that the runner opens the bytes that were checked and nothing else (a companion the
+    runtime would look for by itself is not there unless the manifest names and hashes it).
     """
     path = Path(path)
     manifest = read_manifest(path)
@@ -262,26 +263,37 @@ def load_bundle(path: Path, trust_keys: list[bytes] | None = None
     for name in [INPUTS, REFERENCES, *spec.files]:
         if name not in hashes:
             raise UserError(f"{path / MANIFEST}: {_show(name)} is used but the manifest does not hash it")
-    _check_hash(path, art["file"], art["sha256"], "its artifact", folder_ok=True)
+    if art["file"] in hashes:
+        raise UserError(f"{path / MANIFEST}: the artifact {_show(art['file'])} is also listed as a hashed file")
+    _check_hash(path, art["file"], art["sha256"], "its artifact", True, into)
     for name, digest in hashes.items():
-        _check_hash(path, name, digest, "a hashed file", folder_ok=name not in (INPUTS, REFERENCES))
-    x = _arrays(path, INPUTS)
-    if sorted(x) != [f"{i:03d}" for i in range(len(x))] or not x:
-        raise UserError(f"{path / INPUTS}: expected arrays 000, 001, ... (got {_show(', '.join(sorted(x))[:60])})")
-    inputs = [x[k] for k in sorted(x)]
-    if [list(a.shape) for a in inputs] != manifest["input_shapes"]:
-        raise UserError(f"{path / INPUTS}: the input shapes are not the manifest's input_shapes")
-    refs: list[dict[str, np.ndarray]] = [{} for _ in inputs]
-    for key, value in _arrays(path, REFERENCES).items():
-        i, _, name = key.partition("/")
-        if not re.fullmatch(r"[0-9]{3,6}", i) or i != f"{int(i):03d}" or int(i) >= len(inputs) \
-                or name not in manifest["outputs"]:
-            raise UserError(f"{path / REFERENCES}: unexpected array {_show(key, 40)}")
-        refs[int(i)][name] = value
-    for r in refs:
-        if {k: list(v.shape) for k, v in r.items()} != manifest["outputs"]:
-            raise UserError(f"{path / REFERENCES}: the reference outputs are not the manifest's outputs")
+        _check_hash(path, name, digest, "a hashed file", name not in (INPUTS, REFERENCES), into)
+    missing = [c for c in _companions(art) if c not in spec.files]
+    if missing:
+        raise UserError(f"{path / MANIFEST}: the artifact needs {_show(missing[0])} beside it, and the runner spec "
+                        "does not name it")
+    root = path if into is None else into
+    shapes = manifest["input_shapes"]
+    x = _finite_arrays(path / INPUTS, read_npz(root / INPUTS, {f"{i:03d}": s for i, s in enumerate(shapes)},
+                                               INPUT_DTYPES, "input", shown=path / INPUTS))
+    inputs = [x[f"{i:03d}"] for i in range(len(shapes))]
+    for name in manifest["outputs"]:
+        if not name or "/" in name or len(name) > 200:
+            raise UserError(f"{path / MANIFEST}: output name {_show(name, 40)} is not a plain name")
+    expected = {f"{i:03d}/{k}": s for i in range(len(inputs)) for k, s in manifest["outputs"].items()}
+    r = _finite_arrays(path / REFERENCES, read_npz(root / REFERENCES, expected, REFERENCE_DTYPES, "reference",
+                                                   shown=path / REFERENCES))
+    refs = [{k: r[f"{i:03d}/{k}"] for k in manifest["outputs"]} for i in range(len(inputs))]
     return manifest, inputs, refs
+
+
+def _companions(art: dict) -> list[str]:
+    """The companion files (e.g. an OpenVINO IR's ``.bin``) the artifact's format needs beside it."""
+    for fmt in get_target(art["target"]).formats:
+        if art["file"].endswith(fmt.suffix):
+            stem = art["file"][:-len(fmt.suffix)]
+            return [stem + c for c in fmt.companions]
+    raise UserError(f"artifact {_show(art['file'])} is not a {art['target']} format (by its file name)")
 
 
 # ---------------------------------------------------------------- signatures
@@ -313,7 +325,7 @@ def check_signature(path: Path, manifest: dict, trust_keys: list[bytes] | None =
     ed25519 = ed25519_module()
     from cryptography.exceptions import InvalidSignature
 
-    public = bytes.fromhex(sig["public_key"])
+    public = check_public_key(bytes.fromhex(sig["public_key"]), f"{path}: the signing key")
     fp = fingerprint(public)
     if trust_keys and public not in trust_keys:
         raise UserError(f"{path}: signed by key {fp}, which is not a trusted key "

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeexport.bundle.manifest import (FORMAT_VERSION, INPUTS, MANIFEST, REFERENCES, SIGNATURE, _NAME, _RESERVED,
-                                        load_bundle, sign_manifest)
+                                        is_bundle, load_bundle, sign_manifest)
 from edgeexport.errors import UserError
 from edgeexport.keys import load_private_key
 from edgeexport.targets import get_target
@@ -41,7 +41,7 @@ def write_bundle(out: Path, *, runner, kind: str, precision: str, inputs: list[n
                             f"{', '.join(sorted(_RESERVED))}); rename it")
     if len({n.lower() for n in names}) != len(names):
         raise UserError(f"the artifact's files have clashing names: {', '.join(names)}")
-    with atomic_path(out) as tmp:
+    with atomic_path(out, replaces=is_bundle) as tmp:  # replaces only an earlier bundle
         tmp.mkdir()
         for f in [artifact, *files]:
             dest = tmp / f.name

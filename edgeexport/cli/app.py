@@ -14,6 +14,7 @@ import typer
 from edgeexport.errors import BackendMissing, EdgeExportError, UserError
 from edgeexport.report.text import print_report
 from edgeexport.targets.base import BUDGET_METRICS
+from edgeexport.util import capture_warnings, stdout_to_stderr, terminal_safe
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None, help="Export PyTorch vision models to edge runtimes and prove "
@@ -24,18 +25,29 @@ def err(msg: str) -> None:
     print(f"edgeexport: error: {msg}", file=sys.stderr)
 
 
+_JSON_OUT: list = []  # the real standard output while a --json command runs (everything else goes to stderr)
+
+
 def handle_errors(fn):
-    """Bad input -> one line on stderr and exit 2; other deliberate failures -> exit 1."""
+    """Bad input -> one line on stderr and exit 2; other deliberate failures -> exit 1. While the command runs,
+    libraries' warnings go into its report instead of the terminal, and with ``--json`` whatever the model's
+    code or a runtime prints goes to stderr, so that stdout carries the JSON document alone."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with contextlib.ExitStack() as stack:
+                stack.enter_context(capture_warnings())
+                stack.enter_context(terminate_as_interrupt())
+                if kwargs.get("as_json"):
+                    _JSON_OUT.append(stack.enter_context(stdout_to_stderr()))
+                    stack.callback(_JSON_OUT.pop)
+                return fn(*args, **kwargs)
         except UserError as exc:
-            err(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            err(terminal_safe(str(exc).splitlines()[0]) if str(exc) else type(exc).__name__)
             raise typer.Exit(2) from None
         except EdgeExportError as exc:
-            err(str(exc).splitlines()[0])
+            err(terminal_safe(str(exc).splitlines()[0]))
             raise typer.Exit(1) from None
         except (typer.Exit, typer.Abort):
             raise
@@ -45,18 +57,47 @@ def handle_errors(fn):
         except Exception as exc:
             if os.environ.get("EDGEEXPORT_DEBUG"):
                 raise
-            err(f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''} "
-                "(set EDGEEXPORT_DEBUG=1 for the traceback)")
+            err(terminal_safe(f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''} "
+                              "(set EDGEEXPORT_DEBUG=1 for the traceback)"))
             raise typer.Exit(1) from None
 
     return wrapper
 
 
+@contextlib.contextmanager
+def terminate_as_interrupt():
+    """SIGTERM during the command ends it as Ctrl-C does: every ``finally`` runs, so temporary folders and
+    half-written files are removed on that exit path too (only in the main thread, where signals arrive)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def console(quiet: bool = False, stderr: bool = True):
+    """A rich console that shows every string from a report, an artifact or a manifest as what it is: characters
+    that would steer the terminal (escape sequences, bidirectional overrides) are printed as their escapes."""
     from rich.console import Console
+    from rich.segment import Segment
+
+    class SafeConsole(Console):
+        def _render_buffer(self, buffer):
+            return super()._render_buffer(s if s.control else Segment(terminal_safe(s.text), s.style, s.control)
+                                          for s in buffer)
 
     probe = Console(stderr=stderr)
-    return Console(stderr=stderr, quiet=quiet, width=None if probe.is_terminal else 200)
+    return SafeConsole(stderr=stderr, quiet=quiet, width=None if probe.is_terminal else 200)
 
 
 def status_for(con):
@@ -78,13 +119,19 @@ def command_line() -> str | None:
 def show(report, quiet: bool, as_json: bool, pages=()) -> None:
     """The report on stdout: JSON, or the table and the paths of the pages written."""
     if as_json:
-        print(report.to_json())
+        print_json(report.to_json())
     elif not quiet:
         out = console(stderr=False)
         print_report(report, out)
         for page in pages:
             if Path(page).exists():
                 out.print(f"report: {page}", markup=False, highlight=False)
+
+
+def print_json(document) -> None:
+    """A JSON document (text, or data to serialise) on the real standard output (see :func:`handle_errors`)."""
+    text = document if isinstance(document, str) else json.dumps(document, indent=2)
+    print(text, file=_JSON_OUT[-1] if _JSON_OUT else sys.stdout, flush=True)
 
 
 def exit_with(report) -> None:

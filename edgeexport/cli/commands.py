@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from edgeexport.cli.app import (app, command_line, console, exit_with, handle_errors, parse_options,
+from edgeexport.cli.app import (app, command_line, console, exit_with, handle_errors, parse_options, print_json,
                                     refuse_not_run, show, status_for)
 from edgeexport.cli.targets import Common, default_stages_off, execute
 from edgeexport.datasets import get_dataset
@@ -23,6 +23,7 @@ from edgeexport.recipe import Recipe
 from edgeexport.targets.registry import DEFAULT_MATRIX_KINDS
 from edgeexport.report.text import print_report
 from edgeexport.zoo import get_entry, list_models, resolve_name
+from edgeexport.util import plain_name
 from edgeexport.zoo.pretrained import trained_for
 
 
@@ -36,7 +37,7 @@ def list_cmd(as_json: bool = typer.Option(False, "--json", help="machine-readabl
         rows.append({"name": name, "aliases": list(e.aliases), "family": e.meta.family, "task": e.meta.task,
                      "input_size": list(e.meta.input_size), "num_classes": e.meta.num_classes})
     if as_json:
-        print(json.dumps(rows, indent=2))
+        print_json(rows)
         return
     for r in rows:
         alias = f" (alias: {', '.join(r['aliases'])})" if r["aliases"] else ""
@@ -57,7 +58,7 @@ def info(name: str = typer.Argument(..., help="zoo model name"),
 
     handle = load_model(name, weights="init", num_classes=num_classes)
     if state_dict_shapes:
-        print(json.dumps({k: list(v.shape) for k, v in handle.model.state_dict().items()}, indent=1))
+        print_json(json.dumps({k: list(v.shape) for k, v in handle.model.state_dict().items()}, indent=1))
         return
     shape = (1, *handle.meta.input_size)
     x = torch.zeros(shape)
@@ -69,7 +70,7 @@ def info(name: str = typer.Argument(..., help="zoo model name"),
     d["weights"] = "default: seeded, BatchNorm re-estimated on the bundled photos (use --weights for yours)"
     d["trained_weights"] = [w.describe() for w in trained_for(handle.origin.removeprefix("zoo:"))]
     if as_json:
-        print(json.dumps(d, indent=2))
+        print_json(d)
         return
     for k, v in d.items():
         if k == "trained_weights":
@@ -157,7 +158,7 @@ def check(artifact: Path = typer.Argument(..., metavar="ARTIFACT", help="an arti
     rep = api.check_recipe(recipe, artifact, precision=precision, runner_options=parse_options(runner_option),
                            log=err.print, status=status_for(err), command=command_line())
     kind = next(iter(rep.artifacts))
-    stem = Path(recipe.output) / f"{recipe.name or rep.model.name}.{kind}.check.report"
+    stem = Path(recipe.output) / f"{recipe.name or plain_name(rep.model.name)}.{kind}.check.report"
     show(rep, quiet, as_json, [stem.with_suffix(".md"), stem.with_suffix(".html")])
     refuse_not_run(next(iter(rep.artifacts.values())))
     exit_with(rep)
@@ -294,7 +295,7 @@ def targets(as_json: bool = typer.Option(False, "--json")):
     """Every registered target: its formats, whether it can build and run here, and how to install it."""
     rows = target_rows()
     if as_json:
-        print(json.dumps(rows, indent=2))
+        print_json(rows)
         return
     for r in rows:
         build = "builds here" if r["build"]["ok"] else f"cannot build here ({r['build']['reason']})"
@@ -318,7 +319,7 @@ def doctor(as_json: bool = typer.Option(False, "--json"),
         return
     rows = doctor_rows()
     if as_json:
-        print(json.dumps(rows, indent=2))
+        print_json(rows)
         return
     for r in rows:
         line = f"{r['backend']:<21} {r['status']:<27} {r['version'] or '':<12}"
@@ -334,8 +335,10 @@ def doctor(as_json: bool = typer.Option(False, "--json"),
 def matrix(models: Optional[list[str]] = typer.Argument(None, metavar="RECIPE_OR_MODEL...",
                                                         help="zoo models (their recipes/NAME.yaml when there is one) "
                                                              "or recipe YAML files"),
-           targets_: str = typer.Option(",".join(DEFAULT_MATRIX_KINDS), "--targets",
-                                        help="artifact kinds, comma-separated (`edgeexport targets` lists them)"),
+           targets_: Optional[str] = typer.Option(None, "--targets",
+                                                  help="artifact kinds, comma-separated (`edgeexport targets` lists "
+                                                       f"them; default: {','.join(DEFAULT_MATRIX_KINDS)}; with "
+                                                       "--resume, the stored plan's)"),
            cluster: str = typer.Option("local", "--cluster", help="local (a Ray instance here, loopback only), "
                                                                   "auto, or ray://HOST:PORT / HOST:PORT of a cluster"),
            cache: Optional[Path] = typer.Option(None, "--cache", help="content-addressed cell cache (default: "
@@ -345,8 +348,8 @@ def matrix(models: Optional[list[str]] = typer.Argument(None, metavar="RECIPE_OR
            resume: bool = typer.Option(False, "--resume", help="continue the interrupted matrix in --output "
                                                                "without redoing its finished cells"),
            output: Path = typer.Option(Path("out/matrix"), "--output", "-o"),
-           threads: int = typer.Option(1, "--threads", min=1, help="CPUs per cell task, and threads for every "
-                                                                  "backend's timings"),
+           threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPUs per cell task, and threads "
+                                                                            "for every backend's timings (default 1)"),
            retries: int = typer.Option(2, "--retries", min=0, help="retries of a cell whose worker process dies"),
            cpus: Optional[int] = typer.Option(None, "--cpus", min=1, help="size of a local cluster (default: every "
                                                                           "core); 1 runs the cells one after another"),
@@ -356,7 +359,8 @@ def matrix(models: Optional[list[str]] = typer.Argument(None, metavar="RECIPE_OR
     from edgeexport import api
 
     err = console(quiet)
-    rep = api.matrix(models or [], [k.strip() for k in targets_.split(",") if k.strip()], cluster=cluster,
+    kinds = None if targets_ is None else [k.strip() for k in targets_.split(",") if k.strip()]
+    rep = api.matrix(models or [], kinds, cluster=cluster,
                      cache=cache, use_cache=not no_cache, resume=resume, output=output, threads=threads,
                      retries=retries, cpus=cpus, log=lambda m: err.print(m, markup=False, highlight=False),
                      command=command_line())
@@ -389,7 +393,7 @@ def diff(artifact: Path = typer.Argument(..., metavar="ARTIFACT", help="an artif
     rep = api.diff_recipe(recipe, artifact, precision=precision, runner_options=parse_options(runner_option),
                           log=err.print, status=status_for(err), command=command_line())
     art = next(iter(rep.artifacts.values()))
-    stem = Path(recipe.output) / f"{recipe.name or rep.model.name}.{art.kind}.diff.report"
+    stem = Path(recipe.output) / f"{recipe.name or plain_name(rep.model.name)}.{art.kind}.diff.report"
     show(rep, quiet, as_json, [stem.with_suffix(".md"), stem.with_suffix(".html")])
     refuse_not_run(art)
     if art.layers is not None and not art.layers.layers and art.layers.note:

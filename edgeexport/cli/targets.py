@@ -18,7 +18,7 @@ from edgeexport.cli.app import app, command_line, console, exit_with, handle_err
 from edgeexport.errors import BackendMissing, Unsupported, UserError
 from edgeexport.recipe import Recipe
 from edgeexport.targets import list_targets
-from edgeexport.util import parse_shape
+from edgeexport.util import parse_shape, plain_name
 
 
 class Dynamic(str, Enum):
@@ -34,7 +34,7 @@ class Exporter(str, Enum):
 
 
 def _show_run(rep, recipe: Recipe, quiet: bool, as_json: bool) -> None:
-    name = recipe.name or rep.model.name
+    name = recipe.name or plain_name(rep.model.name)
     show(rep, quiet, as_json, [Path(recipe.output) / f"{name}.report.md", Path(recipe.output) / f"{name}.report.html"])
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeexport.images import IMAGE_EXTENSIONS, read_image
+from edgeexport.images import IMAGE_EXTENSIONS, open_image, read_image
 from edgeexport.errors import UserError
 from edgeexport.metrics import IGNORE_INDEX
 
@@ -83,10 +83,8 @@ class LabeledSet:
 
 
 def read_mask(path: Path) -> np.ndarray:
-    from PIL import Image
-
     try:
-        with Image.open(path) as im:
+        with open_image(path, "mask") as im:
             im.load()
             if im.mode in ("P", "L"):
                 return np.asarray(im, dtype=np.uint8)  # a palette image reads as its indices
@@ -100,13 +98,8 @@ def read_mask(path: Path) -> np.ndarray:
 
 
 def _image_size(path: Path) -> tuple[int, int]:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except Exception as exc:
-        raise UserError(f"{path}: not a readable image ({type(exc).__name__})") from None
+    with open_image(path) as im:
+        return im.size
 
 
 def _files(folder: Path, extensions) -> list[Path]:

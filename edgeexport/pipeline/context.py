@@ -25,6 +25,7 @@ from edgeexport.recipe import Recipe
 from edgeexport.runners.base import Runner
 from edgeexport.source import ModelHandle
 from edgeexport.targets import Artifact, Format, RunnerSpec, Target
+from edgeexport.util import plain_name
 
 
 IN_MEMORY_CALIBRATION = "memory:"  # a calibration spec naming batches given in memory
@@ -131,7 +132,8 @@ class Context:
     # ---- the run's facts targets read
     @property
     def name(self) -> str:
-        return self.recipe.name or self.handle.name
+        """The artifacts' base name: the recipe's (one plain file name, validated), or the model's made into one."""
+        return self.recipe.name or plain_name(self.handle.name)
 
     @property
     def dynamic(self) -> str:

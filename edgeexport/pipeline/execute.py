@@ -21,7 +21,8 @@ from edgeexport.pipeline.context import Context, RunArtifact, check_parity
 from edgeexport.pipeline.views import collect_safely
 from edgeexport.runners.base import Runner
 from edgeexport.targets import Target, TargetOptions, get_target, list_targets, make_runner
-from edgeexport.util import one_line
+from edgeexport.report import check_report_paths
+from edgeexport.util import in_the_way, one_line
 
 
 def plan(ctx: Context) -> list[tuple[type[Target], TargetOptions, str | None]]:
@@ -60,6 +61,17 @@ def plan(ctx: Context) -> list[tuple[type[Target], TargetOptions, str | None]]:
     while recipe_steps:
         add(*recipe_steps.pop(0))
     return steps
+
+
+def check_outputs(ctx: Context, target_cls: type[Target], options: TargetOptions) -> None:
+    """Before anything is built: nothing of the user's stands where this step writes its artifact (and its
+    companion files) or the run writes its report; a file of an earlier run of the same name is replaced."""
+    fmt = target_cls.format_for(options)
+    main = ctx.artifact_path(fmt.suffix)
+    in_the_way(main, writes_folder=fmt.folder, replaces=lambda _: True)  # the writer checks a folder's contents
+    for suffix in fmt.companions:
+        in_the_way(main.with_name(main.name[:-len(fmt.suffix)] + suffix))
+    check_report_paths(ctx.out_dir, ctx.name)
 
 
 def build(ctx: Context, target_cls: type[Target], options: TargetOptions, required_by: str | None = None) -> RunArtifact:

@@ -14,6 +14,8 @@ eager references, validated in that order, so that bad input fails here with one
 """
 from __future__ import annotations
 
+import os
+
 from dataclasses import replace
 
 import torch
@@ -110,7 +112,17 @@ def prepare(recipe: Recipe, log=print, status=no_status, module: torch.nn.Module
     shape = tuple(recipe.input_shape) if recipe.input_shape else None
     if recipe.inputs.source == "folder" and not recipe.inputs.folder:
         raise UserError("inputs.source is 'folder' but inputs.folder is not set")
+    created = not os.path.lexists(recipe.output)
     out_dir = ensure_output_dir(recipe.output)
+    try:
+        return _prepare(recipe, shape, out_dir, log, status, module)
+    except BaseException:
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # bad input leaves nothing behind, not even the empty output folder it made
+        raise
+
+
+def _prepare(recipe: Recipe, shape, out_dir, log, status, module) -> Context:
     # 1-2. the model and the shape it runs at
     with status(f"Loading {recipe.model}"):
         handle = _load(recipe, shape, module)

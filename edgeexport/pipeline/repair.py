@@ -49,7 +49,8 @@ def wants_search(target_cls: type[Target], options: TargetOptions) -> bool:
 
 def check_budget(ctx: Context, options: TargetOptions) -> None:
     """A budget the run cannot measure (a task metric without labeled data) is bad input, before anything is built."""
-    resolve_budget(dict(options.budget or {}), ctx.task_data.task if ctx.task_data is not None else None)
+    if getattr(options, "budget", None):
+        resolve_budget(dict(options.budget or {}), ctx.task_data.task if ctx.task_data is not None else None)
 
 
 def group(module: str, fused_with: list[str], modules: set[str]) -> str:

@@ -6,19 +6,20 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeexport.bundle import write_bundle
+from edgeexport.bundle import is_bundle, write_bundle
 from edgeexport.doctor import installed_versions
 from edgeexport.errors import UserError
 from edgeexport.keys import load_private_key
 from edgeexport.pipeline.context import Context, RunArtifact, no_status
 from edgeexport.pipeline.divergence import diff_artifact, diff_failed
-from edgeexport.pipeline.execute import build, check_artifact, plan, probe_refusals, time_all
+from edgeexport.pipeline.execute import build, check_artifact, check_outputs, plan, probe_refusals, time_all
 from edgeexport.pipeline.repair import check_budget, price_repair, search_float_set, wants_search
 from edgeexport.pipeline.prepare import prepare
 from edgeexport.pipeline.views import profile_slow_int8
 from edgeexport.recipe import Recipe
-from edgeexport.report import Eager, Inputs, ModelInfo, Report, ReportBuilder
-from edgeexport.targets import all_formats, format_for_path
+from edgeexport.report import Eager, Inputs, ModelInfo, Report, ReportBuilder, check_report_paths
+from edgeexport.targets import all_formats, checked_spec, format_for_path, load_in_child
+from edgeexport.util import atomic_target, regular_input
 
 
 def run(recipe: Recipe, log=print, status=no_status, command: str | None = None, module=None,
@@ -31,9 +32,9 @@ def run(recipe: Recipe, log=print, status=no_status, command: str | None = None,
     ctx = prepare(recipe, log, status, module=module)
     ctx.calibration_arrays = calibration
     steps = plan(ctx)
-    for target_cls, options, _ in steps:
-        if wants_search(target_cls, options):
-            check_budget(ctx, options)
+    for target_cls, options, _ in steps:  # bad input is found before anything is built or written
+        check_budget(ctx, options)
+        check_outputs(ctx, target_cls, options)
     for target_cls, options, required_by in steps:
         art = build(ctx, target_cls, options, required_by)
         if wants_search(target_cls, options):
@@ -81,26 +82,38 @@ def report_of(ctx: Context, builder: ReportBuilder) -> Report:
         eval_data=ctx.task_data.describe() if ctx.task_data is not None else None, views=ctx.views)
 
 
-def artifact_from_file(ctx: Context, path: Path, precision: str | None = None,
-                       runner_options: dict | None = None) -> RunArtifact:
-    """An artifact built elsewhere, as this run's artifact: its target and format from the file name, its
-    companion files beside it, how to run it (``runner_options``: e.g. CoreML compute units)."""
+def artifact_format(path: Path, precision: str | None = None):
+    """The target, format and companion files of an artifact built elsewhere, from its file name, after checking
+    that it is what a runtime may open: a non-empty regular file (a folder for package formats), its companions
+    regular files beside it. Bad input is a one-line :class:`UserError`, before anything runs."""
     path = Path(path)
     found = format_for_path(str(path))
     if found is None:
         suffixes = ", ".join(sorted({f.suffix for _, f in all_formats()}))
         raise UserError(f"{path}: unknown artifact type (edgeexport knows {suffixes})")
     target, fmt = found
-    if not path.exists():
-        raise UserError(f"artifact {path} does not exist")
     if precision not in (None, "fp32", "fp16", "int8"):
         raise UserError(f"precision {precision!r}: expected fp32, fp16 or int8")
+    regular_input(path, "artifact", folder=fmt.folder)
     companions = [path.with_name(path.name[:-len(fmt.suffix)] + c) for c in fmt.companions]
-    missing = [c for c in companions if not c.exists()]
-    if missing:
-        raise UserError(f"{path} needs {missing[0].name} beside it")
+    for c in companions:
+        if not c.exists():
+            raise UserError(f"{path} needs {c.name} beside it")
+        regular_input(c, "companion file")
+    return target, fmt, companions
+
+
+def artifact_from_file(ctx: Context, path: Path, precision: str | None = None,
+                       runner_options: dict | None = None, probe: bool = True) -> RunArtifact:
+    """An artifact built elsewhere, as this run's artifact: its target and format from the file name, its
+    companion files beside it, how to run it (``runner_options``: e.g. CoreML compute units). ``probe``: the
+    file is first loaded in a child process (:func:`~edgeexport.targets.load_in_child`)."""
+    path = Path(path)
+    target, fmt, companions = artifact_format(path, precision)
     art = RunArtifact(fmt.kind, target.name, target.backend, precision or fmt.precision, path)
-    art.runner = ctx.runner_spec(target, path, companions, **(runner_options or {}))
+    art.runner = checked_spec(ctx.runner_spec(target, path, companions, **(runner_options or {})))
+    if probe and target.run_availability()[0]:
+        load_in_child(art.runner, str(path))  # a runtime that crashes on the file costs one line, not the process
     ctx.artifacts.append(art)
     return art
 
@@ -110,8 +123,10 @@ def check_file(recipe: Recipe, path: Path, precision: str | None = None, runner_
     """Judge an artifact built elsewhere against the recipe's eager model, as a run judges its own: task
     metrics, parity, latency beside eager; the report is written to the recipe's output folder."""
     t0 = time.perf_counter()
+    artifact_format(path, precision)
     ctx = prepare(recipe, log, status, module=module)
     art = artifact_from_file(ctx, path, precision, runner_options)
+    check_report_paths(ctx.out_dir, f"{ctx.name}.{art.kind}.check")
     check_artifact(ctx, art)
     time_all(ctx)
     profile_slow_int8(ctx)
@@ -125,8 +140,10 @@ def diff_file(recipe: Recipe, path: Path, precision: str | None = None, runner_o
     """Per-layer divergence of an artifact from the recipe's eager model, with its parity verdict (no timing);
     the report is written beside the artifact's as ``NAME.KIND.diff``."""
     t0 = time.perf_counter()
+    artifact_format(path, precision)
     ctx = prepare(recipe, log, status, module=module)
     art = artifact_from_file(ctx, path, precision, runner_options)
+    check_report_paths(ctx.out_dir, f"{ctx.name}.{art.kind}.diff")
     check_artifact(ctx, art)
     if art.error is not None:
         raise UserError(art.error)
@@ -143,9 +160,13 @@ def bundle_file(recipe: Recipe, path: Path, out: Path | None = None, precision: 
     the bundle folder (default: ``NAME.KIND.bundle`` beside the artifact) and its manifest."""
     if sign_key is not None:
         load_private_key(sign_key)  # a bad key fails now, not after the model has run
+    artifact_format(path, precision)
+    if out is not None:  # a folder in the way that is not an earlier bundle is refused before any work
+        atomic_target(Path(out), writes_folder=True, replaces=is_bundle)
     ctx = prepare(recipe, log, module=module)
-    art = artifact_from_file(ctx, path, precision, runner_options)
+    art = artifact_from_file(ctx, path, precision, runner_options, probe=False)
     out = Path(out) if out else Path(path).parent / f"{ctx.name}.{art.kind}.bundle"
+    atomic_target(out, writes_folder=True, replaces=is_bundle)
     return out, write_bundle_for(ctx, art, out, sign_key=sign_key)
 
 

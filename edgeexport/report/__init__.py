@@ -20,6 +20,7 @@ from edgeexport.report.schema import (  # noqa: F401
     Report,
     Signature,
     TaskResult,
+    check_report_paths,
     load_report,
     report_from_dict,
 )

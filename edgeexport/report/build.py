@@ -13,6 +13,7 @@ from edgeexport.metrics import TaskMetrics
 from edgeexport.parity import ParityResult
 from edgeexport.report.schema import ArtifactResult, Cell, Machine, Report, TaskResult
 from edgeexport.targets import BuildRecord, RunnerSpec
+from edgeexport.util import captured
 from edgeexport.version import __version__
 
 
@@ -80,7 +81,7 @@ class ReportBuilder:
         return Report(kind=self.kind, edgeexport=__version__, created=now(),
                       elapsed_s=round(time.perf_counter() - self.started, 1), command=self.command,
                       machine=Machine(**machine_info(self.threads)), versions=installed_versions(),
-                      artifacts=dict(self.artifacts), **sections)
+                      artifacts=dict(self.artifacts), warnings=captured(), **sections)
 
     def build_like(self, base: Report, **sections) -> Report:
         """A report of these artifacts in ``base``'s envelope and sections (a matrix's per-model report,

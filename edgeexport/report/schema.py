@@ -30,11 +30,13 @@ from edgeexport.report.status import FAILING, STATUS_TEXT, Status  # noqa: F401 
 from edgeexport.targets import BuildRecord, Repair, RunnerSpec, get_target
 from edgeexport.util import Data
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Schema upgrades: version -> the function taking a report dict of that version to the next one.
 UPGRADES = {
     # 2: the "unsupported" status with the refused op and its module; the model's preparation
     1: lambda d: {**d, "schema_version": 2},
+    # 3: the warnings libraries raised during the command (captured into the report instead of the terminal)
+    2: lambda d: {**d, "schema_version": 3},
 }
 
 
@@ -218,6 +220,8 @@ class Report(Data):
     views: dict[str, Any] = {}  # report-level view data (images shared by artifacts' views)
     signature: Signature | None = None
     matrix: MatrixInfo | None = None
+    # what libraries warned while the command ran (kept out of the terminal; each distinct warning once)
+    warnings: list[str] = []
 
     # ---- verdicts
     @computed_field
@@ -275,7 +279,8 @@ class Report(Data):
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        paths = {"json": folder / f"{name}.report.json", "md": folder / f"{name}.report.md"}
+        paths = report_paths(folder, name)
+        paths.pop("html")
         with atomic_path(paths["json"]) as tmp:
             tmp.write_text(self.to_json() + "\n")
         with atomic_path(paths["md"]) as tmp:
@@ -285,6 +290,21 @@ class Report(Data):
             if page is not None:
                 paths["html"] = page
         return paths
+
+
+def report_paths(folder: str | Path, name: str) -> dict[str, Path]:
+    """Where :meth:`Report.write` puts ``NAME.report.{json,md,html}`` in ``folder``."""
+    folder = Path(folder)
+    return {k: folder / f"{name}.report.{k}" for k in ("json", "md", "html")}
+
+
+def check_report_paths(folder: str | Path, name: str) -> None:
+    """Refuse, before any work, to write a report where something edgeexport must not replace is (a folder of
+    the user's named like a report file)."""
+    from edgeexport.util import in_the_way
+
+    for path in report_paths(folder, name).values():
+        in_the_way(path)
 
 
 def json_schema() -> dict:
@@ -301,11 +321,23 @@ def load_report(path: str | Path) -> Report:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{p}: no such report")
+    if p.stat().st_size > MAX_REPORT_BYTES:
+        raise UserError(f"{p}: larger than {MAX_REPORT_BYTES >> 20} MiB, not a report edgeexport wrote")
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = json.loads(p.read_text(encoding="utf-8"), parse_constant=_no_constant)
+    except (OSError, ValueError, RecursionError) as exc:  # JSON and Unicode errors are ValueErrors
         raise UserError(f"{p}: not a JSON report ({type(exc).__name__})") from None
-    return report_from_dict(data, str(p))
+    try:
+        return report_from_dict(data, str(p))
+    except RecursionError:
+        raise UserError(f"{p}: nested too deeply to be a report") from None
+
+
+MAX_REPORT_BYTES = 256 << 20
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
 
 
 def report_from_dict(data, source: str = "report") -> Report:

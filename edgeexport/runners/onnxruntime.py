@@ -9,11 +9,24 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from typing import Annotated, Literal, Optional
 
 from edgeexport.bench import median_ops
 from edgeexport.runners.base import Runner
 
 OPTIMIZATION_LEVELS = ("none", "basic", "extended", "all")
+Provider = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9]{0,40}ExecutionProvider$")]
+
+
+class OrtRunnerOptions(BaseModel):
+    """What an ONNX Runtime runner spec may set (see ``Target.runner_options``): execution providers, in order,
+    and the graph optimization level."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    providers: Optional[Annotated[list[Provider], Field(min_length=1, max_length=8)]] = None
+    optimization: Literal[OPTIMIZATION_LEVELS] = "all"
 
 
 def session_options(threads: int | None, optimization: str = "all"):

@@ -21,12 +21,14 @@ from edgeexport.targets.base import (  # noqa: F401
     Repair,
     RepairStep,
     Requirement,
+    RunnerOptions,
     RunnerSpec,
     Target,
     TargetOptions,
 )
 from edgeexport.targets.registry import (  # noqa: F401
     all_formats,
+    checked_spec,
     format_for_path,
     get_target,
     list_targets,
@@ -37,6 +39,7 @@ from edgeexport.targets.registry import (  # noqa: F401
     target_modules,
 )
 
-__all__ = ["Artifact", "Availability", "BuildContext", "BuildRecord", "Format", "Requirement", "RunnerSpec", "Target",
+__all__ = ["Artifact", "Availability", "BuildContext", "BuildRecord", "Format", "Requirement", "RunnerOptions", "RunnerSpec", "Target",
            "TargetOptions", "all_formats", "format_for_path", "get_target", "list_targets", "make_runner",
-           "options_for_kind", "register_target", "target_for_kind", "target_modules"]
+           "options_for_kind", "register_target", "target_for_kind", "target_modules", "checked_spec", "load_in_child"]
+from edgeexport.targets.probe import load_in_child  # noqa: E402,F401

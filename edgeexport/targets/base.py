@@ -31,9 +31,11 @@ import json
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, NamedTuple, Protocol
+import math
+import re
+from typing import TYPE_CHECKING, Annotated, Any, Callable, ClassVar, Literal, NamedTuple, Optional, Protocol
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from edgeexport.util import file_size, one_line, quiet, version_of
 
@@ -50,6 +52,34 @@ if TYPE_CHECKING:  # pragma: no cover
 # Accuracy budgets a target may accept (``--budget KEY=VALUE``): tensor metrics against eager, or the
 # drop of a task metric on labeled data, in points.
 BUDGET_METRICS = ("snr_db", "agreement", "cosine", "miou_drop", "top1_drop")
+# The range a budget's value must lie in (a search for SNR = inf, or an agreement of 2, is bad input).
+BUDGET_RANGES = {"snr_db": (-20.0, 200.0), "agreement": (0.0, 1.0), "cosine": (-1.0, 1.0),
+                 "miou_drop": (0.0, 100.0), "top1_drop": (0.0, 100.0)}
+
+
+def _check_budget(budget: dict | None) -> dict | None:
+    for metric, value in (budget or {}).items():
+        low, high = BUDGET_RANGES[metric]
+        if not math.isfinite(value) or not low <= value <= high:
+            raise ValueError(f"{metric}={value:g} is outside [{low:g}, {high:g}]")
+    return budget
+
+
+# An int8 target's accuracy budget (``--budget snr_db=25``) and the modules it keeps in float
+# (``--float-module PATH``, ``conv+bn`` for a group): one declaration, shared by every int8 target's options.
+Budget = Annotated[Optional[dict[Literal[BUDGET_METRICS], float]], AfterValidator(_check_budget)]
+_MODULE_PATH = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*(\+[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*)*")
+
+
+def _check_module_path(path: str) -> str:
+    if len(path) > 1000 or not _MODULE_PATH.fullmatch(path):
+        raise ValueError(f"{path[:60]!r} is not a module path (dot-separated names as `edgeexport diff` gives them, "
+                         "'a+b' for a group)")
+    return path
+
+
+ModulePath = Annotated[str, AfterValidator(_check_module_path)]
+FloatModules = Annotated[list[ModulePath], Field(max_length=1000)]
 # The artifact kind of the fp32 ONNX graph that several targets start from (see fp32_graph).
 FP32_GRAPH = "onnx"
 
@@ -62,7 +92,7 @@ class Availability(NamedTuple):
 class TargetOptions(BaseModel):
     """Base of every target's stage options: strict (unknown keys are errors), assignable."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class Format(BaseModel):
@@ -75,6 +105,7 @@ class Format(BaseModel):
     precision: str  # fp32 | fp16 | int8
     runs_on: str  # where its runner executes
     companions: tuple[str, ...] = ()  # other files that belong to it (suffixes), e.g. ".bin"
+    folder: bool = False  # the artifact is a folder (a package), not a file
     # The stage options that build it (``Options(**options)``; unset keys keep their defaults), so that an
     # artifact kind names a build: ``edgeexport matrix --targets onnx-int8`` (checked by the conformance tests).
     options: dict[str, Any] = {}
@@ -94,6 +125,14 @@ class RunnerSpec(BaseModel):
         """The same spec with its files in ``folder`` (a bundle)."""
         return self.model_copy(update={"artifact": str(Path(folder) / Path(self.artifact).name),
                                        "files": [str(Path(folder) / Path(f).name) for f in self.files]})
+
+
+class RunnerOptions(BaseModel):
+    """The options a target's runner takes from a :class:`RunnerSpec` (a bundle's manifest, ``check
+    --runner-option``): typed per target (``Target.runner_options``), unknown keys and wrong types refused
+    before a runtime sees them."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class BuildRecord(BaseModel):
@@ -289,6 +328,7 @@ class Target(abc.ABC):
     ray_resources: ClassVar[dict[str, float]] = {}
     builds_where_it_runs: ClassVar[bool] = False
     Options: ClassVar[type[TargetOptions]] = TargetOptions
+    runner_options: ClassVar[type[RunnerOptions]] = RunnerOptions  # what its RunnerSpec.options may hold
     Record: ClassVar[type[BuildRecord]] = BuildRecord
     formats: ClassVar[tuple[Format, ...]] = ()
     multiple: ClassVar[bool] = False  # the recipe stage is a list of option sets

@@ -23,7 +23,7 @@ from edgeexport.errors import BackendMissing, BuildFailed, EdgeExportError, Unsu
 from edgeexport.provenance import locate_in_torch, refused_op, stack_path, user_path
 from edgeexport.runners.base import Runner, Tap
 from edgeexport.targets.registry import register_target
-from edgeexport.targets.base import Availability, BuildRecord, Format, Target, TargetOptions
+from edgeexport.targets.base import Availability, BuildRecord, Format, RunnerOptions, Target, TargetOptions
 from edgeexport.util import quiet
 
 INSTALL_HINT = "pip install 'edgeexport[coreml]'"
@@ -160,7 +160,7 @@ def convert(module, sample, out: Path, *, input_name: str, output_names: list[st
             import json
 
             mlmodel.user_defined_metadata[MODULE_KEY] = json.dumps(modules, separators=(",", ":"))
-        with atomic_path(out, suffix=".mlpackage") as tmp:
+        with atomic_path(out, suffix=".mlpackage", replaces=lambda p: (p / "Manifest.json").is_file()) as tmp:
             mlmodel.save(str(tmp))
     info = {"route": route, "fallback_reasons": errors, "precision": precision, "compress": compress,
             "deployment_target": deployment_target, "coremltools": ct.__version__,
@@ -256,6 +256,10 @@ class CoreMLOptions(TargetOptions):
         "cpu_only", description="what prediction runs on (macOS); recorded in bundles")
 
 
+class CoreMLRunnerOptions(RunnerOptions):
+    compute_units: Literal["cpu_only", "cpu_and_gpu", "all", "cpu_and_ne"] = "cpu_only"
+
+
 class CoreMLRecord(BuildRecord):
     route: str
     fallback_reasons: list[str] = []
@@ -280,18 +284,19 @@ class CoreMLTarget(Target):
     backend = "coreml"
     help = "Convert to a CoreML ML program (NAME.mlpackage); parity and latency on macOS, validation elsewhere."
     Options = CoreMLOptions
+    runner_options = CoreMLRunnerOptions
     Record = CoreMLRecord
     multiple = True
     formats = (
-        Format(kind="coreml", suffix=".mlpackage", precision="fp16", runs_on="macOS / iOS (converts anywhere)",
+        Format(folder=True, kind="coreml", suffix=".mlpackage", precision="fp16", runs_on="macOS / iOS (converts anywhere)",
                options={"precision": "fp16", "compress": "none"}),
-        Format(kind="coreml-fp32", suffix=".fp32.mlpackage", precision="fp32",
+        Format(folder=True, kind="coreml-fp32", suffix=".fp32.mlpackage", precision="fp32",
                runs_on="macOS / iOS (converts anywhere)", options={"precision": "fp32", "compress": "none"}),
-        Format(kind="coreml-int8", suffix=".int8.mlpackage", precision="fp16",
+        Format(folder=True, kind="coreml-int8", suffix=".int8.mlpackage", precision="fp16",
                runs_on="macOS / iOS (int8 weights, fp16 compute)", options={"compress": "int8"}),
-        Format(kind="coreml-palettize4", suffix=".palettize4.mlpackage", precision="fp16",
+        Format(folder=True, kind="coreml-palettize4", suffix=".palettize4.mlpackage", precision="fp16",
                runs_on="macOS / iOS (4-bit palettized weights, fp16 compute)", options={"compress": "palettize4"}),
-        Format(kind="coreml-palettize6", suffix=".palettize6.mlpackage", precision="fp16",
+        Format(folder=True, kind="coreml-palettize6", suffix=".palettize6.mlpackage", precision="fp16",
                runs_on="macOS / iOS (6-bit palettized weights, fp16 compute)", options={"compress": "palettize6"}),
     )
     build_modules = ("coremltools",)

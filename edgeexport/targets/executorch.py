@@ -20,7 +20,7 @@ from edgeexport.errors import BackendMissing, BuildFailed, EdgeExportError, Unsu
 from edgeexport.provenance import GROUP, locate_in_torch, match_modules, refused_op, stack_path, user_path, within
 from edgeexport.runners.base import Runner, Tap
 from edgeexport.targets.registry import register_target
-from edgeexport.targets.base import BUDGET_METRICS, BuildRecord, Format, Target, TargetOptions
+from edgeexport.targets.base import Budget, FloatModules, BuildRecord, Format, Target, TargetOptions
 from edgeexport.util import one_line, quiet
 
 INSTALL_HINT = "pip install 'edgeexport[executorch]'"
@@ -281,10 +281,10 @@ def etdump_profile(path: str, feed: dict, threads: int, input_names, runs: int =
 class ExecuTorchOptions(TargetOptions):
     quantize: Literal["none", "int8"] = Field("none", description="int8: PT2E with the XNNPACK quantizer")
     calib_size: int = Field(8, ge=1, le=1024, description="calibration batches")
-    float_modules: list[str] = Field(default_factory=list, description="int8: module of the model to keep in float "
+    float_modules: FloatModules = Field(default_factory=list, description="int8: module of the model to keep in float "
                                      "(left out of the XNNPACK quantizer's annotation), by its path as `edgeexport "
                                      "diff` names it (repeatable)", json_schema_extra={"flag": "--float-module"})
-    budget: dict[Literal[BUDGET_METRICS], float] | None = Field(
+    budget: Budget = Field(
         None, description="int8 accuracy budget (miou_drop=0.5, top1_drop=0.5, snr_db=25, agreement=0.99): the "
                           "smallest set of modules kept in float that meets it is searched", json_schema_extra={"parse": "budget"})
 

@@ -42,7 +42,7 @@ from edgeexport.errors import BackendMissing, BuildFailed, EdgeExportError, Unsu
 from edgeexport.provenance import locate_in_torch, match_modules, refused_op, user_path, within
 from edgeexport.runners.base import Runner, Tap
 from edgeexport.targets.registry import register_target
-from edgeexport.targets.base import BUDGET_METRICS, Availability, BuildRecord, Format, Target, TargetOptions
+from edgeexport.targets.base import Budget, FloatModules, Availability, BuildRecord, Format, Target, TargetOptions
 from edgeexport.util import quiet, version_of
 
 INSTALL_HINT = "pip install 'edgeexport[litert]'"
@@ -474,10 +474,10 @@ class LiteRTOptions(TargetOptions):
     quantize: Literal["none", "int8"] = Field("none", description="int8: static int8 (ai-edge-quantizer), "
                                                                   "float input and output")
     calib_size: int = Field(8, ge=1, le=1024, description="calibration batches")
-    float_modules: list[str] = Field(default_factory=list, description="int8: module of the model to keep in float "
+    float_modules: FloatModules = Field(default_factory=list, description="int8: module of the model to keep in float "
                                      "(an ai-edge-quantizer recipe entry for its ops), by its path as `edgeexport "
                                      "diff` names it (repeatable)", json_schema_extra={"flag": "--float-module"})
-    budget: dict[Literal[BUDGET_METRICS], float] | None = Field(
+    budget: Budget = Field(
         None, description="int8 accuracy budget (miou_drop=0.5, top1_drop=0.5, snr_db=25, agreement=0.99): the "
                           "smallest set of modules kept in float that meets it is searched", json_schema_extra={"parse": "budget"})
 

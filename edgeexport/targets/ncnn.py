@@ -35,17 +35,17 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, StringConstraints
 
 from edgeexport.errors import BackendMissing, BuildFailed, EdgeExportError, UnsupportedOp
 from edgeexport.provenance import locate_in_torch
 from edgeexport.runners.base import Runner
 from edgeexport.targets.registry import register_target
-from edgeexport.targets.base import BuildRecord, Format, Target, TargetOptions
-from edgeexport.util import quiet, version_of
+from edgeexport.targets.base import BuildRecord, Format, RunnerOptions, Target, TargetOptions
+from edgeexport.util import native_stderr, quiet, version_of
 
 INSTALL_HINT = "pip install 'edgeexport[ncnn]'"
 FP16_OPTIONS = ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic")
@@ -223,8 +223,11 @@ class NcnnRunner(Runner):
         net.opt.use_bf16_storage = False
         for name, value in self.options.items():
             setattr(net.opt, name, value)
-        if net.load_param(str(self.param)) != 0 or net.load_model(str(self.weights)) != 0:
-            raise RuntimeError(f"ncnn could not load {self.param.name} / {self.weights.name}")
+        with native_stderr() as said:  # ncnn's parser prints its complaints to stderr: into the error instead
+            loaded = net.load_param(str(self.param)) == 0 and net.load_model(str(self.weights)) == 0
+        if not loaded:
+            raise RuntimeError(f"ncnn could not load {self.param.name} / {self.weights.name}"
+                               + (f": {said[0][:200]}" if said else ""))
         self.net = net
 
     def _taps(self, feed):
@@ -286,6 +289,18 @@ class NcnnOptions(TargetOptions):
                                 description="exact rewrites applied before tracing (see `edgeexport.rewrite`)")
 
 
+BlobName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:/-]{1,200}$")]
+
+
+class NcnnRunnerOptions(RunnerOptions):
+    blobs: Annotated[dict[BlobName, BlobName], Field(max_length=4096)] = {}  # edgeexport name -> ncnn blob
+    item_shapes: Annotated[dict[BlobName, Annotated[list[Annotated[int, Field(ge=1, le=1 << 20)]],
+                                                   Field(max_length=8)]], Field(max_length=4096)] = {}
+    use_fp16_storage: bool = False
+    use_fp16_packed: bool = False
+    use_fp16_arithmetic: bool = False
+
+
 class NcnnRecord(BuildRecord):
     precision: str
     weights: str  # how the .bin stores them
@@ -315,6 +330,7 @@ class NcnnTarget(Target):
     backend = "ncnn"
     help = "Convert with pnnx to an ncnn model (NAME.ncnn.param + .bin); parity and latency on ncnn's CPU runtime."
     Options = NcnnOptions
+    runner_options = NcnnRunnerOptions
     Record = NcnnRecord
     multiple = True
     formats = (Format(kind="ncnn", suffix=".ncnn.param", precision="fp32", runs_on="any CPU with ncnn",

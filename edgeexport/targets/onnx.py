@@ -16,7 +16,7 @@ from pydantic import Field
 
 from edgeexport.errors import BuildFailed, EdgeExportError, UnsupportedOp
 from edgeexport.provenance import keep_scopes, locate_in_torch, refused_op
-from edgeexport.runners.onnxruntime import OnnxRuntimeRunner, ort_profile
+from edgeexport.runners.onnxruntime import OnnxRuntimeRunner, OrtRunnerOptions, ort_profile
 from edgeexport.targets.base import BuildRecord, Format, RunnerSpec, Target, TargetOptions
 from edgeexport.targets.registry import register_target
 from edgeexport.util import atomic_path, quiet
@@ -166,6 +166,7 @@ class OnnxTarget(Target):
     backend = "onnxruntime"
     help = "Export to ONNX, check it, simplify it, compare it with eager PyTorch and time both."
     Options = OnnxOptions
+    runner_options = OrtRunnerOptions
     Record = OnnxRecord
     formats = (Format(kind="onnx", suffix=".onnx", precision="fp32", runs_on="any CPU (ONNX Runtime)", options={}),)
     build_modules = ("onnx", "onnxsim", "onnxscript", "onnxruntime")

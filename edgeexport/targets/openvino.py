@@ -28,17 +28,17 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, StringConstraints
 
 from edgeexport.errors import BuildFailed, UnsupportedOp
 from edgeexport.metrics import PRIMARY, TaskAccumulator
 from edgeexport.parity import resolve_budget
 from edgeexport.provenance import locate_onnx, match_modules, refused_op
 from edgeexport.runners.openvino import OpenVINORunner, annotate_modules, compile_model, op_modules, openvino_profile
-from edgeexport.targets.base import (BUDGET_METRICS, BuildRecord, Format, Repair, RepairStep, Requirement, Target,
+from edgeexport.targets.base import (RunnerOptions, Budget, FloatModules, BuildRecord, Format, Repair, RepairStep, Requirement, Target,
                                      TargetOptions, fp32_graph, fp32_graph_requirement)
 from edgeexport.targets.registry import register_target
 from edgeexport.util import atomic_path, quiet, version_of
@@ -155,14 +155,22 @@ class OpenVINOOptions(TargetOptions):
                                      json_schema_extra={"flag": "--calib"})
     preset: Literal["performance", "mixed"] = Field(
         "performance", description="int8: symmetric activations (performance) or asymmetric (mixed)")
-    budget: dict[Literal[BUDGET_METRICS], float] | None = Field(
+    budget: Budget = Field(
         None, description="int8 accuracy budget: miou_drop=0.5 or top1_drop=0.5 (points, on labeled data) turns on "
                           "NNCF's accuracy control", json_schema_extra={"parse": "budget"})
-    float_modules: list[str] = Field(default_factory=list, description="int8: module of the model to keep in float "
+    float_modules: FloatModules = Field(default_factory=list, description="int8: module of the model to keep in float "
                                      "(NNCF ignored scope), by its path as `edgeexport diff` names it (repeatable)",
                                      json_schema_extra={"flag": "--float-module"})
     device: str = Field("CPU", min_length=1, description="OpenVINO device the IR is compiled for (CPU, GPU, NPU, "
                                                          "AUTO); recorded in the runner spec")
+
+
+OpenVINODevice = Annotated[str, StringConstraints(pattern=r"^[A-Z][A-Z0-9_]{0,15}(\.[0-9]{1,3})?(:[A-Z0-9_.,]{1,80})?$")]
+
+
+class OpenVINORunnerOptions(RunnerOptions):
+    device: OpenVINODevice = "CPU"
+    inference_precision: Literal["f32", "f16", "bf16"] = "f32"
 
 
 class OpenVINORecord(BuildRecord):
@@ -237,6 +245,7 @@ class OpenVINOTarget(Target):
     backend = "openvino"
     help = "Convert the ONNX graph to OpenVINO IR (NAME.xml + NAME.bin, fp32 or NNCF int8); parity and latency here."
     Options = OpenVINOOptions
+    runner_options = OpenVINORunnerOptions
     Record = OpenVINORecord
     multiple = True
     from_onnx_file = True

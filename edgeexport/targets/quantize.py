@@ -13,8 +13,8 @@ from typing import Literal
 from pydantic import Field
 
 from edgeexport.parity import meets, resolve_budget
-from edgeexport.runners.onnxruntime import OnnxRuntimeRunner, ort_profile
-from edgeexport.targets.base import (BUDGET_METRICS, BuildRecord, Format, Repair, RepairStep, Requirement, Target,
+from edgeexport.runners.onnxruntime import OnnxRuntimeRunner, OrtRunnerOptions, ort_profile
+from edgeexport.targets.base import (Budget, FloatModules, BuildRecord, Format, Repair, RepairStep, Requirement, Target,
                                      TargetOptions, fp32_graph, fp32_graph_requirement)
 from edgeexport.targets.registry import register_target
 from edgeexport.util import md_table
@@ -32,10 +32,10 @@ class QuantizeOptions(TargetOptions):
     per_channel: bool = Field(True, json_schema_extra={"flag": "--per-channel/--per-tensor"})
     format: Literal["qdq", "qoperator"] = "qdq"
     exclude: list[str] = Field(default_factory=list, description="node to keep in float (repeatable)")
-    float_modules: list[str] = Field(default_factory=list, description="module of the model to keep in float, by "
+    float_modules: FloatModules = Field(default_factory=list, description="module of the model to keep in float, by "
                                      "its path as `edgeexport diff` names it (repeatable)",
                                      json_schema_extra={"flag": "--float-module"})
-    budget: dict[Literal[BUDGET_METRICS], float] | None = Field(
+    budget: Budget = Field(
         None, description="accuracy budget, e.g. miou_drop=0.5, top1_drop=0.5, snr_db=25 or agreement=0.99",
         json_schema_extra={"parse": "budget"})
     plans: list[Literal["all", "float_stem", "dense"]] | Literal["auto"] = Field(
@@ -123,6 +123,7 @@ class QuantizeTarget(Target):
     backend = "onnxruntime"
     help = "Build NAME.int8.onnx / NAME.fp16.onnx and check it against eager PyTorch and the fp32 graph."
     Options = QuantizeOptions
+    runner_options = OrtRunnerOptions
     Record = QuantizeRecord
     multiple = True
     from_onnx_file = True

@@ -12,12 +12,14 @@ import pkgutil
 from pathlib import Path
 
 from edgeexport.errors import BackendMissing, UserError
+from pydantic import ValidationError
+
 from edgeexport.targets.base import Format, RunnerSpec, Target, TargetOptions
 
 _PACKAGE, _FOLDER = __name__.rpartition(".")[0], Path(__file__).resolve().parent
 _TARGETS: dict[str, type[Target]] = {}
 _LOADED = False
-NOT_TARGETS = {"base", "registry"}
+NOT_TARGETS = {"base", "registry", "probe"}
 # The artifact kinds `edgeexport matrix` builds when none are named (the CLI's and the library's default).
 DEFAULT_MATRIX_KINDS = ("onnx", "onnx-int8", "executorch", "coreml")
 
@@ -91,8 +93,22 @@ def format_for_path(path: str) -> tuple[type[Target], Format] | None:
 def make_runner(spec: RunnerSpec, threads: int | None):
     """The runner a spec describes (imports only that target's runtime); a runtime this machine lacks
     is a one-line :class:`~edgeexport.errors.BackendMissing` with the target's install hint."""
+    spec = checked_spec(spec)
     target = get_target(spec.target)
     ok, reason = target.run_availability()
     if not ok:
         raise BackendMissing(target.title, reason, target.install)
     return target.runner(spec, threads)
+
+
+def checked_spec(spec: RunnerSpec) -> RunnerSpec:
+    """``spec`` with its options validated by its target's ``runner_options`` (only the keys it sets are kept,
+    so a runner still tells "not given" from a default); a bad option is a one-line :class:`UserError`."""
+    target = get_target(spec.target)
+    try:
+        opts = target.runner_options.model_validate(spec.options)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "options"
+        raise UserError(f"{target.title} runner option {where[:60]!r}: {err['msg'][:160]}") from None
+    return spec.model_copy(update={"options": opts.model_dump(exclude_unset=True)})

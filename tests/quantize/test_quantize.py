@@ -142,10 +142,11 @@ def test_accuracy_aware_loop_keeps_the_outlier_layer_in_float(cli, tmp_path):
 
 
 def test_unreachable_budget_exits_1_with_the_best_graph(cli, tmp_path):
+    # 190 dB: within the budget's range (at most 200 dB), beyond what even fp32 rounding reaches (about 140 dB)
     code, out, err = cli("quantize", "outlier", "--model", "tests.support.models:outlier_net", "--shape", "1x3x48x48",
                          "--exporter", "torchscript", "--calib-size", "2", "--images", "1", "--no-bench",
-                         "--budget", "snr_db=500", "-o", tmp_path)
-    assert code == 1
+                         "--budget", "snr_db=190", "-o", tmp_path)
+    assert code == 1, err
     assert (tmp_path / "outlier.int8.onnx").exists()
     a = art(report(tmp_path, "outlier"), "onnx-int8")
     assert a["failures"] and "not met" in a["failures"][0]
