@@ -30,14 +30,20 @@ node. The recipe's own option set for the kind is used when it has one, else the
   trained or user weights; the seed for the default seeded weights), the cell's recipe (stage options,
   tolerances, inputs, shape, bench settings and threads), the input data (bundled photos: the
   scikit-image version; folders: a hash of their files) and the tool versions (edgeexport and every
-  target's packages). A cell whose key is in the cache is not run again (its artifacts and bundle are
-  hard-linked from it, read-only, and its reports copied); a verification is cached with its cell once
-  it ran. Only finished pipeline runs are cached: a crashed task, an input error or "no node can run"
+  target's packages). A cell whose key is in the cache is not run again when its entry passes its file
+  check: a signed record (``files.json``) of every file's SHA-256, checked on every hit, with no file
+  changed, missing or added and no symlink (an entry that fails is not trusted: the cell is built again
+  and the report says why). Its artifacts and bundle are **copied** from it (never hard-linked) and its
+  reports rewritten; a verification is cached with its cell once it ran. Only finished pipeline runs are cached: a crashed task, an input error or "no node can run"
   is tried again. Artifacts travel from the nodes to the cache through Ray's object store, bundles
   from the cache to verifying nodes the same way, so nodes need no shared folder.
 * **Resume.** Each finished cell is written atomically to ``OUTPUT/cells/MODEL/KIND.json`` as it
-  finishes; ``--resume`` continues the interrupted matrix in OUTPUT (its plan, ``matrix.plan.json``,
-  when no models are given) and keeps every finished cell whose key is unchanged, cache or not.
+  finishes; ``--resume`` continues the interrupted matrix in OUTPUT: it replays its plan
+  (``matrix.plan.json``: models, kinds, threads, overrides; other models are refused) and keeps every
+  finished cell whose key is unchanged, cache or not. The plan and the records are validated first.
+* **Temporaries.** The driver owns a run folder (``$TMPDIR/edgeexport-matrix-*``) where every cell task on
+  this machine keeps its ``edgeexport-cell-*`` folder; it is removed however the run ends, Ctrl-C and
+  SIGTERM included.
 * **Failures stay local.** A failing cell is a row. A worker process that dies mid-task is retried by
   Ray (``retries``); each attempt bumps a counter file (``CACHE/attempts/RUN/KEY``) before it starts,
   and the report gives the attempts per cell (counted per node when the cache folder is not shared).

@@ -3,17 +3,25 @@ and inputs) and one artifact kind (``onnx``, ``onnx-int8``, ``executorch``, ``co
 table, :func:`~edgeexport.targets.options_for_kind`), each with the recipe its task runs."""
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edgeexport.errors import UserError
 from edgeexport.matrix.keys import Keys
 from edgeexport.recipe import Recipe
 from edgeexport.targets import Target, TargetOptions, get_target, list_targets, options_for_kind
+from edgeexport.util import MAX_THREADS, atomic_path
 from edgeexport.zoo import get_entry, resolve_name
 
 PACKAGE = Path(__file__).resolve().parents[1]
+PLAN = "matrix.plan.json"
+MAX_PLAN_BYTES = 16 << 20
 
 
 @dataclass
@@ -28,6 +36,7 @@ class CellPlan:
     resources: dict = field(default_factory=dict)  # what its runtime needs, as Ray resources
     record: object = None  # the finished cell: an ArtifactResult with its Cell (see records.py)
     needs_verify: bool = False  # built where its runtime is missing: verified from its bundle elsewhere
+    rebuilt: str | None = None  # why its cache entry was not trusted (the cell was built again)
 
     @property
     def label(self) -> str:
@@ -141,3 +150,84 @@ def plan_cells(models: list[str], kinds: list[str], threads: int = 1, overrides:
     for c in cells:
         c.key = keys.cell_key(c.kind, c.recipe)
     return cells
+
+
+def model_spec(spec: str) -> str:
+    """A model as the plan keeps it: a recipe file by its absolute path (``--resume`` works from any folder),
+    anything else (a zoo name, ``package.module:factory``) as given."""
+    return str(Path(spec).resolve()) if spec.endswith((".yaml", ".yml")) and Path(spec).is_file() else spec
+
+
+class PlanFile(BaseModel):
+    """``OUTPUT/matrix.plan.json``: what ``--resume`` replays. Models are what the command line named; the
+    cells (``MODEL/KIND`` -> key) say what the plan was built from, for the reader."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    models: list[str] = Field(min_length=1, max_length=10_000)
+    kinds: list[str] = Field(min_length=1, max_length=100)
+    threads: int = Field(ge=1, le=MAX_THREADS)
+    overrides: dict[str, Any] | None = None
+    cells: dict[str, str] = {}
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, v: list[str]) -> list[str]:
+        for m in v:
+            if not 0 < len(m) <= 4096 or any(ord(ch) < 32 or ord(ch) == 127 for ch in m):
+                raise ValueError(f"{m[:80]!r} is not a model or recipe")
+        return v
+
+    @field_validator("kinds")
+    @classmethod
+    def _kinds(cls, v: list[str]) -> list[str]:
+        for k in v:
+            if not (0 < len(k) <= 64 and k.replace("-", "").replace("_", "").isalnum() and k.isascii()):
+                raise ValueError(f"{k[:80]!r} is not an artifact kind")
+        return v
+
+    @field_validator("cells")
+    @classmethod
+    def _cells(cls, v: dict[str, str]) -> dict[str, str]:
+        for label, key in v.items():
+            if len(label) > 8192 or len(key) != 64 or not all(ch in "0123456789abcdef" for ch in key):
+                raise ValueError(f"{label[:80]!r}: not a cell key")
+        return v
+
+
+def write_plan(output: Path, models: list[str], kinds: list[str], threads: int, overrides: dict | None,
+               cells: list[CellPlan]) -> None:
+    try:
+        plan = PlanFile(models=list(models), kinds=list(kinds), threads=threads, overrides=overrides,
+                        cells={c.label: c.key for c in cells})
+    except ValidationError as exc:  # e.g. a recipe file whose name holds a control character
+        err = exc.errors()[0]
+        raise UserError(f"cannot record the matrix's plan ({'.'.join(map(str, err['loc']))[:80]}: "
+                        f"{err['msg'][:100]})") from None
+    with atomic_path(output / PLAN) as tmp:
+        tmp.write_text(plan.model_dump_json(indent=1))
+
+
+def read_plan(output: Path) -> PlanFile:
+    """The stored plan of the matrix in ``output``, validated before anything acts on it (one-line
+    :class:`UserError` when it is missing, not a regular file, or not a plan this matrix wrote)."""
+    p = output / PLAN
+    try:
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise UserError(f"--resume: {output} has no matrix to continue (no {PLAN})") from None
+    except OSError as exc:
+        raise UserError(f"--resume: {output} has no matrix to continue (no readable {PLAN}: "
+                        f"{'a symlink' if p.is_symlink() else exc.strerror})") from None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise UserError(f"--resume: {p} is not a regular file")
+        data = fh.read(MAX_PLAN_BYTES + 1)
+    if len(data) > MAX_PLAN_BYTES:
+        raise UserError(f"--resume: {p} is not a matrix plan (too large)")
+    try:
+        return PlanFile.model_validate_json(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(map(str, err["loc"]))[:80] or "the file"
+        raise UserError(f"--resume: {p} is not a matrix plan edgeexport wrote ({where}: {err['msg'][:100]})") from None

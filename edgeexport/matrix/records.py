@@ -3,14 +3,17 @@ its :class:`~edgeexport.report.Cell` (node, cache state, attempts, wall time, fo
 atomically to ``OUTPUT/cells/MODEL/KIND.json`` as it finishes (what ``--resume`` reads back)."""
 from __future__ import annotations
 
-import os
+import hashlib
 import re
-import shutil
 from pathlib import Path
 
+from edgeexport.errors import UserError
+from edgeexport.matrix.entry import FileHash, UntrustedEntry, open_regular, plain_relative, read_regular, shown, walk
 from edgeexport.matrix.plan import CellPlan
 from edgeexport.report import ArtifactResult, Cell, artifact_result, report_from_dict
 from edgeexport.util import atomic_path
+
+MAX_RECORD_BYTES = 64 << 20
 
 
 def safe(name: str) -> str:
@@ -27,26 +30,85 @@ def relocate(obj, old: str, new: str):
     return obj
 
 
-def place(entry: Path, workdir: str, dest: Path) -> None:
-    """The cell's files from its cache entry into the output: artifacts hard-linked (read-only; copied
-    across file systems), its reports copied with their paths pointing at ``dest``."""
+def cell_folder(c: CellPlan) -> str:
+    """The cell's folder in the matrix's output, relative to it: ``cells/MODEL/KIND``."""
+    return f"cells/{safe(c.model)}/{c.kind}"
+
+
+def confined(output: Path, folder: Path) -> Path:
+    """``folder`` (inside ``output``), once no part of the way from ``output`` to it is a symlink or a file:
+    the matrix writes its cells only into folders of its own."""
+    rel = folder.relative_to(output)
+    at = output
+    for part in rel.parts:
+        at = at / part
+        if at.is_symlink():
+            raise UserError(f"{at} is a symlink; edgeexport writes the matrix's cells there only into folders "
+                            "of its own (move it away)")
+        if at.exists() and not at.is_dir():
+            raise UserError(f"{at} is a file; edgeexport writes the matrix's cells into a folder there (move it away)")
+    return folder
+
+
+def owned_cell(folder: Path) -> bool:
+    """Whether ``folder`` is a cell folder an earlier matrix run placed (what :func:`place` may replace): a real
+    folder at ``OUTPUT/cells/MODEL/KIND`` beside its record ``KIND.json``, or holding its report."""
+    if folder.is_symlink() or not folder.is_dir() or folder.parent.parent.name != "cells":
+        return False
+    record = folder.with_name(f"{folder.name}.json")
+    if record.is_file() and not record.is_symlink():
+        return True
+    return any(f.name.endswith(".report.json") and f.is_file() and not f.is_symlink() for f in folder.iterdir())
+
+
+def _copy_checked(src: Path, dst: Path, want: FileHash | None, rel: str) -> None:
+    """Copy ``src`` to a new file ``dst`` (a copy, never a link), hashing what is copied; a file that is not
+    what the entry's record says (``want``) is an :class:`UntrustedEntry`."""
+    h, size = hashlib.sha256(), 0
+    try:
+        fi = open_regular(src)
+    except (UntrustedEntry, OSError):  # a symlink (O_NOFOLLOW), a FIFO, gone
+        raise UntrustedEntry(f"{shown(rel)} is not a regular file") from None
+    with fi:
+        with open(dst, "xb") as fo:
+            for chunk in iter(lambda: fi.read(1 << 20), b""):
+                h.update(chunk)
+                size += len(chunk)
+                fo.write(chunk)
+    if want is not None and (want.sha256 != h.hexdigest() or want.size != size):
+        raise UntrustedEntry(f"{shown(rel)} changed")
+
+
+def place(entry: Path, workdir: str, dest: Path, output: Path, record=None) -> None:
+    """The cell's files from its cache entry (``entry/files``) into the output folder ``dest``: **copies**
+    (editing either never edits the other), its reports with their paths pointing at ``dest``. With the
+    entry's file ``record``, every byte copied is checked against it as it is read, so what lands in ``dest``
+    is what was verified; a file that differs, a symlink or another non-regular file is an
+    :class:`UntrustedEntry` and ``dest`` is left as it was."""
     src = entry / "files"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(dest) as tmp:
+    want = record.files if record is not None else None
+    confined(output, dest.parent).mkdir(parents=True, exist_ok=True)
+    with atomic_path(dest, replaces=owned_cell) as tmp:
         tmp.mkdir()
-        for f in src.rglob("*"):
-            rel = f.relative_to(src)
-            if f.is_dir():
-                (tmp / rel).mkdir(parents=True, exist_ok=True)
-                continue
+        for rel in walk(src):
+            key = f"files/{rel}"
+            if want is not None and key not in want:
+                raise UntrustedEntry(f"extra file {rel}")
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            if ".report." in f.name and f.parent == src:
-                (tmp / rel).write_text(f.read_text(encoding="utf-8").replace(workdir, str(dest)), encoding="utf-8")
+            if ".report." in rel and "/" not in rel:  # the cell's reports: their paths into this folder
+                try:
+                    data = read_regular(src / rel, MAX_RECORD_BYTES)
+                except (UntrustedEntry, OSError):
+                    raise UntrustedEntry(f"{rel} is not a regular file") from None
+                if want is not None and FileHash(sha256=hashlib.sha256(data).hexdigest(), size=len(data)) != want[key]:
+                    raise UntrustedEntry(f"{rel} changed")
+                (tmp / rel).write_text(data.decode("utf-8").replace(workdir, str(dest)), encoding="utf-8")
                 continue
-            try:
-                os.link(f, tmp / rel)
-            except OSError:
-                shutil.copy2(f, tmp / rel)
+            _copy_checked(src / rel, tmp / rel, want.get(key) if want is not None else None, key)
+        if want is not None:
+            missing = [k for k in want if k.startswith("files/") and not (tmp / k.removeprefix("files/")).is_file()]
+            if missing:
+                raise UntrustedEntry(f"{shown(missing[0])} missing")
 
 
 def _failed(c: CellPlan, cell: Cell, reason: str | None) -> ArtifactResult:
@@ -103,19 +165,64 @@ def apply_verify(rec: ArtifactResult, verify: dict, output: Path) -> ArtifactRes
 
 def write_progress(output: Path, rec: ArtifactResult) -> None:
     p = output / "cells" / safe(rec.model) / f"{rec.kind}.json"
-    p.parent.mkdir(parents=True, exist_ok=True)
+    confined(output, p.parent).mkdir(parents=True, exist_ok=True)
     with atomic_path(p) as tmp:
         tmp.write_text(rec.model_dump_json(indent=1))
 
 
+def _bad(p: Path, why: str) -> UserError:
+    return UserError(f"--resume: {p} is not a cell record this matrix wrote ({why}); remove it, or run without "
+                     "--resume")
+
+
+def _check_paths(p: Path, output: Path, c: CellPlan, rec: ArtifactResult) -> None:
+    """Every path of the record's cell is a plain relative name inside the cell's own folder of ``output``."""
+    cell, folder = rec.cell, cell_folder(c)
+    if cell.folder != folder:
+        raise _bad(p, f"its folder is {str(cell.folder)[:80]!r}, not {folder}")
+    paths = {"report": cell.report, "bundle": cell.bundle, "verify report": (cell.verify or {}).get("report")}
+    for what, v in paths.items():
+        if v is None:
+            continue
+        if not isinstance(v, str) or not plain_relative(v) or not v.startswith(folder + "/"):
+            raise _bad(p, f"its {what} {str(v)[:80]!r} is not a plain relative path inside {folder}")
+        if not (output / v).resolve().is_relative_to((output / folder).resolve()):
+            raise _bad(p, f"its {what} {v[:80]!r} leads out of {folder}")
+
+
 def read_progress(output: Path, c: CellPlan) -> ArtifactResult | None:
-    """The cell as an interrupted run left it, when its key is unchanged and it did not crash."""
+    """The cell as an interrupted run left it, when its key is unchanged and it did not crash (None: build it
+    again). A record that is not one this matrix wrote (malformed, another cell's, or naming a path outside its
+    cell's folder) is a one-line :class:`UserError`."""
     p = output / "cells" / safe(c.model) / f"{c.kind}.json"
-    try:
-        rec = ArtifactResult.model_validate_json(p.read_text())
-    except (OSError, ValueError):
+    confined(output, p.parent)
+    if not p.exists() and not p.is_symlink():
         return None
-    if rec.cell is None or rec.cell.key != c.key or rec.status == "error" or not rec.cell.folder \
-            or not (output / rec.cell.folder).is_dir():
+    if p.is_symlink():
+        raise _bad(p, "it is a symlink")
+    try:
+        data = read_regular(p, MAX_RECORD_BYTES)
+    except UntrustedEntry as exc:
+        raise _bad(p, exc.reason) from None
+    except OSError as exc:
+        raise _bad(p, exc.strerror or type(exc).__name__) from None
+    try:
+        rec = ArtifactResult.model_validate_json(data)
+    except ValueError as exc:  # pydantic's ValidationError, or not JSON
+        errors = getattr(exc, "errors", None)
+        first = errors()[0] if callable(errors) and errors() else None
+        why = f"{'.'.join(map(str, first['loc']))[:80]}: {first['msg'][:80]}" if first else type(exc).__name__
+        raise _bad(p, why) from None
+    if rec.cell is None:
+        raise _bad(p, "it has no matrix cell")
+    if (rec.name, rec.model, rec.kind) != (c.label, c.model, c.kind):
+        raise _bad(p, f"it is cell {rec.name[:80]}'s, not {c.label}'s")
+    if rec.cell.key != c.key or rec.status == "error" or not rec.cell.folder:
+        return None  # another cell's key (its recipe or code changed) or a crash: built again
+    _check_paths(p, output, c, rec)
+    dest = output / rec.cell.folder
+    if dest.is_symlink():
+        raise _bad(p, f"{rec.cell.folder} is a symlink")
+    if not dest.is_dir():
         return None
     return rec

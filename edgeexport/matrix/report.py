@@ -13,6 +13,11 @@ from edgeexport.report.text import node_name
 from edgeexport.util import atomic_path, one_line
 
 
+def rebuilt_note(a) -> str | None:
+    """The note of a cell built again because its cache entry failed its file check (None: it did not)."""
+    return next((n for n in a.notes if n.startswith("rebuilt: cache entry")), None)
+
+
 def matrix_report(run, kinds: list[str], nodes, offered, use_cache: bool, started: float,
                   command: str | None) -> Report:
     builder = ReportBuilder("matrix", threads=run.threads, command=command, started=started)
@@ -94,9 +99,11 @@ def write_matrix_html(matrix: Report, output: Path, log=None) -> Path:
         wall = "" if c.wall_s is None else f" · {c.wall_s:.0f} s"  # the build's time, also on a hit
         where = [] if one_node else [f"built on {node_name(c.node)}"] + (
             [f"verified on {node_name(v.get('node'))}"] if v.get("node") else [])
+        rebuilt = rebuilt_note(a)
+        state = "rebuilt" if rebuilt else c.cache
         cells[(a.model, a.kind)] = {
-            "lines": where + [f"cache {c.cache}" + (f" · {c.attempts} attempts" if (c.attempts or 1) > 1 else "") + wall],
-            "title": a.why() if not a.passed else None,
+            "lines": where + [f"cache {state}" + (f" · {c.attempts} attempts" if (c.attempts or 1) > 1 else "") + wall],
+            "title": "; ".join(t for t in (a.why() if not a.passed else None, rebuilt) if t) or None,
             "text": f"no node can run {a.backend}" if a.status == "not_run" and (a.reason or "").startswith(
                 "no node can run") else None}
     page = render_matrix(reports, links, title=f"matrix of {len(mx.models)} model(s) x {len(mx.kinds)} kind(s)",

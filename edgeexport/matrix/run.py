@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import json
+import shutil
+import signal
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -25,7 +27,8 @@ from typing import Callable
 from edgeexport.errors import UserError
 from edgeexport.matrix.cache import Cache, sign_bundle
 from edgeexport.matrix.cluster import Cluster, missing_resources, no_node_reason
-from edgeexport.matrix.plan import CellPlan, plan_cells
+from edgeexport.matrix.entry import UntrustedEntry
+from edgeexport.matrix.plan import CellPlan, model_spec, plan_cells, read_plan, write_plan
 from edgeexport.matrix.records import (apply_verify, cell_record, needs_verify, place, read_progress, safe,
                                            write_progress)
 from edgeexport.matrix.report import matrix_report, write_matrix_reports
@@ -33,65 +36,135 @@ from edgeexport.matrix.tasks import build_cell, count_attempts, pack, unpack, ve
 from edgeexport.report import STATUS_TEXT, Report
 from edgeexport.targets import get_target
 from edgeexport.targets.registry import DEFAULT_MATRIX_KINDS
-from edgeexport.util import atomic_path, ensure_output_dir, one_line
-
+from edgeexport.util import ensure_output_dir, one_line
 
 
 def run_matrix(models: list[str] | None, kinds: list[str] | None = None, *, cluster: str = "local",
                cache: str | Path | None = None, use_cache: bool = True, resume: bool = False,
-               output: str | Path = "out/matrix", threads: int = 1, retries: int = 2, cpus: int | None = None,
-               overrides: dict | None = None, log: Callable[[str], None] = print, command: str | None = None,
-               html: bool = True) -> Report:
+               output: str | Path = "out/matrix", threads: int | None = None, retries: int = 2,
+               cpus: int | None = None, overrides: dict | None = None, log: Callable[[str], None] = print,
+               command: str | None = None, html: bool = True) -> Report:
     """Run (or continue, or take from the cache) every cell of models x kinds; write and return the
     matrix report (``OUTPUT/matrix.report.json``). ``use_cache=False`` builds every cell again (and
     caches the results); ``overrides``: recipe sections merged into every cell's recipe (e.g.
-    ``{"bench": {"runs": 10}}``); ``cpus``: the size of a local cluster (default: every core)."""
+    ``{"bench": {"runs": 10}}``); ``cpus``: the size of a local cluster (default: every core); ``threads``
+    default 1. ``resume`` replays the plan stored in OUTPUT (its models, kinds, threads and overrides)."""
     t0 = time.perf_counter()
     output = Path(output).resolve()
-    plan_path = output / "matrix.plan.json"
-    if resume and not models:
-        try:
-            plan = json.loads(plan_path.read_text())
-        except (OSError, ValueError):
-            raise UserError(f"--resume: {output} has no matrix to continue (no readable {plan_path.name})") from None
-        models, kinds = plan["models"], kinds or plan["kinds"]
-        threads, overrides = plan.get("threads", threads), overrides or plan.get("overrides")
+    models = [model_spec(m) for m in models or []]
+    if resume:
+        models, kinds, threads, overrides = replay(output, models, kinds, threads, overrides, log)
+    threads = 1 if threads is None else threads
     if threads < 1 or retries < 0:
         raise UserError("--threads must be at least 1 and --retries at least 0")
     kinds = list(kinds or DEFAULT_MATRIX_KINDS)
     clu = Cluster(cluster, cpus)
-    cells = plan_cells(list(models or []), kinds, threads, overrides)
+    cells = plan_cells(models, kinds, threads, overrides)
     clu.backends = {c.backend for c in cells}
     ensure_output_dir(output)
-    with atomic_path(plan_path) as tmp:
-        tmp.write_text(json.dumps({"models": list(models), "kinds": kinds, "threads": threads, "overrides": overrides,
-                                   "cells": {c.label: c.key for c in cells}}, indent=1))
-    run = _Run(cells, output, Cache(Path(cache) if cache else Cache.default()), clu, threads, retries, log)
-    try:
-        run.reuse(resume, use_cache)
-        run.execute()
-    except KeyboardInterrupt:
-        done = sum(c.record is not None for c in cells)
-        log(f"interrupted: {done} of {len(cells)} cells finished (in {output / 'cells'}); continue with --resume")
-        raise
-    finally:
-        nodes = offered = None
-        with contextlib.suppress(Exception):  # never hide what ended the run
-            if run.cluster.connected:
-                nodes, offered = run.cluster.nodes(), run.cluster.resources()
-        run.cluster.close()
+    write_plan(output, models, kinds, threads, overrides, cells)
+    store = Cache(Path(cache) if cache else Cache.default())
+    with run_folder() as tmp, sigterm_raises() as on_term:
+        run = _Run(cells, output, store, clu, threads, retries, log, tmp, on_term)
+        try:
+            run.reuse(resume, use_cache)
+            run.execute()
+        except (KeyboardInterrupt, SystemExit):
+            done = sum(c.record is not None for c in cells)
+            log(f"interrupted: {done} of {len(cells)} cells finished (in {output / 'cells'}); continue with --resume")
+            if on_term is not None and on_term.signum is not None:
+                raise SystemExit(128 + on_term.signum) from None
+            raise
+        finally:
+            nodes = offered = None
+            with contextlib.suppress(Exception):  # never hide what ended the run
+                if run.cluster.connected:
+                    nodes, offered = run.cluster.nodes(), run.cluster.resources()
+            run.cluster.close()
     report = matrix_report(run, kinds, nodes, offered, use_cache, t0, command)
     write_matrix_reports(report, output, html=html, log=log)
     return report
+
+
+def replay(output: Path, models: list[str], kinds, threads, overrides, log) -> tuple:
+    """(models, kinds, threads, overrides) of the plan stored in ``output``: ``--resume`` continues that plan.
+    Models that differ from the plan's are refused (one line); other options that differ are not used (and
+    said so)."""
+    plan = read_plan(output)
+    if models and models != [model_spec(m) for m in plan.models]:
+        raise UserError(f"--resume continues the matrix in {output}, of {', '.join(plan.models)[:300]}; give no "
+                        "models with --resume (or leave --resume out to start another matrix)")
+    ignored = []
+    if kinds and list(kinds) != plan.kinds:
+        ignored.append(f"--targets {','.join(kinds)}")
+    if threads is not None and threads != plan.threads:
+        ignored.append(f"--threads {threads}")
+    if overrides is not None and overrides != plan.overrides:
+        ignored.append("the overrides")
+    if ignored:
+        log(f"--resume: continuing the stored plan ({','.join(plan.kinds)}, {plan.threads} thread(s) per cell); "
+            f"not used: {'; '.join(ignored)}")
+    return plan.models, plan.kinds, plan.threads, plan.overrides
+
+
+@contextlib.contextmanager
+def run_folder():
+    """The run's own temporary folder, where every cell task on this machine keeps its temporaries; removed
+    however the run ends (an error, Ctrl-C, SIGTERM), after the cluster is shut down."""
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix="edgeexport-matrix-"))
+    except OSError as exc:
+        raise UserError(f"cannot create the run's temporary folder in {tempfile.gettempdir()}: "
+                        f"{exc.strerror or type(exc).__name__} (set TMPDIR)") from None
+    try:
+        yield tmp
+    finally:
+        for _ in range(20):  # a worker the shutdown is still stopping may write a last file: until it is gone
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not tmp.exists():
+                break
+            time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def sigterm_raises():
+    """For the block, SIGTERM raises :class:`SystemExit` (exit status 143) in the main thread, so every
+    ``finally`` runs (the cluster shut down, the run's temporary folder removed); the previous handler is
+    restored after. Yields the handler (None off the main thread), to install again once Ray, which sets its
+    own, has started."""
+    if threading.current_thread() is not threading.main_thread():
+        yield None
+        return
+    on_term = _Terminate()
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield on_term
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminate:
+    """A SIGTERM handler that raises :class:`SystemExit` and remembers the signal (Ray turns a SystemExit raised
+    while it waits into its own, of status 1: the run raises the right one again). A second SIGTERM while the
+    run cleans up is ignored, so that the cleanup finishes."""
+
+    signum: int | None = None
+
+    def __call__(self, signum, frame):
+        if self.signum is not None:
+            return
+        self.signum = signum
+        raise SystemExit(128 + signum)
 
 
 class _Run:
     """One matrix run: the cells, where they go, and the tasks in flight."""
 
     def __init__(self, cells: list[CellPlan], output: Path, store: Cache, cluster: Cluster, threads: int,
-                 retries: int, log):
+                 retries: int, log, tmp: Path | None = None, on_term=None):
         self.cells, self.output, self.store, self.cluster = cells, output, store, cluster
         self.threads, self.retries, self.log = threads, retries, log
+        self.tmp, self.on_term = tmp, on_term
         self.key, self.public, self.fingerprint = store.signing_key()
         run_id = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         self.attempts_dir = str(store.dir / "attempts" / run_id)
@@ -103,10 +176,13 @@ class _Run:
         return self.output / "cells" / safe(c.model) / c.kind
 
     def finish(self, c: CellPlan, rec) -> None:
+        if c.rebuilt and rec.cell.cache == "miss" and c.rebuilt not in rec.notes:  # the report says why it ran
+            rec = rec.model_copy(update={"notes": [*rec.notes, c.rebuilt]})
         c.record, c.needs_verify = rec, False
         write_progress(self.output, rec)
         cell = rec.cell
         how = f"({cell.cache})" if cell.cache != "miss" else f"in {cell.wall_s or 0:.0f} s"
+        how += f" ({c.rebuilt})" if c.rebuilt and cell.cache == "miss" else ""
         self.log(f"{c.label}: {STATUS_TEXT.get(rec.status, rec.status)} {how}"
                  + (f" after {cell.attempts} attempts" if (cell.attempts or 1) > 1 else "")
                  + (f": {rec.why()}" if rec.why() and not rec.passed else ""))
@@ -121,10 +197,17 @@ class _Run:
             if rec is not None:
                 rec.cell.cache = "resumed"
             else:
-                hit = self.store.get(c.key) if use_cache else None
+                try:
+                    hit = self.store.get(c.key) if use_cache else None
+                    if hit is not None:
+                        place(self.store.entry(c.key), hit["workdir"], self.dest(c), self.output, hit["record"])
+                except UntrustedEntry as exc:  # not reused: built again, and the entry replaced
+                    c.rebuilt = f"rebuilt: cache entry failed its file check ({exc.reason})"
+                    self.log(f"{c.label}: cache entry {c.key[:12]} failed its file check ({exc.reason}); "
+                             "building the cell again")
+                    continue
                 if hit is None:
                     continue
-                place(self.store.entry(c.key), hit["workdir"], self.dest(c))
                 rec = cell_record(c, hit, self.dest(c), self.output, "hit")
                 if needs_verify(rec) and hit.get("verify"):
                     rec = apply_verify(rec, hit["verify"], self.output)
@@ -136,6 +219,8 @@ class _Run:
     def remote(self, fn):
         if fn.__name__ not in self._remote:
             self._remote[fn.__name__] = self.cluster.connect().remote(fn)
+            if self.on_term is not None:  # ray.init set its own SIGTERM handler: ours, so the run's finally runs
+                signal.signal(signal.SIGTERM, self.on_term)
         return self._remote[fn.__name__]
 
     def task_options(self, c: CellPlan, what: str, capability: bool) -> dict:
@@ -159,7 +244,7 @@ class _Run:
         if where_run and self.unavailable(c):
             return
         spec = {"label": c.label, "key": c.key, "kind": c.kind, "target": c.target, "recipe": c.recipe,
-                "attempts_dir": self.attempts_dir}
+                "attempts_dir": self.attempts_dir, "tmp": str(self.tmp) if self.tmp else None}
         ref = self.remote(build_cell).options(**self.task_options(c, "build", where_run)).remote(spec)
         self.pending[ref] = ("build", c)
 
@@ -169,7 +254,8 @@ class _Run:
             return
         bench = c.recipe.get("bench") or {}
         spec = {"label": c.label, "key": c.key, "attempts_dir": self.attempts_dir, "threads": self.threads,
-                "runs": bench.get("runs", 30), "warmup": bench.get("warmup", 5), "trust_key": self.public.hex()}
+                "runs": bench.get("runs", 30), "warmup": bench.get("warmup", 5), "trust_key": self.public.hex(),
+                "tmp": str(self.tmp) if self.tmp else None}
         ref = self.remote(verify_cell).options(**self.task_options(c, "verify", True)).remote(
             spec, pack(self.output / rec.cell.bundle))
         self.pending[ref] = ("verify", c)
@@ -177,15 +263,25 @@ class _Run:
     def settle_build(self, c: CellPlan, result: dict):
         """A finished build into the cache (its bundles signed first) and the output; its record."""
         files = result.pop("files")
-        if not result["runnable"]:
-            with tempfile.TemporaryDirectory(prefix="edgeexport-sign-") as tmp:
-                unpack(files, Path(tmp))
-                for b in Path(tmp).glob("*.bundle"):
-                    sign_bundle(b, self.key, self.public)
-                files = pack(Path(tmp))
         result.pop("log", None)
-        self.store.put(c.key, result, files)
-        place(self.store.entry(c.key), result["workdir"], self.dest(c))
+        try:
+            if not result["runnable"]:
+                with tempfile.TemporaryDirectory(prefix="edgeexport-sign-", dir=self.tmp) as tmp:
+                    unpack(files, Path(tmp))
+                    for b in Path(tmp).glob("*.bundle"):
+                        sign_bundle(b, self.key, self.public)
+                    files = pack(Path(tmp))
+            try:
+                src, record = self.store.entry(c.key), self.store.put(c.key, result, files)
+            except (UserError, OSError) as exc:  # the cell still lands in the output, uncached
+                self.log(f"{c.label}: not cached ({exc if isinstance(exc, UserError) else one_line(exc)})")
+                src, record = Path(tempfile.mkdtemp(prefix="edgeexport-place-", dir=self.tmp)), None
+                unpack(files, src / "files")
+            place(src, result["workdir"], self.dest(c), self.output, record)
+        except (UntrustedEntry, ValueError) as exc:  # a link or device among its files, or an entry swapped meanwhile
+            why = exc.reason if isinstance(exc, UntrustedEntry) else one_line(exc)
+            return cell_record(c, {**result, "ok": False, "error": f"the cell's files were not stored: {why}"},
+                               self.dest(c), self.output, "miss")
         return cell_record(c, result, self.dest(c), self.output, "miss")
 
     def collect(self, what: str, c: CellPlan, ref) -> None:

@@ -62,10 +62,31 @@ def pack(folder: Path) -> bytes:
     return buf.getvalue()
 
 
+def _regular_only(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
+    """tarfile's "data" filter (no absolute paths, nothing outside the folder), and then only regular files
+    and folders: a cell's files, a cache entry's and a bundle's hold no links, devices or FIFOs."""
+    member = tarfile.data_filter(member, path)
+    if not (member.isreg() or member.isdir()):
+        raise ValueError(f"{member.name[:200]} is not a regular file or folder")
+    return member
+
+
 def unpack(data: bytes, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
-        tar.extractall(folder, filter="data")  # no absolute paths, no links out of the folder
+        tar.extractall(folder, filter=_regular_only)
+
+
+def task_tmp(spec: dict, prefix: str) -> Path:
+    """A temporary folder for one task: inside the driver's run folder (``spec["tmp"]``, which the driver
+    removes however the run ends) when this node sees it, else in this node's own temporary folder."""
+    where = spec.get("tmp")
+    if where and Path(where).is_dir() and not Path(where).is_symlink():
+        try:
+            return Path(tempfile.mkdtemp(prefix=prefix, dir=where))
+        except OSError:
+            pass
+    return Path(tempfile.mkdtemp(prefix=prefix))
 
 
 def build_cell(spec: dict) -> dict:
@@ -73,7 +94,7 @@ def build_cell(spec: dict) -> dict:
     folder (artifacts, reports, and a bundle when this node cannot run the artifact) as tar bytes."""
     attempt = bump_attempt(spec["attempts_dir"], spec["key"])
     t0 = time.perf_counter()
-    out = Path(tempfile.mkdtemp(prefix="edgeexport-cell-"))
+    out = task_tmp(spec, "edgeexport-cell-")
     logs: list[str] = []
     base = {"attempt": attempt, "node": node_info(), "workdir": str(out / "cell")}
     try:
@@ -97,7 +118,7 @@ def verify_cell(spec: dict, bundle: bytes) -> dict:
     """A Ray task on a node with the artifact's runtime: ``verify --trust-key`` of the signed bundle."""
     attempt = bump_attempt(spec["attempts_dir"], spec["key"] + ".verify")
     t0 = time.perf_counter()
-    out = Path(tempfile.mkdtemp(prefix="edgeexport-verify-"))
+    out = task_tmp(spec, "edgeexport-verify-")
     base = {"attempt": attempt, "node": node_info()}
     try:
         path = out / "bundle"

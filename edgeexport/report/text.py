@@ -288,7 +288,7 @@ def matrix_markdown(report: Report) -> str:
         v = cell.verify or {}
         lat = a.latency.median_ms if a.latency else None
         lines.append(f"| {a.model} | {a.kind} | {STATUS_TEXT.get(a.status, a.status)} | {node_name(cell.node)} | "
-                     f"{node_name(v.get('node'))} | {cell.cache} | {cell.attempts or '–'} | {fmt(cell.wall_s, '.1f')} | "
+                     f"{node_name(v.get('node'))} | {_cache_state(a)} | {cell.attempts or '–'} | {fmt(cell.wall_s, '.1f')} | "
                      f"{fmt(lat, '.2f')} | {fmt(a.ratio_to_eager, '.2f')} | {fmt(a.ratio_to_fp32, '.2f')} | "
                      f"{(a.why() or '').replace('|', '/') if not a.passed else ''} |")
     lines += ["", "Each cell's own report: `cells/MODEL/KIND/`; a model's cells in one report: "
@@ -397,3 +397,9 @@ def repair_table_markdown(a: ArtifactResult) -> list[str]:
         lines.append(f"| {i} | {change} | {s.why or ''} | {s.error or metrics_text(s.metrics)} | "
                      f"{'met' if s.met else 'missed'} |")
     return lines
+
+
+def _cache_state(a) -> str:
+    """A cell's cache state in the table: "rebuilt" when its entry failed the file check (the note says why)."""
+    rebuilt = next((n for n in a.notes if n.startswith("rebuilt: cache entry")), None)
+    return f"rebuilt ({rebuilt.split('(', 1)[-1].rstrip(')')[:80].replace('|', '/')})" if rebuilt else a.cell.cache
