@@ -14,6 +14,7 @@ from torch import nn
 from edgeexport.errors import UserError
 from edgeexport.rewrite.modules import Outcome, replace_modules  # noqa: F401  (part of the package's interface)
 from edgeexport.rewrite.adaptive_pool import rewrite_adaptive_max_pool, rewrite_adaptive_pool
+from edgeexport.rewrite.equalize import rewrite_equalize
 from edgeexport.rewrite.fold_bn import rewrite_fold_bn
 from edgeexport.rewrite.rank4 import rewrite_rank4
 from edgeexport.rewrite.reparameterize import rewrite_reparameterize
@@ -33,6 +34,7 @@ REWRITES: dict[str, Callable[[nn.Module], "int | Outcome"]] = {
     "adaptive_pool": rewrite_adaptive_pool,
     "adaptive_max_pool": rewrite_adaptive_max_pool,
     "fold_bn": rewrite_fold_bn,
+    "equalize": rewrite_equalize,  # cross-layer equalization before int8 (exact; see rewrite/equalize.py)
     "reparameterize": rewrite_reparameterize,
     "rank4": rewrite_rank4,
     "hetconv_dense": _hetconv("dense"),

@@ -1,0 +1,168 @@
+"""Cross-layer equalization (Nagel et al., "Data-Free Quantization through Weight Equalization and Bias
+Correction", ICCV 2019), exact up to fp32 rounding: a rewrite for models that int8 finds hard.
+
+A per-tensor int8 scale is set by the tensor's widest channel. When one channel of an activation is 200x wider
+than the others (a BatchNorm that scaled it up, the next layer's weights on it scaled down: the same float
+function), every other channel gets a few of the 256 levels. Equalization moves the range between the two
+layers: for a pair *producer -> positive-homogeneous activation -> consumer*, output channel ``i`` of the
+producer is divided by ``s_i`` and input channel ``i`` of the consumer multiplied by it, with
+``s_i = sqrt(r1_i / r2_i)`` (``r1_i``: the producer's weight range on that channel, its BatchNorm's scale
+included; ``r2_i``: the consumer's). Both ranges become ``sqrt(r1_i * r2_i)``; ``f(x / s) = f(x) / s`` for
+ReLU, LeakyReLU and the identity, so the function is unchanged.
+
+* Producers: ``Conv2d`` / ``Linear``, optionally followed by a ``BatchNorm2d`` / ``BatchNorm1d`` (its affine
+  weight and bias carry the scale, so nothing needs folding first). Consumers: ``Conv2d`` (any groups) /
+  ``Linear``. Every tensor between them has exactly one user.
+* ReLU6 and Hardtanh are **skipped, and said so**: their bounds are not positive-homogeneous (``min(x/s, 6) !=
+  min(x, 6)/s``); the exact treatment would change the bound per channel, which ONNX's Clip cannot express.
+* Chains (``a -> b -> c``) are swept a few times, as the paper does, so that a layer that is consumer of one
+  pair and producer of the next converges.
+* Pairs are found on the traced graph (``torch.fx``); a model that fx cannot trace falls back to neighbours
+  inside an ``nn.Sequential``.
+
+Bias absorption and bias correction are not done here: both need activation statistics (a data-free
+rewrite cannot be exact for them).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from edgeexport.rewrite.modules import Outcome
+
+HOMOGENEOUS = (nn.ReLU, nn.LeakyReLU, nn.Identity, nn.Dropout)
+BOUNDED = (nn.ReLU6, nn.Hardtanh)
+PRODUCERS = (nn.Conv2d, nn.Linear)
+CONSUMERS = (nn.Conv2d, nn.Linear)
+NORMS = (nn.BatchNorm2d, nn.BatchNorm1d)
+SWEEPS = 4
+S_RANGE = (1e-6, 1e6)  # beyond it a channel is dead (all-zero weights) or degenerate: left alone
+
+
+def _is_homogeneous_fn(node) -> bool:
+    import torch.nn.functional as F
+
+    return node.op == "call_function" and node.target in (F.relu, torch.relu, F.leaky_relu)
+
+
+def _chains_fx(model: nn.Module) -> tuple[list[tuple[str, str | None, str]], list[str]]:
+    """(producer, norm or None, consumer) names, and the skipped pairs (with why), from the traced graph."""
+    import torch.fx as fx
+
+    gm = fx.GraphModule(model, fx.Tracer().trace(model))
+    modules = dict(gm.named_modules())
+    mod = lambda n: modules.get(n.target) if isinstance(n, fx.Node) and n.op == "call_module" else None  # noqa: E731
+    calls: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    chains, skipped = [], []
+    for node in gm.graph.nodes:
+        if not isinstance(mod(node), PRODUCERS) or len(node.users) != 1 or calls[node.target] != 1:
+            continue
+        cur, norm = next(iter(node.users)), None
+        if isinstance(mod(cur), NORMS) and len(cur.users) == 1:
+            norm, cur = cur.target, next(iter(cur.users))
+        acts = 0
+        while (isinstance(mod(cur), HOMOGENEOUS) or _is_homogeneous_fn(cur)) and len(cur.users) == 1 and acts < 3:
+            cur, acts = next(iter(cur.users)), acts + 1
+        if isinstance(mod(cur), BOUNDED):
+            skipped.append(f"{node.target} -> {cur.target} ({type(mod(cur)).__name__} is bounded)")
+            continue
+        if isinstance(mod(cur), CONSUMERS) and calls[cur.target] == 1 and (norm is None or calls[norm] == 1):
+            chains.append((node.target, norm, cur.target))
+    return chains, skipped
+
+
+def _chains_sequential(model: nn.Module) -> tuple[list[tuple[str, str | None, str]], list[str]]:
+    chains, skipped = [], []
+    for name, seq in model.named_modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        kids = list(seq.named_children())
+        prefix = f"{name}." if name else ""
+        for i, (a, m) in enumerate(kids):
+            if not isinstance(m, PRODUCERS):
+                continue
+            j, norm = i + 1, None
+            if j < len(kids) and isinstance(kids[j][1], NORMS):
+                norm, j = prefix + kids[j][0], j + 1
+            while j < len(kids) and isinstance(kids[j][1], HOMOGENEOUS):
+                j += 1
+            if j < len(kids) and isinstance(kids[j][1], BOUNDED):
+                skipped.append(f"{prefix}{a} -> {prefix}{kids[j][0]} ({type(kids[j][1]).__name__} is bounded)")
+            elif j < len(kids) and isinstance(kids[j][1], CONSUMERS):
+                chains.append((prefix + a, norm, prefix + kids[j][0]))
+    return chains, skipped
+
+
+def _consumer_columns(w2: torch.Tensor, groups: int, channel_count: int) -> torch.Tensor:
+    """The consumer's weights as ``[input channel, everything it multiplies]`` (grouped convolutions too)."""
+    cout, cin_per = w2.shape[0], w2.shape[1]
+    if groups * cin_per != channel_count:
+        raise ValueError("channel counts differ")
+    cout_per = cout // groups
+    w = w2.reshape(groups, cout_per, cin_per, -1).permute(0, 2, 1, 3)  # [group, local input, out, kernel]
+    return w.reshape(groups * cin_per, -1)
+
+
+def _equalize_pair(producer, norm, consumer) -> bool:
+    w1 = producer.weight.detach()
+    c = w1.shape[0]
+    groups = getattr(consumer, "groups", 1)
+    try:
+        cols = _consumer_columns(consumer.weight.detach(), groups, c)
+    except ValueError:
+        return False
+    r1 = w1.reshape(c, -1).abs().amax(1).double()
+    if norm is not None:
+        if norm.weight is None or norm.running_var is None or norm.num_features != c:
+            return False
+        r1 = r1 * (norm.weight.detach().double() / (norm.running_var.double() + norm.eps).sqrt()).abs()
+    r2 = cols.abs().amax(1).double()
+    s = (r1 / r2).sqrt()
+    ok = torch.isfinite(s) & (s > S_RANGE[0]) & (s < S_RANGE[1]) & (r1 > 0) & (r2 > 0)
+    s = torch.where(ok, s, torch.ones_like(s))
+    if torch.allclose(s, torch.ones_like(s), rtol=1e-3, atol=0):
+        return False
+    with torch.no_grad():
+        inv = (1 / s)
+        if norm is not None:  # the BatchNorm's affine output carries the scale
+            norm.weight.mul_(inv.to(norm.weight.dtype))
+            norm.bias.mul_(inv.to(norm.bias.dtype))
+        else:
+            producer.weight.mul_(inv.to(w1.dtype).reshape(-1, *([1] * (w1.dim() - 1))))
+            if producer.bias is not None:
+                producer.bias.mul_(inv.to(producer.bias.dtype))
+        w2 = consumer.weight
+        cin_per = w2.shape[1]
+        scale = s.to(w2.dtype).reshape(groups, cin_per)  # input channel i -> (group, local index)
+        cout_per = w2.shape[0] // groups
+        per_out = scale.repeat_interleave(cout_per, dim=0)  # [cout, cin_per]
+        w2.mul_(per_out.reshape(w2.shape[0], cin_per, *([1] * (w2.dim() - 2))))
+    return True
+
+
+def rewrite_equalize(model: nn.Module) -> Outcome:
+    """Cross-layer equalization of every producer -> ReLU/LeakyReLU/identity -> consumer pair, in place."""
+    notes: list[str] = []
+    try:
+        chains, skipped = _chains_fx(model)
+    except Exception:  # a model fx cannot trace
+        chains, skipped = _chains_sequential(model)
+        notes.append("equalize: the model does not trace with torch.fx; only pairs inside nn.Sequential were "
+                     "equalized")
+    if skipped:
+        notes.append(f"equalize: {len(skipped)} pair(s) left alone (a bounded activation, e.g. "
+                     f"{skipped[0]}): ReLU6 and Hardtanh are not positive-homogeneous")
+    modules = dict(model.named_modules())
+    changed: set[tuple] = set()
+    for _ in range(SWEEPS):
+        moved = False
+        for p, n, c in chains:
+            if _equalize_pair(modules[p], modules[n] if n else None, modules[c]):
+                changed.add((p, c))
+                moved = True
+        if not moved:
+            break
+    return Outcome(len(changed), notes)
