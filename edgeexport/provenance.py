@@ -115,8 +115,24 @@ def onnx_node_scope(node) -> tuple[str, str | None] | None:
             return user_path(path), cls
     m = re.match(r"^/(.+)/[^/]+$", node.name or "")  # TorchScript: /model/layers.0/attn/MatMul
     if m:
-        return user_path(m.group(1).replace("/", ".")), None
+        return user_path(torchscript_path(m.group(1).split("/"))), None
     return None
+
+
+def torchscript_path(segments: list[str]) -> str:
+    """The module path of a TorchScript node name's scopes: a child of a container is named with its parent's
+    name in front (``/model/features/features.12/features.12.2/Conv`` is ``model.features.12.2``), any other
+    child by its attribute name (``/model/layer1/layer1.0/conv1/Conv`` is ``model.layer1.0.conv1``). An
+    attribute name holds no dot, so a segment with one is always the prefixed form."""
+    parts: list[str] = []
+    prev = None
+    for seg in segments:
+        if prev is not None and seg.startswith(prev + "."):
+            parts.append(seg[len(prev) + 1:])
+        else:
+            parts.append(seg)
+        prev = seg
+    return ".".join(parts)
 
 
 def onnx_scopes(graph) -> dict[str, str]:

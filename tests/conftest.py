@@ -7,6 +7,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # Default weights are cached; share one cache between test workers, inside the checkout.
 os.environ.setdefault("EDGEEXPORT_CACHE", str(ROOT / ".cache" / "edgeexport-tests"))
+# The TorchScript exporter for every export that names none (it takes a third of the dynamo exporter's time);
+# the tests of the default (dynamo) path name it: `--exporter dynamo`, `exporter: dynamo` (see DYNAMO below).
+os.environ.setdefault("EDGEEXPORT_EXPORTER", "torchscript")
 
 # pytest-xdist: one CPU per worker. Every backend's default thread count is the CPUs this process may use, so
 # two workers on two cores would otherwise run two threads each and their thread pools would spin against

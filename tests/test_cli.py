@@ -81,7 +81,7 @@ def test_onnx_dynamic_all_end_to_end(cli, tmp_path):
 
 def test_dynamo_export_names_dynamic_dims(cli, tmp_path):
     code, out, err = cli("onnx", "lraspp_mobilenetv3_small", "--shape", "1x3x64x96", "--dynamic", "hw",
-                         "--no-bench", "--images", "1", "-o", tmp_path, "--quiet")
+                         "--exporter", "dynamo", "--no-bench", "--images", "1", "-o", tmp_path, "--quiet")
     assert code == 0, err
     assert out == ""
     m = onnx.load(str(tmp_path / "lraspp_mobilenetv3_small.onnx"))
@@ -152,7 +152,8 @@ bench: {{runs: 2, warmup: 1}}
 @pytest.mark.slow
 def test_pyconvsegnet50_at_native_473(cli, tmp_path):
     """9x9 adaptive pooling of a 60x60 map: the default (dynamo) export passes parity at 473x473."""
-    code, out, err = cli("onnx", "pyconvsegnet50", "--images", "1", "--no-bench", "-o", tmp_path, "--json")
+    code, out, err = cli("onnx", "pyconvsegnet50", "--exporter", "dynamo", "--images", "1", "--no-bench", "-o", tmp_path,
+                         "--json")
     assert code == 0, err
     rep = from_stdout(out)
     chk = rep.artifacts["onnx"].parity[0]

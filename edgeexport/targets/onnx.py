@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from edgeexport.errors import BuildFailed, EdgeExportError, UnsupportedOp
+from edgeexport.errors import BuildFailed, EdgeExportError, UnsupportedOp, UserError
 from edgeexport.provenance import keep_scopes, locate_in_torch, refused_op
 from edgeexport.runners.onnxruntime import OnnxRuntimeRunner, OrtRunnerOptions, ort_profile
 from edgeexport.targets.base import BuildRecord, Format, RunnerSpec, Target, TargetOptions
@@ -137,9 +137,21 @@ def simplify_onnx(path: Path, check_feed: dict[str, np.ndarray], tolerance: floa
 # ---------------------------------------------------------------- the target
 
 
+# The exporter a recipe or flag that names none gets: dynamo, unless this variable says "torchscript" (a test
+# suite or a CI job that exports many models and checks the dynamo path on its own; the report records which).
+EXPORTER_ENV = "EDGEEXPORT_EXPORTER"
+
+
+def default_exporter() -> str:
+    value = os.environ.get(EXPORTER_ENV) or "dynamo"
+    if value not in ("dynamo", "torchscript"):
+        raise UserError(f"{EXPORTER_ENV}={value!r}: expected dynamo or torchscript")
+    return value
+
+
 class OnnxOptions(TargetOptions):
     opset: int = Field(18, ge=11, le=23)
-    exporter: Literal["dynamo", "torchscript"] = "dynamo"
+    exporter: Literal["dynamo", "torchscript"] = Field(default_factory=default_exporter, validate_default=True)
     simplify: bool = True
     rewrites: list[str] = Field(default_factory=lambda: ["reparameterize", "adaptive_pool", "adaptive_max_pool"],
                                 description="exact export-friendly rewrites (see `edgeexport.rewrite`)")

@@ -132,7 +132,9 @@ def test_an_int8_graph_keeps_its_module_paths_and_a_named_module_stays_float(cli
     import onnx
 
     module = "features.2.block.1.1"  # the BatchNorm folded into the first expansion's depthwise conv
-    rep = edgeexport.export("mobilenetv3_small", SHAPE, {"onnx-int8": {"float_modules": [module], "plans": ["all"],
+    # the dynamo exporter's graph: a conv keeps the scope of the BatchNorm folded into it (TorchScript's does not)
+    rep = edgeexport.export("mobilenetv3_small", SHAPE, {"onnx": {"exporter": "dynamo"},
+                                                         "onnx-int8": {"float_modules": [module], "plans": ["all"],
                                                                        "calib_size": 2}},
                             output=tmp_path, threads=1, images=1, bench=False)
     art = rep.artifacts["onnx-int8"]
