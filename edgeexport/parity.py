@@ -389,3 +389,26 @@ def accuracy_key(acc: dict) -> tuple:
     """Ranks graphs by accuracy: the task metric's drop when there is labeled data, then logit SNR."""
     drop = acc.get("task_drop")
     return (-drop if drop is not None else 0.0, acc.get("snr_db") or -math.inf)
+
+
+def shortfall(acc: dict, budget: dict[str, float]) -> tuple:
+    """How far ``acc`` is from the budget (0 when met), each limit's miss relative to the limit, summed; then
+    the most accurate. What picks the artifact to keep when no step meets the budget."""
+    miss = 0.0
+    for k, v in budget.items():
+        got = acc.get(k)
+        if got is None:
+            miss += 1.0
+            continue
+        gap = got - v if k.endswith("_drop") else v - got
+        miss += max(0.0, gap) / max(abs(v), 1.0)
+    return (miss, tuple(-x for x in accuracy_key(acc)))
+
+
+def budget_missed(budget: dict[str, float], acc: dict, floats: list[str]) -> str:
+    """The one line a search that missed its budget ends with: the best it reached, and the float set that
+    reached it."""
+    limits = ", ".join(f"{k}={v:g}" for k, v in budget.items())
+    reached = ", ".join(f"{k} {acc[k]:.4g}" for k in budget if acc.get(k) is not None) or "nothing measured"
+    kept = f"{len(floats)} module(s) in float: {', '.join(floats)}" if floats else "nothing in float"
+    return f"accuracy budget {limits} not met: the best graph reached {reached} with {kept}"

@@ -9,7 +9,10 @@ gets this search:
 2. while the budget is missed, diff it layer by layer against eager (:func:`diff_artifact`; where the runtime
    keeps its intermediate tensors to itself, the target's :meth:`Target.quantized_taps`), take the layer that
    loses the most SNR over the layer before it and is not yet in float, put its conv + norm + activation
-   group back in float, rebuild and measure again;
+   group back in float, rebuild and measure again. A step that does not bring the artifact closer to the budget
+   is undone (recorded as such) and the next layer of the same ranking is tried, so the kept steps never lower
+   the measured metric; the ranking is recomputed from each kept step's artifact. At most ``MAX_STEPS`` builds;
+   a search that misses the budget ends with one failure line: the best metric reached and its float set;
 3. once met, try each module but the last added back in int8 (the ranking is greedy: an early pick can turn
    out unnecessary) and keep it out of the set when the budget still holds;
 4. time the all-int8 artifact and the chosen one interleaved (the latency cost of the repair), then put the
@@ -29,16 +32,17 @@ from pathlib import Path
 
 from edgeexport.bench import benchmark_interleaved
 from edgeexport.divergence import ROOT, LayerDiff, align, eager_taps
-from edgeexport.parity import accuracy_key, meets, resolve_budget
+from edgeexport.parity import budget_missed, meets, resolve_budget, shortfall
 from edgeexport.pipeline.context import Context, RunArtifact
 from edgeexport.pipeline.divergence import diff_artifact
 from edgeexport.provenance import GROUP, user_path, within
 from edgeexport.targets import Repair, RepairStep, Target, TargetOptions, make_runner
 from edgeexport.util import one_line
 
-MAX_STEPS = 10  # modules added to the float set at most
+MAX_STEPS = 10  # builds of the search at most (kept or undone)
 SEARCH = ("diff-guided: the layer losing the most SNR over the one before it goes back to float (its conv + norm + "
-          "activation group), rebuilt and re-measured each step; then each earlier pick is tried back in int8")
+          "activation group), rebuilt and re-measured; a step that does not get closer to the budget is undone and "
+          "the next layer of the ranking tried; then each earlier pick is tried back in int8")
 
 
 def wants_search(target_cls: type[Target], options: TargetOptions) -> bool:
@@ -96,20 +100,6 @@ def rank(diff: LayerDiff, floats: list[str], modules: set[str]) -> list[tuple[st
     return ranked
 
 
-def shortfall(acc: dict, budget: dict[str, float]) -> tuple:
-    """How far ``acc`` is from the budget (0 when met), each limit's miss relative to the limit, summed; then
-    the most accurate. What picks the artifact to keep when no step meets the budget."""
-    miss = 0.0
-    for k, v in budget.items():
-        got = acc.get(k)
-        if got is None:
-            miss += 1.0
-            continue
-        gap = got - v if k.endswith("_drop") else v - got
-        miss += max(0.0, gap) / max(abs(v), 1.0)
-    return (miss, tuple(-x for x in accuracy_key(acc)))
-
-
 class Search:
     def __init__(self, ctx: Context, target_cls: type[Target], options: TargetOptions, art: RunArtifact, tmp: Path):
         self.ctx, self.target_cls, self.options, self.art, self.tmp = ctx, target_cls, options, art, tmp
@@ -159,31 +149,42 @@ class Search:
         first = self.measure(self.art)
         steps = [RepairStep(float_modules=floats, metrics=first, met=meets(first, self.budget))]
         best = (self.art, floats, first)
-        current = self.art
-        while not meets(best[2], self.budget) and len(floats) - len(self.options.float_modules) < MAX_STEPS:
-            with self.ctx.status(f"Budget {self.options.budget}: ranking {current.kind}'s layers"):
-                ranked = rank(self.diff(current, floats), floats, self.modules)
+        tried: set[str] = set()
+        builds = 0
+        while not meets(best[2], self.budget) and builds < MAX_STEPS:
+            with self.ctx.status(f"Budget {self.options.budget}: ranking {best[0].kind}'s layers"):
+                ranked = [r for r in rank(self.diff(best[0], best[1]), best[1], self.modules) if r[0] not in tried]
             if not ranked:
                 self.notes.append("the float-set search found no layer left to put back in float"
                                   + (f" ({self.unranked})" if self.unranked else ""))
                 break
-            module, why = ranked[0]
-            floats = [*floats, module]
-            with self.ctx.status(f"Budget: {module} back in float ({len(floats)} modules)"):
-                cand = self.build(floats)
-                if cand.error or cand.runner is None:
-                    steps.append(RepairStep(float_modules=floats, added=module, why=why, error=cand.error))
+            kept = False
+            for module, why in ranked:  # the most harmful first; a step that does not help is undone
+                if builds >= MAX_STEPS:
                     break
-                acc = self.measure(cand)
-            steps.append(RepairStep(float_modules=floats, added=module, why=why, metrics=acc,
-                                    met=meets(acc, self.budget)))
-            current = cand
-            if shortfall(acc, self.budget) < shortfall(best[2], self.budget):
-                best = (cand, floats, acc)
+                builds += 1
+                tried.add(module)
+                trial = [*best[1], module]
+                with self.ctx.status(f"Budget: {module} back in float ({len(trial)} modules)"):
+                    cand = self.build(trial)
+                    if cand.error or cand.runner is None:
+                        steps.append(RepairStep(float_modules=trial, added=module, why=why, error=cand.error,
+                                                kept=False))
+                        continue
+                    acc = self.measure(cand)
+                kept = shortfall(acc, self.budget) < shortfall(best[2], self.budget)
+                steps.append(RepairStep(float_modules=trial, added=module, why=why, metrics=acc,
+                                        met=meets(acc, self.budget), kept=kept))
+                if kept:
+                    best = (cand, trial, acc)
+                    break
+            if not kept:
+                break  # every ranked layer tried (or the step limit reached) without getting closer
         if meets(best[2], self.budget):
             best = self.prune(best, steps)
         repair = Repair(search=SEARCH, budget=self.budget, met=meets(best[2], self.budget), float_modules=best[1],
                         steps=steps, ranked_on=self.ranked_on)
+        self.best_metrics = best[2]
         if best[0] is not self.art:
             repair.int8_ms, repair.repaired_ms = self.latency(self.art, best[0])
             self.adopt(best[0])
@@ -243,10 +244,10 @@ def search_float_set(ctx: Context, target_cls: type[Target], options: TargetOpti
         art.notes.append(f"the accuracy budget was not searched: the artifact cannot run here ({reason})")
         return
     with tempfile.TemporaryDirectory(prefix=".repair-", dir=art.path.parent) as tmp:
-        art.repair = Search(ctx, target_cls, options, art, Path(tmp)).run()
+        search = Search(ctx, target_cls, options, art, Path(tmp))
+        art.repair = search.run()
     if not art.repair.met:
-        art.failures.append(f"accuracy budget {options.budget} not met with {len(art.repair.float_modules)} "
-                            "module(s) kept in float")
+        art.failures.append(budget_missed(art.repair.budget, search.best_metrics, art.repair.float_modules))
 
 
 def price_repair(ctx: Context, target_cls: type[Target], options: TargetOptions, art: RunArtifact) -> None:

@@ -4,8 +4,9 @@ Both graphs (prepared fp32 and quantized QDQ) are run with every intermediate te
 output (ONNX Runtime's ``qdq_loss_debug`` helpers); each fp32 tensor is compared with its
 dequantized counterpart. A node's *SNR drop* is the SNR of its input (the worst of its
 inputs) minus the SNR of its output: the error that node adds, as opposed to the error it
-inherits. Ranking nodes by drop is what the accuracy-aware loop uses to decide what to keep
-in float.
+inherits. A tensor without a Q/DQ pair (read in float by a node kept in float) is compared as the
+quantized graph computes it. Ranking nodes by drop is what the accuracy-aware loop uses to decide what
+to keep in float.
 """
 from __future__ import annotations
 
@@ -50,6 +51,9 @@ def per_layer_errors(float_model: Path, qdq_model: Path, input_name: str, batche
     for name, d in match.items():
         if "float" in d and "post_qdq" in d and d["post_qdq"] is not None:
             snr[name] = _snr(d["float"], d["post_qdq"])
+    for name, ref in fa.items():  # a tensor without a Q/DQ pair (a node kept in float reads it): as computed
+        if name not in snr and name in qa and len(qa[name]) == len(ref):
+            snr[name] = _snr(ref, qa[name])
     producers = {o: n for n in graph.node for o in n.output}
     memo: dict[str, float] = {}
 

@@ -37,7 +37,7 @@ import numpy as np
 import onnx
 
 from edgeexport.errors import UserError
-from edgeexport.parity import accuracy_key, meets  # noqa: F401  (the budget rules; tests import them here)
+from edgeexport.parity import accuracy_key, meets, shortfall  # noqa: F401  (the budget rules; tests import them here)
 from edgeexport.quantize import prep
 from edgeexport.inputs import calibration_batches
 from edgeexport.provenance import keep_scopes, match_modules, onnx_scopes
@@ -131,6 +131,8 @@ class Int8Builder:
         self.fp32_path, self.opts, self.ev, self.log = Path(fp32_path), opts, ev, log
         self.tmp = Path(tempfile.mkdtemp(prefix="edgeexport-int8-"))
         self.plan_paths: dict[frozenset, Path] = {}  # QDQ graph of each measured plan, by its exclusions
+        self.float_set: set[str] = set()  # nodes of modules kept in float by name or by the budget
+        self.read_float: dict[str, dict[str, list[str]]] = {}  # graph file -> node -> inputs it reads in float
         self.info: dict = {"target": opts.consumer, "format": opts.format, "method": opts.method,
                            "per_channel": opts.per_channel,
                            "calib_size": opts.calib_size,
@@ -186,6 +188,7 @@ class Int8Builder:
         node of the same name) joins the nodes kept in float."""
         kept = match_modules(self.opts.float_modules, {n.name: self.scopes.get(n.name) for n in model.graph.node})
         self.info["float_modules"] = kept
+        self.float_set |= {n for hits in kept.values() for n in hits}
         self.opts.exclude = list(dict.fromkeys([*self.opts.exclude, *(n for hits in kept.values() for n in hits)]))
 
     # ---------------------------------------------------------------- calibration
@@ -225,7 +228,11 @@ class Int8Builder:
                         calibration_cache_path=str(self.cache), **args)
         if args["quant_format"].name == "QDQ":
             model = onnx.load(str(dst))
-            if prep.absorb_scalar_muls(model):
+            absorbed = prep.absorb_scalar_muls(model)
+            # the float set (modules kept in float by name or by the budget) reads float tensors: the quantizer
+            # leaves the Q/DQ pair of an int8 producer on an excluded node's input, which would quantize it anyway
+            self.read_float[dst.name] = prep.float_inputs(model, self.graph, self.float_set & exclude)
+            if absorbed or self.read_float[dst.name]:
                 onnx.save(model, str(dst))
         return dst
 
@@ -261,7 +268,7 @@ class Int8Builder:
                             why[p.name] = "tail"
         return why
 
-    def close_islands(self, exclude: set[str]) -> set[str]:
+    def close_islands(self, exclude: set[str], record: bool = True) -> set[str]:
         """Grow each excluded node into a float island that ONNX Runtime will not re-quantize.
 
         ONNX Runtime fuses any DequantizeLinear -> op -> QuantizeLinear it has a kernel for, even
@@ -283,7 +290,8 @@ class Int8Builder:
                 for c in consumers.get(o, []):
                     if c.op_type not in COMPUTE_OPS and c.name not in out:
                         out.add(c.name)
-                        self.why.setdefault(c.name, "island")
+                        if record:
+                            self.why.setdefault(c.name, "island")
                         todo.append(c.name)
         return out
 
@@ -331,34 +339,73 @@ class Int8Builder:
     # ---------------------------------------------------------------- accuracy budget
 
     def budget_loop(self, exclude: set[str], budget: dict[str, float]) -> tuple[set[str], list[dict], bool]:
-        """Keep the node that adds the most error in float, re-measure, repeat until the budget holds.
-
-        The per-layer ranking is recomputed after every step: once a node is float, the error it
-        caused often reappears at its consumer's quantized input, which then ranks first.
+        """Keep the node that adds the most error in float (its inputs read in float), re-measure, repeat until
+        the budget holds. A step that does not bring the graph closer to the budget is undone and the next node
+        of the same ranking is tried; the ranking is recomputed from the graph each kept step leaves (once a node
+        is float, the error it caused often reappears at its consumer's quantized input, which then ranks first).
+        At most ``max_budget_steps`` graphs are built; the kept steps never lower the measured metric.
         """
         path = self._quantize(self.prepared, self.tmp / "budget-0.onnx", exclude, fmt="qdq")
         acc = self.ev.accuracy(path)
-        steps = [{"step": 0, "excluded": None, "op": None, "drop_db": None, **acc}]
-        best = (acc, set(exclude))
-        for i in range(1, self.opts.max_budget_steps + 1):
-            if meets(acc, budget):
-                return exclude, steps, True
+        steps = [{"step": 0, "excluded": None, "op": None, "drop_db": None, "kept": True, **acc}]
+        tried: set[str] = set()
+        i = 0
+        while not meets(acc, budget) and i < self.opts.max_budget_steps:
             rows = per_layer_errors(self.prepared, path, self.ev.input_name, self.ev.debug_batches[:1])
-            ranked = [r for r in sorted(rows, key=lambda r: -r["drop_db"]) if r["node"] not in exclude and r["drop_db"] > 0]
-            if not ranked:
-                break
-            row = ranked[0]
-            self.why[row["node"]] = "budget"
-            exclude = self.close_islands(exclude | {row["node"]})
-            path = self._quantize(self.prepared, self.tmp / f"budget-{i}.onnx", exclude, fmt="qdq")
-            acc = self.ev.accuracy(path)
-            steps.append({"step": i, "excluded": row["node"], "module": self.scopes.get(row["node"]), "op": row["op"],
-                          "drop_db": row["drop_db"], **acc})
-            if accuracy_key(acc) > accuracy_key(best[0]):
-                best = (acc, set(exclude))
-        if meets(acc, budget):
-            return exclude, steps, True
-        return best[1], steps, False
+            ranked = [r for r in self.candidates(sorted(rows, key=lambda r: -r["drop_db"]))
+                      if r["node"] not in exclude and r["node"] not in tried and r["drop_db"] > 0]
+            kept = False
+            for row in ranked:
+                if i >= self.opts.max_budget_steps:
+                    break
+                i += 1
+                tried.add(row["node"])
+                trial = self.close_islands(exclude | {row["node"]}, record=False)
+                self.float_set.add(row["node"])
+                cand = self._quantize(self.prepared, self.tmp / f"budget-{i}.onnx", trial, fmt="qdq")
+                got = self.ev.accuracy(cand)
+                kept = shortfall(got, budget) < shortfall(acc, budget)
+                steps.append({"step": i, "excluded": row["node"], "module": self.scopes.get(row["node"]),
+                              "op": row["op"], "drop_db": row["drop_db"], "kept": kept, **got})
+                if kept:
+                    self.why[row["node"]] = "budget"
+                    self.close_islands(exclude | {row["node"]})  # again, recording why the island nodes are float
+                    exclude, path, acc = trial, cand, got
+                    break
+                self.float_set.discard(row["node"])
+            if not kept:
+                break  # every node of the ranking tried (or the step limit reached) without getting closer
+        return exclude, steps, meets(acc, budget)
+
+    def float_tensors(self, read: dict[str, list[str]]) -> dict[str, list[str]]:
+        """Per module of the float set (named, or the budget's nodes by their module), the activations its nodes
+        read in float in the final graph."""
+        owner = {n: m for m, nodes in self.info.get("float_modules", {}).items() for n in nodes}
+        out: dict[str, list[str]] = {}
+        for node, tensors in read.items():
+            module = owner.get(node) or self.scopes.get(node) or f"node {node}"
+            out.setdefault(module, []).extend(t for t in tensors if t not in out.get(module, []))
+        return out
+
+    def candidates(self, rows: list[dict]) -> list[dict]:
+        """The nodes to try in float for each lossy node, the worst first: the error that shows at an activation
+        or pooling node (where the Q/DQ pair sits) is made by the compute node that feeds it, so that node comes
+        first, then the lossy node itself."""
+        producers = {o: n for n in self.graph.node for o in n.output}
+        out, seen = [], set()
+        for row in rows:
+            node = next((n for n in self.graph.node if n.name == row["node"]), None)
+            chain = [row]
+            src = node
+            while src is not None and src.op_type not in COMPUTE_OPS and len(src.input) >= 1:
+                src = producers.get(src.input[0])
+                if src is not None and src.op_type in COMPUTE_OPS:
+                    chain.insert(0, {**row, "node": src.name, "op": src.op_type, "via": row["node"]})
+            for c in chain:
+                if c["node"] not in seen:
+                    seen.add(c["node"])
+                    out.append(c)
+        return out
 
     # ---------------------------------------------------------------- runtime truth
 
@@ -408,7 +455,7 @@ class Int8Builder:
             start = set(exclude)
             exclude, steps, met = self.budget_loop(exclude, self.opts.budget)
             self.info["budget"] = {"target": self.opts.budget, "met": met, "steps": steps,
-                                   "kept_float": [s["excluded"] for s in steps if s.get("excluded")]}
+                                   "kept_float": [s["excluded"] for s in steps if s.get("excluded") and s.get("kept", True)]}
             if exclude != start:  # what the nodes kept in float cost: both graphs timed interleaved
                 plain = self.tmp / "budget-0.onnx"
                 final = self.plan_paths.get(frozenset(exclude)) or self._quantize(
@@ -426,6 +473,7 @@ class Int8Builder:
         self.info["float_nodes"] = floats
         self.info["optimized_op_counts"] = dict(sorted(counts.items(), key=lambda kv: -kv[1]))
         self.info["excluded"] = {n: REASONS.get(self.why.get(n, "user"), "") for n in sorted(exclude)}
+        self.info["float_tensors"] = self.float_tensors(self.read_float.get(final.name, {}))
         model = onnx.load(str(final))
         # which module each node comes from, for the per-layer diff (quantization drops node metadata)
         self.info["scopes_kept"] = keep_scopes(self.fp32_meta, model)

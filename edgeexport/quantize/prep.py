@@ -288,6 +288,84 @@ def absorb_scalar_muls(model: onnx.ModelProto) -> int:
     return count
 
 
+def float_inputs(model: onnx.ModelProto, prepared: onnx.GraphProto, nodes: set[str]) -> dict[str, list[str]]:
+    """Nodes kept in float read float tensors: an input a node of ``nodes`` reads through a QuantizeLinear ->
+    DequantizeLinear pair (the quantizer puts one wherever the producer or another consumer is int8) is read
+    from the float tensor of the ``prepared`` graph (before quantization) instead. Where the quantizer removed
+    the activation that made that tensor (a Relu after a Conv: the QuantizeLinear's clamp does its work), the
+    activation comes back, in float, for the float node alone. Other consumers keep the pair; a pair nothing
+    reads any more is removed. Run on a QDQ graph. Returns, per node, the tensors it now reads in float."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    made = set(producers) | {i.name for i in model.graph.input}
+    inits = {i.name for i in model.graph.initializer}
+    before = {n.name: n for n in prepared.node}
+    made_before = {o: n for n in prepared.node for o in n.output}
+    changed: dict[str, list[str]] = {}
+    for node in list(model.graph.node):
+        orig = before.get(node.name)
+        if node.name not in nodes or orig is None or len(orig.input) != len(node.input):
+            continue
+        for k, name in enumerate(node.input):
+            dq = producers.get(name)
+            q = producers.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if q is None or q.op_type != "QuantizeLinear" or q.input[0] in inits:
+                continue  # not an activation's Q/DQ pair (a weight is stored int8, with no QuantizeLinear)
+            want = orig.input[k]
+            was, now = made_before.get(want), producers.get(want)
+            if (was is None and want in made) or (was is not None and now is not None and now.name == was.name):
+                pass  # the float tensor is still made as it was (a graph input, or by the same node)
+            elif (was is not None and was.op_type in REMOVABLE and q.input[0] == want
+                  and all(i in made or i in inits for i in was.input[1:] if i)):
+                # the quantizer dropped the activation and gave its output's name to the tensor before it
+                restored = onnx.NodeProto()
+                restored.CopyFrom(was)
+                restored.name = f"{was.name}_float_for_{node.name}"
+                del restored.input[:]
+                restored.input.extend([q.input[0], *was.input[1:]])
+                want = f"{want}_float_for_{node.name}"
+                del restored.output[:]
+                restored.output.append(want)
+                model.graph.node.append(restored)
+            else:
+                continue  # the float tensor is not in the quantized graph: leave the pair
+            node.input[k] = want
+            changed.setdefault(node.name, []).append(orig.input[k])
+    if changed:
+        _drop_dead_qdq(model)
+        _topological(model)
+    return changed
+
+
+REMOVABLE = {"Relu", "Clip"}  # activations ONNX Runtime's QDQ quantizer folds into the QuantizeLinear's clamp
+
+
+def _topological(model) -> None:
+    made = {i.name for i in model.graph.input} | {i.name for i in model.graph.initializer}
+    todo, order = list(model.graph.node), []
+    while todo:
+        ready = [n for n in todo if all(not i or i in made for i in n.input)]
+        if not ready:
+            raise ValueError("the graph has a cycle or reads a tensor nothing makes")
+        for n in ready:
+            made.update(n.output)
+            order.append(n)
+        todo = [n for n in todo if all(n is not r for r in ready)]
+    del model.graph.node[:]
+    model.graph.node.extend(order)
+
+
+def _drop_dead_qdq(model) -> None:
+    while True:
+        used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+        dead = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                and not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            model.graph.node.remove(n)
+    _drop_unused_initializers(model)
+
+
 PASSES = {"name_nodes": name_nodes, "reduce_mean_to_gap": reduce_mean_to_gap,
           "fold_bn_after_concat": fold_bn_after_concat, "densify_grouped_convs": densify_grouped_convs,
           "decompose_hardsigmoid": decompose_hardsigmoid}

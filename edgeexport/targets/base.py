@@ -171,11 +171,13 @@ class RepairStep(BaseModel):
     metrics: dict[str, float | None] = {}  # snr_db, agreement, cosine vs eager; task_drop (points) on labeled data
     met: bool = False
     error: str | None = None  # the build failed
+    kept: bool = True  # False: the step did not bring the artifact closer to the budget and was undone
 
     @property
     def change(self) -> str:
-        """What this step changed: ``+ module``, ``- module`` or ``as built``."""
-        return f"+ {self.added}" if self.added else f"- {self.removed}" if self.removed else "as built"
+        """What this step changed: ``+ module``, ``- module`` or ``as built``; ``(undone)`` when it was not kept."""
+        what = f"+ {self.added}" if self.added else f"- {self.removed}" if self.removed else "as built"
+        return what if self.kept else f"{what} (undone)"
 
 
 class Repair(BaseModel):

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from edgeexport.parity import meets, resolve_budget
+from edgeexport.parity import budget_missed, meets, resolve_budget
 from edgeexport.runners.onnxruntime import OnnxRuntimeRunner, OrtRunnerOptions, ort_profile
 from edgeexport.targets.base import (Budget, FloatModules, BuildRecord, Format, Repair, RepairStep, Requirement, Target,
                                      TargetOptions, fp32_graph, fp32_graph_requirement)
@@ -76,6 +76,8 @@ class QuantizeRecord(BuildRecord):
     excluded: dict[str, str] = {}
     phase_s: dict[str, float] = {}
     float_modules: dict[str, list[str]] = {}  # module kept in float -> its nodes
+    # module kept in float (by name, or by the budget) -> the activations its nodes read in float (no Q/DQ pair)
+    float_tensors: dict[str, list[str]] = {}
     scopes_kept: int | None = None  # nodes that still name their module (the per-layer diff's pairing)
     # int8-dynamic
     weight_type: str | None = None
@@ -175,10 +177,11 @@ class QuantizeTarget(Target):
                     floor["task_drop"] = tol.max_task_drop
                 info = build_int8(fp32, art.path, opts, evaluator(ctx), floor, log=ctx.log)
                 info["mode"] = "int8"
-                if info.get("budget_met") is False:
-                    art.failures.append(f"accuracy budget {options.budget} not met; kept the most accurate graph found")
                 if info.get("budget"):
                     art.repair = node_repair(info["budget"], info.get("phase_s", {}).get("budget"))
+                if info.get("budget_met") is False:
+                    last = next(s for s in reversed(info["budget"]["steps"]) if s.get("kept", True))
+                    art.failures.append(budget_missed(art.repair.budget, last, art.repair.float_modules))
             elif options.mode == "int8-dynamic":
                 info = build_int8_dynamic(fp32, art.path, ctx.shape, options.per_channel)
             else:
@@ -201,14 +204,17 @@ def node_repair(budget: dict, seconds: float | None) -> Repair:
     for s in budget["steps"]:
         node = s.get("excluded")
         module = (s.get("module") or f"node {node}") if node else None
-        if module and module not in floats:
-            floats.append(module)
+        kept = s.get("kept", True)
+        trial = [*floats, module] if module and module not in floats else list(floats)
+        if kept:
+            floats = trial
         metrics = {k: s.get(k) for k in ("snr_db", "agreement", "cosine", "task_drop") if s.get(k) is not None}
-        steps.append(RepairStep(float_modules=list(floats), added=module,
+        steps.append(RepairStep(float_modules=trial, added=module, kept=kept,
                                 why=f"node {node} ({s['op']}) loses {s['drop_db']:.1f} dB" if node else None,
                                 metrics=metrics, met=meets(metrics, budget["target"])))
-    return Repair(search="node-level, in the int8 builder: the node losing the most SNR goes back to float, the "
-                         "ranking recomputed after each step", budget=budget["target"], met=bool(budget["met"]),
+    return Repair(search="node-level, in the int8 builder: the node losing the most SNR goes back to float (its "
+                         "inputs read in float), a step that does not get closer to the budget undone and the next "
+                         "node tried, the ranking recomputed after each kept step", budget=budget["target"], met=bool(budget["met"]),
                   float_modules=floats, steps=steps,
                   ranked_on="ONNX Runtime's int8 and fp32 activations, node by node",
                   int8_ms=budget.get("int8_ms"), repaired_ms=budget.get("repaired_ms"), seconds=seconds)

@@ -139,6 +139,12 @@ def test_accuracy_aware_loop_keeps_the_outlier_layer_in_float(cli, tmp_path):
     assert budget["steps"][0]["snr_db"] < 30 <= budget["steps"][-1]["snr_db"]
     reasons = {f["reason"] for f in a["build"]["float_nodes"]}
     assert any("accuracy budget" in r for r in reasons)
+    # the consumer of the 500x channel in float reads that channel's tensor in float (no Q/DQ pair, and the
+    # Relu the quantizer had folded into the pair comes back for it): it alone lifts the SNR by > 10 dB
+    assert budget["steps"][1]["module"] == "c" and budget["steps"][1]["snr_db"] > budget["steps"][0]["snr_db"] + 10
+    assert a["build"]["float_tensors"]["c"] == ["/model/Relu_1_output_0"]
+    kept = [s["snr_db"] for s in budget["steps"] if s["kept"]]
+    assert kept == sorted(kept) and len(budget["kept_float"]) <= 2  # never worse; not every node in float
 
 
 def test_unreachable_budget_exits_1_with_the_best_graph(cli, tmp_path):
@@ -149,7 +155,11 @@ def test_unreachable_budget_exits_1_with_the_best_graph(cli, tmp_path):
     assert code == 1, err
     assert (tmp_path / "outlier.int8.onnx").exists()
     a = art(report(tmp_path, "outlier"), "onnx-int8")
-    assert a["failures"] and "not met" in a["failures"][0]
+    best = max(s["snr_db"] for s in a["build"]["budget"]["steps"] if s["kept"])
+    line = a["failures"][0]
+    assert len(a["failures"]) == 1 and line.startswith("accuracy budget snr_db=190 not met: the best graph reached")
+    assert f"snr_db {best:.4g}" in line and "module(s) in float: " in line and "\n" not in line
+    assert a["repair"]["float_modules"] and all(m in line for m in a["repair"]["float_modules"])
 
 
 def test_fp16_reports_and_avoids_overflow(cli, tmp_path):
