@@ -128,6 +128,9 @@ class Context:
     views: dict = field(default_factory=dict)  # report-level view data: images shared by artifacts' views
     calibration_arrays: list[np.ndarray] | None = None  # calibration batches given in memory (the API)
     _rewritten: dict = field(default_factory=dict)  # rewrite set -> (wrapped rewritten model, counts, notes)
+    root: "Context | None" = None  # the run a scratch copy (a search's build) belongs to: on-demand builds go there
+    # builds and checks one artifact (execute.build_checked, set by the run: the layer below cannot import it)
+    builder: Callable | None = None
 
     # ---- the run's facts targets read
     @property
@@ -192,10 +195,10 @@ class Context:
 
     # ---- the model
     def _rewritten_model(self, rewrites: list[str] | None):
-        from edgeexport.rewrite import DEFAULT_REWRITES, apply_rewrites
+        from edgeexport.rewrite import apply_rewrites
 
         if rewrites is None:
-            rewrites = self.recipe.stages.onnx.rewrites if self.recipe.stages.onnx else list(DEFAULT_REWRITES)
+            rewrites = self.default_rewrites()
         key = tuple(rewrites)
         if key not in self._rewritten:
             notes: list[str] = []
@@ -244,6 +247,30 @@ class Context:
 
     def find(self, kind: str) -> RunArtifact | None:
         return next((a for a in self.artifacts if a.kind == kind and a.error is None), None)
+
+    def on_demand(self, req) -> RunArtifact:
+        """``req``'s artifact, built now into the run (not a search's scratch folder) if it was not built yet: with
+        the recipe's options for that target, ``req.options`` over them; checked and reported like the others."""
+        from edgeexport.targets import get_target
+
+        run = self.root or self
+        art = next((a for a in run.artifacts if a.kind == req.kind), None)
+        if art is None:
+            if run.builder is None:
+                raise BuildFailed(f"needs the {req.kind} artifact, which this run cannot build")
+            target = get_target(req.target)
+            stage = None if target.multiple else getattr(run.recipe.stages, target.name, None)
+            options = target.Options(**{**(stage.model_dump() if stage is not None else {}), **req.options})
+            art = run.builder(run, target, options, "equalize")  # the only on-demand build today
+            run.artifacts.append(art)
+        if art not in self.artifacts:
+            self.artifacts.append(art)
+        return self.require(req.kind)
+
+    def default_rewrites(self) -> list[str]:
+        from edgeexport.rewrite import DEFAULT_REWRITES
+
+        return list(self.recipe.stages.onnx.rewrites) if self.recipe.stages.onnx else list(DEFAULT_REWRITES)
 
     def require(self, kind: str) -> RunArtifact:
         """A built artifact this target needs (see ``Target.requires``), or a BuildFailed saying why not."""

@@ -105,6 +105,14 @@ def build(ctx: Context, target_cls: type[Target], options: TargetOptions, requir
     return art
 
 
+def build_checked(ctx: Context, target_cls: type[Target], options: TargetOptions, required_by: str | None) -> RunArtifact:
+    """One artifact built and checked (what :meth:`Context.on_demand` builds with)."""
+    check_outputs(ctx, target_cls, options)
+    art = build(ctx, target_cls, options, required_by)
+    check_artifact(ctx, art)
+    return art
+
+
 def probe_refusals(ctx: Context) -> None:
     """When a converter refused the model: which other registered targets convert it. Those this run built
     count; every other target that builds here converts the model once into a scratch folder (not checked,

@@ -113,19 +113,14 @@ class Search:
         self.modules = {user_path(n) for n, _ in model.named_modules()} - {""} if model is not None else set()
 
     def build(self, floats: list[str]) -> RunArtifact:
-        from edgeexport.pipeline.execute import build
-
         self.count += 1
         folder = self.tmp / f"build-{self.count}"
         folder.mkdir()
-        scratch = copy.copy(self.ctx)
-        scratch.out_dir, scratch.artifacts = folder, list(self.ctx.artifacts)
         opts = self.options.model_copy(update={"float_modules": list(floats), "budget": None})
-        return build(scratch, self.target_cls, opts)
+        return scratch_build(self.ctx, self.target_cls, opts, folder)
 
     def measure(self, art: RunArtifact) -> dict:
-        with make_runner(art.runner, self.ctx.threads) as r:
-            return self.ctx.accuracy(r, art.precision)
+        return measure(self.ctx, art)
 
     def diff(self, art: RunArtifact, floats: list[str]) -> LayerDiff:
         d = diff_artifact(self.ctx, art)
@@ -227,12 +222,31 @@ class Search:
             return None, None
 
     def adopt(self, chosen: RunArtifact) -> None:
-        """The chosen artifact's files replace the first build's (the same names, in the run's folder)."""
-        out = self.art.path.parent
-        for f in [chosen.path, *(Path(p) for p in chosen.runner.files)]:
-            os.replace(f, out / Path(f).name)
-        self.art.record, self.art.runner = chosen.record, chosen.runner.relocated(out)
-        self.art.failures, self.art.notes = list(chosen.failures), list(chosen.notes)
+        adopt(self.art, chosen)
+
+
+def scratch_build(ctx: Context, target_cls: type[Target], options: TargetOptions, folder: Path) -> RunArtifact:
+    """``options``' artifact built into ``folder`` (a candidate: the run's own artifacts stay as they are)."""
+    from edgeexport.pipeline.execute import build
+
+    scratch = copy.copy(ctx)
+    scratch.out_dir, scratch.artifacts, scratch.root = folder, list(ctx.artifacts), ctx.root or ctx
+    return build(scratch, target_cls, options)
+
+
+def measure(ctx: Context, art: RunArtifact) -> dict:
+    """What budgets and choices compare: ``ctx.accuracy`` of the artifact, run by its own runtime."""
+    with make_runner(art.runner, ctx.threads) as r:
+        return ctx.accuracy(r, art.precision)
+
+
+def adopt(art: RunArtifact, chosen: RunArtifact) -> None:
+    """The chosen candidate's files replace ``art``'s (the same names, in the run's folder)."""
+    out = art.path.parent
+    for f in [chosen.path, *(Path(p) for p in chosen.runner.files)]:
+        os.replace(f, out / Path(f).name)
+    art.record, art.runner = chosen.record, chosen.runner.relocated(out)
+    art.failures, art.notes = list(chosen.failures), list(chosen.notes)
 
 
 def search_float_set(ctx: Context, target_cls: type[Target], options: TargetOptions, art: RunArtifact) -> None:

@@ -12,7 +12,9 @@ from edgeexport.errors import UserError
 from edgeexport.keys import load_private_key
 from edgeexport.pipeline.context import Context, RunArtifact, no_status
 from edgeexport.pipeline.divergence import diff_artifact, diff_failed
-from edgeexport.pipeline.execute import build, check_artifact, check_outputs, plan, probe_refusals, time_all
+from edgeexport.pipeline.equalize import build_choosing
+from edgeexport.pipeline.execute import (build_checked, check_artifact, check_outputs, plan, probe_refusals,
+                                         time_all)
 from edgeexport.pipeline.repair import check_budget, price_repair, search_float_set, wants_search
 from edgeexport.pipeline.prepare import prepare
 from edgeexport.pipeline.views import profile_slow_int8
@@ -31,12 +33,13 @@ def run(recipe: Recipe, log=print, status=no_status, command: str | None = None,
     t0 = time.perf_counter()
     ctx = prepare(recipe, log, status, module=module)
     ctx.calibration_arrays = calibration
+    ctx.builder = build_checked
     steps = plan(ctx)
     for target_cls, options, _ in steps:  # bad input is found before anything is built or written
         check_budget(ctx, options)
         check_outputs(ctx, target_cls, options)
     for target_cls, options, required_by in steps:
-        art = build(ctx, target_cls, options, required_by)
+        art, options = build_choosing(ctx, target_cls, options, required_by)  # equalize auto: on or off
         if wants_search(target_cls, options):
             search_float_set(ctx, target_cls, options, art)
         elif art.repair is not None:

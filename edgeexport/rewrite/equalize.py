@@ -166,3 +166,39 @@ def rewrite_equalize(model: nn.Module) -> Outcome:
         if not moved:
             break
     return Outcome(len(changed), notes)
+
+
+def range_imbalance(model: nn.Module, batches) -> tuple[float, str | None]:
+    """How unbalanced the tensors equalization would act on are: over every pair's middle tensor (the producer's
+    output, after its BatchNorm), the widest channel's range (max of the positive part over ``batches``) over the
+    median range of its live channels (a channel whose range is under 1e-3 of the widest is dead, as after a
+    squeeze-and-excitation ReLU, and left out). Returns (the worst ratio, its module); (0, None) without pairs."""
+    try:
+        chains = _chains_fx(model)[0]
+    except Exception:  # noqa: BLE001 (a model fx cannot trace)
+        chains = _chains_sequential(model)[0]
+    modules = dict(model.named_modules())
+    ranges: dict[str, torch.Tensor] = {}
+
+    def hook(name):
+        def record(_m, _i, out):
+            r = torch.relu(out.detach()).amax(dim=tuple(d for d in range(out.dim()) if d != 1))
+            ranges[name] = torch.maximum(ranges[name], r) if name in ranges else r
+        return record
+
+    handles = [modules[n or p].register_forward_hook(hook(n or p)) for p, n, _ in chains]
+    try:
+        with torch.no_grad():
+            for x in batches:
+                model(torch.as_tensor(x))
+    finally:
+        for h in handles:
+            h.remove()
+    worst: tuple[float, str | None] = (0.0, None)
+    for name, r in ranges.items():
+        alive = r[r > r.max() * 1e-3]
+        if alive.numel() and alive.median() > 0:
+            ratio = float(r.max() / alive.median())
+            if ratio > worst[0]:
+                worst = (ratio, name)
+    return worst

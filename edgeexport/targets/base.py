@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, ClassVar, Literal, N
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from edgeexport.errors import UserError
 from edgeexport.util import file_size, one_line, quiet, version_of
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -80,6 +81,13 @@ def _check_module_path(path: str) -> str:
 
 ModulePath = Annotated[str, AfterValidator(_check_module_path)]
 FloatModules = Annotated[list[ModulePath], Field(max_length=1000)]
+# Cross-layer equalization before int8 (the ``equalize`` rewrite on the model's copy): ``on``, ``off``, or ``auto``
+# (the pipeline measures the calibration activations' channel ranges; where one channel is far wider than the
+# rest it builds the artifact both ways and keeps the one with the better measured task metric or SNR).
+Equalize = Annotated[Literal["auto", "on", "off"], Field(
+    description="int8: cross-layer equalization before quantizing (auto: where activation channel ranges are "
+                "unbalanced, built both ways and the more accurate one kept)")]
+EQUALIZE_REWRITE = "equalize"
 # The artifact kind of the fp32 ONNX graph that several targets start from (see fp32_graph).
 FP32_GRAPH = "onnx"
 
@@ -300,6 +308,13 @@ class BuildContext(Protocol):
 
     def find(self, kind: str) -> Artifact | None: ...
 
+    def on_demand(self, req: Requirement) -> Artifact:
+        """An artifact of another target built now if this run has not built it (checked like every artifact
+        and reported), or BuildFailed saying why it could not be: what a build needs only sometimes."""
+
+    def default_rewrites(self) -> list[str]:
+        """The rewrites of :meth:`torch_model` by default (the recipe's ONNX stage's)."""
+
     def require(self, kind: str) -> Artifact:
         """A built artifact this target needs (see :meth:`Target.requires`), or BuildFailed saying why not."""
 
@@ -312,9 +327,19 @@ def fp32_graph_requirement(ctx: BuildContext) -> list[Requirement]:
     return [] if ctx.source_onnx else [Requirement(FP32_GRAPH, kind=FP32_GRAPH)]
 
 
-def fp32_graph(ctx: BuildContext) -> Path:
-    """The fp32 ONNX graph: the user's file, or this run's export."""
-    return Path(ctx.source_onnx) if ctx.source_onnx else ctx.require(FP32_GRAPH).path
+def fp32_graph(ctx: BuildContext, equalize: bool = False) -> Path:
+    """The fp32 ONNX graph: the user's file, or this run's export; ``equalize``: the export of the equalized
+    copy of the model (``onnx-equalized``, built on demand, checked for fp32 parity like every artifact)."""
+    if not equalize:
+        return Path(ctx.source_onnx) if ctx.source_onnx else ctx.require(FP32_GRAPH).path
+    if ctx.source_onnx:
+        raise UserError("equalize: on needs the PyTorch model (equalization rewrites it); an ONNX file was given")
+    return ctx.on_demand(Requirement(FP32_GRAPH, {"equalize": True}, kind="onnx-equalized")).path
+
+
+def int8_model(ctx: BuildContext, equalize: str) -> "torch.nn.Module":
+    """The model a PyTorch int8 converter quantizes: the export rewrites, and equalization when ``on``."""
+    return ctx.torch_model([*ctx.default_rewrites(), EQUALIZE_REWRITE] if equalize == "on" else None)
 
 
 class Target(abc.ABC):

@@ -20,7 +20,7 @@ from edgeexport.errors import BackendMissing, BuildFailed, EdgeExportError, Unsu
 from edgeexport.provenance import GROUP, locate_in_torch, match_modules, refused_op, stack_path, user_path, within
 from edgeexport.runners.base import Runner, Tap
 from edgeexport.targets.registry import register_target
-from edgeexport.targets.base import Budget, FloatModules, BuildRecord, Format, Target, TargetOptions
+from edgeexport.targets.base import Budget, Equalize, FloatModules, BuildRecord, Format, Target, TargetOptions, int8_model
 from edgeexport.util import one_line, quiet
 
 INSTALL_HINT = "pip install 'edgeexport[executorch]'"
@@ -287,6 +287,7 @@ class ExecuTorchOptions(TargetOptions):
     budget: Budget = Field(
         None, description="int8 accuracy budget (miou_drop=0.5, top1_drop=0.5, snr_db=25, agreement=0.99): the "
                           "smallest set of modules kept in float that meets it is searched", json_schema_extra={"parse": "budget"})
+    equalize: Equalize = "auto"
 
 
 class ExecuTorchRecord(BuildRecord):
@@ -328,7 +329,8 @@ class ExecuTorchTarget(Target):
         with ctx.status(f"Lowering to ExecuTorch / XNNPACK ({options.quantize})"):
             calib = [torch.from_numpy(b) for b in ctx.calibration(options.calib_size)] if int8 else None
             try:
-                info = lower(ctx.torch_model(), ctx.sample(), art.path, quantize="int8" if int8 else None,
+                info = lower(int8_model(ctx, options.equalize if int8 else "off"), ctx.sample(), art.path,
+                             quantize="int8" if int8 else None,
                              calibration=calib, float_modules=options.float_modules if int8 else ())
             except ExecuTorchLoweringFailed as exc:
                 if getattr(exc, "op", None):
@@ -349,7 +351,7 @@ class ExecuTorchTarget(Target):
 
         calib = [torch.from_numpy(b) for b in ctx.calibration(options.calib_size)]
         with quiet():
-            return quantized_taps(ctx.torch_model(), ctx.sample(), calib, x, options.float_modules)
+            return quantized_taps(int8_model(ctx, options.equalize), ctx.sample(), calib, x, options.float_modules)
 
     @classmethod
     def runner(cls, spec, threads):

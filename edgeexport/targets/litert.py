@@ -42,7 +42,8 @@ from edgeexport.errors import BackendMissing, BuildFailed, EdgeExportError, Unsu
 from edgeexport.provenance import locate_in_torch, match_modules, refused_op, user_path, within
 from edgeexport.runners.base import Runner, Tap
 from edgeexport.targets.registry import register_target
-from edgeexport.targets.base import Budget, FloatModules, Availability, BuildRecord, Format, Target, TargetOptions
+from edgeexport.targets.base import (Budget, Equalize, FloatModules, Availability, BuildRecord, Format, Target,
+                                     TargetOptions, int8_model)
 from edgeexport.util import quiet, version_of
 
 INSTALL_HINT = "pip install 'edgeexport[litert]'"
@@ -480,6 +481,7 @@ class LiteRTOptions(TargetOptions):
     budget: Budget = Field(
         None, description="int8 accuracy budget (miou_drop=0.5, top1_drop=0.5, snr_db=25, agreement=0.99): the "
                           "smallest set of modules kept in float that meets it is searched", json_schema_extra={"parse": "budget"})
+    equalize: Equalize = "auto"
 
 
 class LiteRTRecord(BuildRecord):
@@ -550,7 +552,9 @@ class LiteRTTarget(Target):
                        "litert_torch": version_of("litert-torch"), "ai_edge_litert": version_of("ai-edge-litert")}
         t0 = time.perf_counter()
         # this run's fp32 file, when it built one: quantize that (or fail as it did) instead of converting again
-        fp32 = ctx.find(self.formats[0].kind) if int8 else None
+        # (not when the int8 file quantizes the equalized copy: that one is converted here)
+        equalize = "on" if int8 and options.equalize == "on" else "off"
+        fp32 = ctx.find(self.formats[0].kind) if int8 and equalize == "off" else None
         if fp32 is not None and fp32.error is not None:
             raise BuildFailed(fp32.error)
         with ctx.status(f"Converting to LiteRT ({options.quantize})"):
@@ -558,7 +562,7 @@ class LiteRTTarget(Target):
                 if fp32 is not None and fp32.path is not None and fp32.path.exists():
                     content, facts["fp32_from"] = fp32.path.read_bytes(), fp32.path.name
                 else:
-                    content, facts["exact_nearest_resizes"] = convert_fp32(ctx.torch_model(), ctx.sample(),
+                    content, facts["exact_nearest_resizes"] = convert_fp32(int8_model(ctx, equalize), ctx.sample(),
                                                                            inputs, outputs)
                 facts["convert_s"] = round(time.perf_counter() - t0, 1)
                 if int8:

@@ -17,7 +17,7 @@ from pydantic import Field
 from edgeexport.errors import BuildFailed, EdgeExportError, UnsupportedOp, UserError
 from edgeexport.provenance import keep_scopes, locate_in_torch, refused_op
 from edgeexport.runners.onnxruntime import OnnxRuntimeRunner, OrtRunnerOptions, ort_profile
-from edgeexport.targets.base import BuildRecord, Format, RunnerSpec, Target, TargetOptions
+from edgeexport.targets.base import EQUALIZE_REWRITE, BuildRecord, Format, RunnerSpec, Target, TargetOptions
 from edgeexport.targets.registry import register_target
 from edgeexport.util import atomic_path, quiet
 
@@ -155,6 +155,8 @@ class OnnxOptions(TargetOptions):
     simplify: bool = True
     rewrites: list[str] = Field(default_factory=lambda: ["reparameterize", "adaptive_pool", "adaptive_max_pool"],
                                 description="exact export-friendly rewrites (see `edgeexport.rewrite`)")
+    equalize: bool = Field(False, description="export the equalized copy (NAME.equalized.onnx): what an int8 target "
+                                              "with equalize on quantizes", json_schema_extra={"cli": False})
 
 
 class OnnxRecord(BuildRecord):
@@ -180,14 +182,17 @@ class OnnxTarget(Target):
     Options = OnnxOptions
     runner_options = OrtRunnerOptions
     Record = OnnxRecord
-    formats = (Format(kind="onnx", suffix=".onnx", precision="fp32", runs_on="any CPU (ONNX Runtime)", options={}),)
+    formats = (Format(kind="onnx", suffix=".onnx", precision="fp32", runs_on="any CPU (ONNX Runtime)", options={}),
+               Format(kind="onnx-equalized", suffix=".equalized.onnx", precision="fp32",
+                      runs_on="any CPU (ONNX Runtime)", options={"equalize": True}))
     build_modules = ("onnx", "onnxsim", "onnxscript", "onnxruntime")
     run_modules = ("onnxruntime",)
     install = "pip install edgeexport"
 
     def build(self, ctx, options: OnnxOptions, art) -> None:
         art.dynamic = ctx.dynamic
-        model = ctx.torch_model(options.rewrites)
+        rewrites = [*options.rewrites, EQUALIZE_REWRITE] if options.equalize else options.rewrites
+        model = ctx.torch_model(rewrites)
         with ctx.status(f"Exporting {ctx.name} to ONNX ({options.exporter}, opset {options.opset}, "
                         f"dynamic={ctx.dynamic})"):
             try:
@@ -202,7 +207,7 @@ class OnnxTarget(Target):
         if options.simplify:
             with ctx.status("Simplifying with onnxsim"):
                 simplify = simplify_onnx(art.path, ctx.feed())
-        record = OnnxRecord(**facts, rewrites=ctx.rewrite_counts(options.rewrites), simplify=simplify,
+        record = OnnxRecord(**facts, rewrites=ctx.rewrite_counts(rewrites), simplify=simplify,
                             build_s=facts["export_s"])
         if not simplify["applied"] and options.simplify:
             record.notes.append(simplify["reason"])

@@ -38,7 +38,7 @@ from edgeexport.metrics import PRIMARY, TaskAccumulator
 from edgeexport.parity import resolve_budget
 from edgeexport.provenance import locate_onnx, match_modules, refused_op
 from edgeexport.runners.openvino import OpenVINORunner, annotate_modules, compile_model, op_modules, openvino_profile
-from edgeexport.targets.base import (RunnerOptions, Budget, FloatModules, BuildRecord, Format, Repair, RepairStep, Requirement, Target,
+from edgeexport.targets.base import (RunnerOptions, Budget, Equalize, FloatModules, BuildRecord, Format, Repair, RepairStep, Requirement, Target,
                                      TargetOptions, fp32_graph, fp32_graph_requirement)
 from edgeexport.targets.registry import register_target
 from edgeexport.util import atomic_path, quiet, version_of
@@ -163,6 +163,7 @@ class OpenVINOOptions(TargetOptions):
                                      json_schema_extra={"flag": "--float-module"})
     device: str = Field("CPU", min_length=1, description="OpenVINO device the IR is compiled for (CPU, GPU, NPU, "
                                                          "AUTO); recorded in the runner spec")
+    equalize: Equalize = "auto"
 
 
 OpenVINODevice = Annotated[str, StringConstraints(pattern=r"^[A-Z][A-Z0-9_]{0,15}(\.[0-9]{1,3})?(:[A-Z0-9_.,]{1,80})?$")]
@@ -283,7 +284,7 @@ class OpenVINOTarget(Target):
         int8 = options.quantize == "int8"
         art.dynamic = ctx.dynamic
         art.compare_to = ("openvino" if ctx.find("openvino") else "onnx") if int8 else None
-        source = fp32_graph(ctx)
+        source = fp32_graph(ctx, equalize=int8 and options.equalize == "on")
         if source is None:
             raise BuildFailed("no fp32 ONNX graph to start from")
         core = ov.Core()

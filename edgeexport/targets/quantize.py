@@ -14,7 +14,7 @@ from pydantic import Field
 
 from edgeexport.parity import budget_missed, meets, resolve_budget
 from edgeexport.runners.onnxruntime import OnnxRuntimeRunner, OrtRunnerOptions, ort_profile
-from edgeexport.targets.base import (Budget, FloatModules, BuildRecord, Format, Repair, RepairStep, Requirement, Target,
+from edgeexport.targets.base import (Budget, Equalize, FloatModules, BuildRecord, Format, Repair, RepairStep, Requirement, Target,
                                      TargetOptions, fp32_graph, fp32_graph_requirement)
 from edgeexport.targets.registry import register_target
 from edgeexport.util import md_table
@@ -42,6 +42,7 @@ class QuantizeOptions(TargetOptions):
         "auto", json_schema_extra={"cli": False})
     target: Literal["cpu", "tensorrt"] = Field(
         "cpu", description="tensorrt: the symmetric int8 Q/DQ graph TensorRT imports", json_schema_extra={"cli": False})
+    equalize: Equalize = "auto"
 
 
 TABLE_TITLES = {
@@ -158,7 +159,7 @@ class QuantizeTarget(Target):
 
         art.compare_to = "onnx"
         art.dynamic = ctx.dynamic if options.mode == "fp16" else "none"  # int8 graphs are static
-        fp32 = fp32_graph(ctx)
+        fp32 = fp32_graph(ctx, equalize=options.mode == "int8" and options.equalize == "on")
         with ctx.status(f"Building {art.path.name}"):
             if options.mode == "int8":
                 # TensorRT's explicit quantization: symmetric int8 activations, and TensorRT chooses its own
