@@ -128,10 +128,20 @@ def test_quantize_an_onnx_file(int8_run, cli, tmp_path):
     assert art(rep, "onnx-fp16")["parity"][0]["passed"]
 
 
+def test_equalize_on_needs_the_pytorch_model(int8_run, cli, tmp_path):
+    """Equalization rewrites the PyTorch model: with only an ONNX file, ``on`` is refused before anything is
+    written, and ``auto`` builds as is and says why."""
+    _, out = int8_run
+    code, _, err = cli("quantize", out / "pyconvresnet18.onnx", "--equalize", "on", "--no-bench", "--images", "1",
+                       "--calib-size", "2", "-o", tmp_path / "on")
+    assert_one_line_error(code, err, "equalize: on needs the PyTorch model")
+    assert not list((tmp_path / "on").glob("*.onnx")) if (tmp_path / "on").exists() else True
+
+
 def test_accuracy_aware_loop_keeps_the_outlier_layer_in_float(cli, tmp_path):
     code, out, err = cli("quantize", "outlier", "--model", "tests.support.models:outlier_net", "--shape", "1x3x48x48",
                          "--exporter", "torchscript", "--calib-size", "4", "--images", "2", "--no-bench",
-                         "--budget", "snr_db=30", "-o", tmp_path, "--json")
+                         "--budget", "snr_db=30", "--equalize", "off", "-o", tmp_path, "--json")
     assert code == 0, err
     a = art(json.loads(out), "onnx-int8")
     budget = a["build"]["budget"]
@@ -151,7 +161,7 @@ def test_unreachable_budget_exits_1_with_the_best_graph(cli, tmp_path):
     # 190 dB: within the budget's range (at most 200 dB), beyond what even fp32 rounding reaches (about 140 dB)
     code, out, err = cli("quantize", "outlier", "--model", "tests.support.models:outlier_net", "--shape", "1x3x48x48",
                          "--exporter", "torchscript", "--calib-size", "2", "--images", "1", "--no-bench",
-                         "--budget", "snr_db=190", "-o", tmp_path)
+                         "--budget", "snr_db=190", "--equalize", "off", "-o", tmp_path)
     assert code == 1, err
     assert (tmp_path / "outlier.int8.onnx").exists()
     a = art(report(tmp_path, "outlier"), "onnx-int8")

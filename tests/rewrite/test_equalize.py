@@ -177,3 +177,24 @@ def _kinds(folder):
     import json
 
     return list(json.loads(next(folder.glob("*.report.json")).read_text())["artifacts"])
+
+
+def test_without_equalization_the_search_meets_2_db_under_clean_with_few_modules(trained_pair, tmp_path):
+    """``equalize: off`` and a budget 2 dB under the clean model's int8 SNR (ONNX Runtime, default options, 224 px):
+    the node loop puts the consumer of the wide channel in float, reading that channel in float, and meets the
+    budget with at most 3 modules; a step that does not help is undone, so the kept steps never lower the SNR."""
+    import edgeexport
+
+    clean, faulted = trained_pair
+    shape, opts = (1, 3, 224, 224), {"calib_size": 8, "equalize": "off"}
+    base = edgeexport.export(clean, shape, {"onnx-int8": opts}, images=2, bench=False, output=tmp_path / "clean",
+                             threads=1).artifacts["onnx-int8"].worst("snr_db")
+    budget = round(base - 2.0, 2)
+    art = edgeexport.export(faulted, shape, {"onnx-int8": {**opts, "budget": {"snr_db": budget}}}, images=2,
+                            bench=False, output=tmp_path / "faulted", threads=1).artifacts["onnx-int8"]
+    r = art.repair
+    assert r.steps[0].metrics["snr_db"] < budget - 3, (base, r.steps[0].metrics)  # the fault is real
+    assert r.met and len(r.float_modules) <= 3 and art.worst("snr_db") >= budget, (base, r.float_modules)
+    assert any(m in ("layer4.0.bn2", "layer4.0.conv2") for m in r.float_modules)  # the wide channel's consumer
+    kept = [s.metrics["snr_db"] for s in r.steps if s.kept]
+    assert kept == sorted(kept) and all(s.metrics["snr_db"] <= kept[-1] for s in r.steps if not s.kept)
