@@ -120,7 +120,7 @@ def test_doctor_and_targets_list_every_registered_target():
     assert [r["name"] for r in rows] == [t.name for t in list_targets()]
     onnx = rows[0]
     assert onnx["name"] == "onnx" and onnx["build"]["ok"] and onnx["run"]["ok"]
-    assert {f["kind"] for f in onnx["formats"]} == {"onnx"}
+    assert {f["kind"] for f in onnx["formats"]} == {"onnx", "onnx-equalized"}
     trt = next(r for r in rows if r["name"] == "trt")
     assert not trt["run"]["ok"] and trt["run"]["reason"] and trt["install"]  # no TensorRT on this machine
     d = {r["backend"]: r for r in doctor()}
