@@ -7,11 +7,9 @@ that no node can build, a worker killed mid-task and retried, and ``--resume`` a
 cell kept crashing. Worker kills come from a model whose factory kills its process on its first
 calls (``tests/support/crashing.py``); nothing in edgeexport knows about tests.
 """
-import contextlib
 import importlib.util
 import json
 import shutil
-import signal
 import socket
 import time
 
@@ -21,6 +19,7 @@ import yaml
 
 from edgeexport.report import load_report, report_from_dict
 from tests.conftest import assert_one_line_error
+from tests.support.deadline import deadline
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                 reason="ray is not installed (pip install 'edgeexport[ray]'): edgeexport matrix "
@@ -31,19 +30,6 @@ RECIPE = {"model": "mobilenetv3_small", "name": ROW, "input_shape": "1x3x64x64",
           "inputs": {"images": 2, "eval_data": "none"}, "bench": {"runs": 5, "warmup": 1, "budget_s": 2}}
 
 
-@contextlib.contextmanager
-def deadline(seconds: int):
-    """Fail instead of hanging: a matrix must report every cell, never wait on one forever."""
-    def expired(*_):
-        raise TimeoutError(f"the matrix did not finish within {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def cells(m) -> dict:

@@ -312,9 +312,9 @@ def float_inputs(model: onnx.ModelProto, prepared: onnx.GraphProto, nodes: set[s
                 continue  # not an activation's Q/DQ pair (a weight is stored int8, with no QuantizeLinear)
             want = orig.input[k]
             was, now = made_before.get(want), producers.get(want)
-            if (was is None and want in made) or (was is not None and now is not None and now.name == was.name):
-                pass  # the float tensor is still made as it was (a graph input, or by the same node)
-            elif (was is not None and was.op_type in REMOVABLE and q.input[0] == want
+            # the float tensor is still made as it was (a graph input, or by the same node): read it as is
+            as_made = (was is None and want in made) or (was is not None and now is not None and now.name == was.name)
+            if not as_made and (was is not None and was.op_type in REMOVABLE and q.input[0] == want
                   and all(i in made or i in inits for i in was.input[1:] if i)):
                 # the quantizer dropped the activation and gave its output's name to the tensor before it
                 restored = onnx.NodeProto()
@@ -326,7 +326,7 @@ def float_inputs(model: onnx.ModelProto, prepared: onnx.GraphProto, nodes: set[s
                 del restored.output[:]
                 restored.output.append(want)
                 model.graph.node.append(restored)
-            else:
+            elif not as_made:
                 continue  # the float tensor is not in the quantized graph: leave the pair
             node.input[k] = want
             changed.setdefault(node.name, []).append(orig.input[k])

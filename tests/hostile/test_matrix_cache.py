@@ -8,7 +8,6 @@ Cheap cells: a tiny classifier at 1x3x32x32 to ONNX only, one photo, no timings,
 instance started once for the module."""
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import os
@@ -24,6 +23,7 @@ import pytest
 import yaml
 
 from tests.hostile.support import fresh_env, listing, run_here, unchanged
+from tests.support.deadline import deadline
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                 reason="ray is not installed (pip install 'edgeexport[ray]'): edgeexport matrix "
@@ -51,18 +51,6 @@ def writable(p: Path) -> Path:
     return p
 
 
-@contextlib.contextmanager
-def deadline(seconds: int):
-    def expired(*_):
-        raise TimeoutError(f"the matrix did not finish within {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 # ---------------------------------------------------------------- interrupted: no temporary folder left (first: before this module's Ray instance starts)
