@@ -268,7 +268,7 @@ class Int8Builder:
                             why[p.name] = "tail"
         return why
 
-    def close_islands(self, exclude: set[str], record: bool = True) -> set[str]:
+    def close_islands(self, exclude: set[str]) -> set[str]:
         """Grow each excluded node into a float island that ONNX Runtime will not re-quantize.
 
         ONNX Runtime fuses any DequantizeLinear -> op -> QuantizeLinear it has a kernel for, even
@@ -290,19 +290,24 @@ class Int8Builder:
                 for c in consumers.get(o, []):
                     if c.op_type not in COMPUTE_OPS and c.name not in out:
                         out.add(c.name)
-                        if record:
-                            self.why.setdefault(c.name, "island")
                         todo.append(c.name)
         return out
+
+    def islands(self, exclude: set[str], closed: set[str] | None = None) -> set[str]:
+        """:meth:`close_islands`, recording why each node it added is float (``closed``: already computed)."""
+        closed = self.close_islands(exclude) if closed is None else closed
+        for n in closed - exclude:
+            self.why.setdefault(n, "island")
+        return closed
 
     def plan_exclusions(self, plan: str, why: dict[str, str]) -> set[str]:
         base = {n for n, r in why.items() if r == "tail"} | set(self.opts.exclude)
         if plan == "all":
-            return self.close_islands(base)
+            return self.islands(base)
         if plan == "float_stem":
-            return self.close_islands(base | {n for n, r in why.items() if r == "stem"})
+            return self.islands(base | {n for n, r in why.items() if r == "stem"})
         if plan == "dense":
-            return self.close_islands(base | {n for n, r in why.items() if r in ("depthwise", "stem", "no_kernel")})
+            return self.islands(base | {n for n, r in why.items() if r in ("depthwise", "stem", "no_kernel")})
         raise UserError(f"unknown int8 plan {plan!r} (known: {', '.join(PLANS)})")
 
     def choose_plan(self, floor: dict[str, float]) -> tuple[str, set[str], list[dict]]:
@@ -360,7 +365,7 @@ class Int8Builder:
                     break
                 i += 1
                 tried.add(row["node"])
-                trial = self.close_islands(exclude | {row["node"]}, record=False)
+                trial = self.close_islands(exclude | {row["node"]})
                 self.float_set.add(row["node"])
                 cand = self._quantize(self.prepared, self.tmp / f"budget-{i}.onnx", trial, fmt="qdq")
                 got = self.ev.accuracy(cand)
@@ -369,7 +374,7 @@ class Int8Builder:
                               "op": row["op"], "drop_db": row["drop_db"], "kept": kept, **got})
                 if kept:
                     self.why[row["node"]] = "budget"
-                    self.close_islands(exclude | {row["node"]})  # again, recording why the island nodes are float
+                    self.islands(exclude | {row["node"]}, trial)
                     exclude, path, acc = trial, cand, got
                     break
                 self.float_set.discard(row["node"])
@@ -392,11 +397,11 @@ class Int8Builder:
         or pooling node (where the Q/DQ pair sits) is made by the compute node that feeds it, so that node comes
         first, then the lossy node itself."""
         producers = {o: n for n in self.graph.node for o in n.output}
+        by_name = {n.name: n for n in self.graph.node}
         out, seen = [], set()
         for row in rows:
-            node = next((n for n in self.graph.node if n.name == row["node"]), None)
             chain = [row]
-            src = node
+            src = by_name.get(row["node"])
             while src is not None and src.op_type not in COMPUTE_OPS and len(src.input) >= 1:
                 src = producers.get(src.input[0])
                 if src is not None and src.op_type in COMPUTE_OPS:
