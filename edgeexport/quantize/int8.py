@@ -132,7 +132,6 @@ class Int8Builder:
         self.tmp = Path(tempfile.mkdtemp(prefix="edgeexport-int8-"))
         self.plan_paths: dict[frozenset, Path] = {}  # QDQ graph of each measured plan, by its exclusions
         self.float_set: set[str] = set()  # nodes of modules kept in float by name or by the budget
-        self.read_float: dict[str, dict[str, list[str]]] = {}  # graph file -> node -> inputs it reads in float
         self.info: dict = {"target": opts.consumer, "format": opts.format, "method": opts.method,
                            "per_channel": opts.per_channel,
                            "calib_size": opts.calib_size,
@@ -231,8 +230,7 @@ class Int8Builder:
             absorbed = prep.absorb_scalar_muls(model)
             # the float set (modules kept in float by name or by the budget) reads float tensors: the quantizer
             # leaves the Q/DQ pair of an int8 producer on an excluded node's input, which would quantize it anyway
-            self.read_float[dst.name] = prep.float_inputs(model, self.graph, self.float_set & exclude)
-            if absorbed or self.read_float[dst.name]:
+            if prep.float_inputs(model, self.graph, self.float_set & exclude) or absorbed:
                 onnx.save(model, str(dst))
         return dst
 
@@ -382,14 +380,26 @@ class Int8Builder:
                 break  # every node of the ranking tried (or the step limit reached) without getting closer
         return exclude, steps, meets(acc, budget)
 
-    def float_tensors(self, read: dict[str, list[str]]) -> dict[str, list[str]]:
+    def float_tensors(self, model) -> dict[str, list[str]]:
         """Per module of the float set (named, or the budget's nodes by their module), the activations its nodes
-        read in float in the final graph."""
+        read in float in the final graph ``model``: every input that is not an initializer, does not come through
+        a DequantizeLinear, and is not made inside the same module."""
         owner = {n: m for m, nodes in self.info.get("float_modules", {}).items() for n in nodes}
+        producers = {o: n for n in model.graph.node for o in n.output}
+        inits = {i.name for i in model.graph.initializer}
         out: dict[str, list[str]] = {}
-        for node, tensors in read.items():
-            module = owner.get(node) or self.scopes.get(node) or f"node {node}"
-            out.setdefault(module, []).extend(t for t in tensors if t not in out.get(module, []))
+        for node in model.graph.node:
+            if node.name not in self.float_set:
+                continue
+            module = owner.get(node.name) or self.scopes.get(node.name) or f"node {node.name}"
+            for name in node.input:
+                src = producers.get(name)
+                if not name or name in inits or (src is not None and (
+                        src.op_type == "DequantizeLinear" or (owner.get(src.name) or self.scopes.get(src.name)) == module)):
+                    continue
+                name = name.removesuffix(f"_float_for_{node.name}")  # an activation restored for it (prep.float_inputs)
+                if name not in out.get(module, []):
+                    out.setdefault(module, []).append(name)
         return out
 
     def candidates(self, rows: list[dict]) -> list[dict]:
@@ -478,8 +488,8 @@ class Int8Builder:
         self.info["float_nodes"] = floats
         self.info["optimized_op_counts"] = dict(sorted(counts.items(), key=lambda kv: -kv[1]))
         self.info["excluded"] = {n: REASONS.get(self.why.get(n, "user"), "") for n in sorted(exclude)}
-        self.info["float_tensors"] = self.float_tensors(self.read_float.get(final.name, {}))
         model = onnx.load(str(final))
+        self.info["float_tensors"] = self.float_tensors(model)
         # which module each node comes from, for the per-layer diff (quantization drops node metadata)
         self.info["scopes_kept"] = keep_scopes(self.fp32_meta, model)
         with atomic_path(out) as tmp:

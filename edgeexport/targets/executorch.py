@@ -62,8 +62,9 @@ def _drop_identity_pads(graph_module):
 
 
 def _quantize_pt2e(module, sample, calibration, float_modules=()):
-    """PT2E int8 with the XNNPACK quantizer; returns the converted module and ``{module: [node names]}`` kept
-    in float (``float_modules``: paths in the user's model, left out of the quantizer's annotation)."""
+    """PT2E int8 with the XNNPACK quantizer; returns the converted module, ``{module: [node names]}`` kept
+    in float (``float_modules``: paths in the user's model, left out of the quantizer's annotation) and
+    ``{module: [the nodes whose output it reads, left float]}``."""
     import torch
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
@@ -91,11 +92,63 @@ def _quantize_pt2e(module, sample, calibration, float_modules=()):
             # a module with no config is left out of the global annotation and annotated with nothing (float);
             # set_module_name refuses None in ExecuTorch 1.5, the annotation itself skips it
             quantizer.module_name_config[full] = None
+        quantizer = _FloatTensors(quantizer, float_modules)
     prepared = prepare_pt2e(graph, quantizer)
     with torch.no_grad():
         for x in calibration:
             prepared(x)
-    return convert_pt2e(prepared), kept
+    return convert_pt2e(prepared), kept, getattr(quantizer, "tensors", {})
+
+
+class _FloatTensors:
+    """The XNNPACK quantizer, and then: the tensors a float module reads stay float. A module left out of the
+    annotation still reads what its producer wrote, and the producer's output annotation quantizes that tensor
+    (the wide channel the module was kept in float for is still rounded to the producer's per-tensor scale).
+    XNNPACK's static int8 kernels write int8, so the producer's whole pattern (e.g. conv-bn-relu) is annotated
+    float too: it reads its own input dequantized, computes and writes in float. Every other consumer of that
+    tensor quantizes it on its own input edge (XNNPACK's conv, linear, add, mul and cat annotate their inputs).
+    The producers left float are recorded by node name, per float module."""
+
+    def __init__(self, quantizer, float_modules):
+        self.quantizer, self.modules, self.tensors = quantizer, list(float_modules), {}
+
+    def __getattr__(self, name):
+        return getattr(self.quantizer, name)
+
+    def transform_for_annotation(self, model):
+        return self.quantizer.transform_for_annotation(model)
+
+    def validate(self, model):
+        return self.quantizer.validate(model)
+
+    def annotate(self, model):
+        model = self.quantizer.annotate(model)
+        floating = {n: m for n in model.graph.nodes if n.op == "call_function"
+                    and (m := within(user_path(stack_path(n) or ""), self.modules))}
+        for node, module in floating.items():
+            for src in node.all_input_nodes:
+                ann = src.meta.get("quantization_annotation")
+                if src not in floating and ann is not None and ann.output_qspec is not None:
+                    ann.output_qspec = None
+                    _unquantize_pattern(src)
+                    self.tensors.setdefault(module, []).append(src.name)
+        return model
+
+
+def _unquantize_pattern(node) -> None:
+    """Clear the input annotations of ``node`` and of the annotated nodes inside its pattern (those with no
+    output annotation of their own, e.g. the conv and bn under a quantized relu), so the pattern computes
+    in float from dequantized inputs."""
+    stack, seen = [node], set()
+    while stack:
+        n = stack.pop()
+        ann = n.meta.get("quantization_annotation")
+        if n in seen or ann is None:
+            continue
+        seen.add(n)
+        ann.input_qspec_map = {}
+        stack += [s for s in n.all_input_nodes if (a := s.meta.get("quantization_annotation")) is not None
+                  and a.output_qspec is None]
 
 
 def quantized_taps(module, sample, calibration, x, float_modules=()) -> list:
@@ -105,7 +158,7 @@ def quantized_taps(module, sample, calibration, x, float_modules=()) -> list:
     round the same quantized values, so the ranking carries over, the exact figures need not."""
     import torch
 
-    converted, _ = _quantize_pt2e(module.eval(), sample, calibration, float_modules)
+    converted, _, _ = _quantize_pt2e(module.eval(), sample, calibration, float_modules)
     outs: dict = {}
 
     class Recorder(torch.fx.Interpreter):
@@ -140,9 +193,9 @@ def lower(module, sample, out: Path, *, quantize: str | None = None, calibration
 
         try:
             module = module.eval()
-            kept = {}
+            kept, tensors = {}, {}
             if quantize == "int8":
-                module, kept = _quantize_pt2e(module, sample, calibration or [sample], float_modules)
+                module, kept, tensors = _quantize_pt2e(module, sample, calibration or [sample], float_modules)
             program = torch.export.export(module, (sample,))
             if quantize != "int8":
                 # Weights computed from parameters in forward (HetConv's dense / grouped forms, folded
@@ -170,7 +223,7 @@ def lower(module, sample, out: Path, *, quantize: str | None = None, calibration
         version = _v("executorch")
     return {"backend": "xnnpack", "quantize": quantize or "none", "executorch": version,
             "delegated_nodes": delegated, "graph_nodes": total, "lower_s": round(time.perf_counter() - t0, 1),
-            "float_modules": kept}
+            "float_modules": kept, "float_tensors": tensors}
 
 
 def _delegation(edge) -> tuple[int, int]:
@@ -298,6 +351,7 @@ class ExecuTorchRecord(BuildRecord):
     graph_nodes: int
     lower_s: float
     float_modules: dict[str, list[str]] = {}  # module kept in float -> its graph nodes
+    float_tensors: dict[str, list[str]] = {}  # module kept in float -> the nodes whose output it reads, left float
 
 
 @register_target

@@ -144,6 +144,25 @@ def float_operations(model, modules: list[str]) -> dict[str, list[str]]:
     return match_modules(modules, op_modules(model))
 
 
+def float_inputs(quantized, float_ops: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Per float module, the tensors its operations read from outside it that stayed float (their producer's
+    friendly name): an input that comes through a FakeQuantize is still rounded to int8, one that does not is
+    float. Constants (the module's own weights) are left out."""
+    by_name = {op.get_friendly_name(): op for op in quantized.get_ops()}
+    out: dict[str, list[str]] = {}
+    for module, names in float_ops.items():
+        inside = set(names)
+        for name in names:
+            op = by_name.get(name)
+            for value in (op.input_values() if op is not None else ()):
+                src = value.get_node()
+                kind, src_name = src.get_type_name(), src.get_friendly_name()
+                if kind not in ("Constant", "FakeQuantize") and src_name not in inside \
+                        and src_name not in out.get(module, []):
+                    out.setdefault(module, []).append(src_name)
+    return out
+
+
 # ---------------------------------------------------------------- the target
 
 
@@ -193,6 +212,7 @@ class OpenVINORecord(BuildRecord):
     quantize_s: float | None = None
     accuracy_control: dict | None = None
     float_modules: dict[str, list[str]] = {}  # module kept in float (NNCF ignored scope) -> its operations
+    float_tensors: dict[str, list[str]] = {}  # module kept in float -> the producers of the float tensors it reads
     modules_recorded: int = 0  # ops whose runtime info names the module of the user's model (for `diff`)
 
     def markdown(self) -> list[str]:
@@ -381,6 +401,8 @@ class OpenVINOTarget(Target):
                     quiet(), _nncf_log():
                 quantized = nncf.quantize(model, calibration, preset=preset, subset_size=len(calib), **ignored)
         facts["quantize_s"] = round(time.perf_counter() - t0, 2)
+        if facts.get("float_modules"):
+            facts["float_tensors"] = float_inputs(quantized, facts["float_modules"])
         return quantized, facts
 
     @staticmethod

@@ -97,15 +97,25 @@ def test_a_budget_already_met_keeps_nothing_in_float(tmp_path):
     assert r.met and r.float_modules == [] and len(r.steps) == 1 and r.int8_ms is None and r.cost is None
 
 
-def test_float_modules_reach_each_converter(tmp_path):
-    """``--float-module`` by hand: every int8 target records which of its operators it kept in float."""
-    pytest.importorskip("nncf")
-    rep = edgeexport.export(fragile(), SHAPE, {"openvino-int8": {"float_modules": ["features.2"]}},
-                            output=tmp_path, threads=1, images=1, bench=False)
-    art = rep.artifacts["openvino-int8"]
+# how each target names the tensor features.2 reads (the output of features.1's ReLU, or of the conv it is fused to)
+READS = {"onnx-int8": "features.1/Relu", "openvino-int8": "features.1/Relu", "litert-int8": "features.1#",
+         "executorch-int8": "relu"}
+
+
+@pytest.mark.parametrize("kind", INT8)
+def test_float_modules_reach_each_converter_and_read_float_tensors(kind, tmp_path):
+    """``--float-module`` by hand: every int8 target records which of its operators it kept in float, and which
+    tensors they read in float: the input of ``features.2`` is not rounded to int8 on the way in (no Q/DQ pair, no
+    FakeQuantize, no int8 producer), so the 40x weight meets its tiny input channel in float and the SNR recovers."""
+    opts = {"float_modules": ["features.2"], "equalize": "off"} | ({} if kind == "onnx-int8" else {"quantize": "int8"})
+    rep = edgeexport.export(fragile(), SHAPE, {kind: opts}, output=tmp_path, threads=1, images=1, bench=False)
+    art = rep.artifacts[kind]
+    assert art.error is None, art.why()
     ops = art.build["float_modules"]["features.2"]
-    assert any("conv" in op.lower() for op in ops), ops  # the Convolution, not only its bias Add
-    assert art.parity[0].worst("snr_db") > 20  # 16 dB all-int8 (the search test measures it)
+    assert any("conv" in op.lower() for op in ops), ops  # the convolution, not only its bias add
+    reads = art.build["float_tensors"]["features.2"]
+    assert len(reads) == 1 and READS[kind] in reads[0], reads
+    assert art.parity[0].worst("snr_db") > 20  # 16-19 dB all-int8 (the search test above measures it)
 
 
 def test_a_float_set_a_target_chose_itself_is_priced(tmp_path):

@@ -26,12 +26,8 @@ outputs with the tensors' own scale and zero point.
 """
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Literal
 
@@ -39,15 +35,16 @@ import numpy as np
 from pydantic import Field
 
 from edgeexport.errors import BackendMissing, BuildFailed, EdgeExportError, UnsupportedOp
-from edgeexport.provenance import locate_in_torch, match_modules, refused_op, user_path, within
+from edgeexport.provenance import locate_in_torch, refused_op
 from edgeexport.runners.base import Runner, Tap
 from edgeexport.targets.registry import register_target
+from edgeexport.targets.litert.flatbuffer import (SIGNATURE, delegation, float_scopes, inspect_flatbuffer,
+                                                quiet_fds, tensor_modules)
 from edgeexport.targets.base import (Budget, Equalize, FloatModules, Availability, BuildRecord, Format, Target,
                                      TargetOptions, int8_model)
 from edgeexport.util import quiet, version_of
 
 INSTALL_HINT = "pip install 'edgeexport[litert]'"
-SIGNATURE = "serving_default"
 _POSITIONAL = re.compile(r"^(args|output)_(\d+)$")
 
 
@@ -67,40 +64,6 @@ def require_litert_torch():
             import litert_torch  # noqa: F401
     except ImportError:
         raise BackendMissing("LiteRT", "litert-torch is not installed", INSTALL_HINT) from None
-
-
-@contextlib.contextmanager
-def quiet_fds():
-    """Silence what native code writes to file descriptors 1 and 2 (absl / TFLite logs); yields a
-    function returning the captured text (converter errors are sometimes only there)."""
-    import sys
-
-    saved, captured = [], tempfile.TemporaryFile(mode="w+b")
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    try:
-        for fd in (1, 2):
-            saved.append((fd, os.dup(fd)))
-            os.dup2(captured.fileno(), fd)
-    except OSError:  # no real descriptors (an embedding host): leave them alone
-        pass
-
-    def text() -> str:
-        captured.flush()
-        captured.seek(0)
-        return captured.read().decode(errors="replace")
-
-    try:
-        yield text
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        for fd, copy in saved:
-            os.dup2(copy, fd)
-            os.close(copy)
-        captured.close()
 
 
 def _failure(stage: str, exc: Exception, native: str = "") -> str:
@@ -212,26 +175,6 @@ def _recipe(float_ops=(), float_scopes=()):
     return rm
 
 
-def float_scopes(fp32: bytes, modules: list[str]) -> tuple[dict[str, list[str]], set[str]]:
-    """The ops of an fp32 flatbuffer that come from each of ``modules`` (by the module stacks litert-torch
-    writes into tensor names; a fused conv + BN + activation belongs to each module it names), as
-    ``({module: [op descriptions]}, {op scopes})`` for :func:`_recipe`."""
-    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
-
-    model = fu.read_model(bytearray(fp32))
-    graph = model.subgraphs[0]
-    codes = [getattr(fu.TFL_OP_CODE_TO_NAME.get(c.builtinCode), "value", str(c.builtinCode)) for c in model.operatorCodes]
-    paths, scope_of = {}, {}
-    for i, op in enumerate(graph.operators):
-        names = [fu.get_tensor_name(graph.tensors[t]) for t in op.outputs if t != -1]
-        found = [m for n in names for m in tensor_modules(n)]
-        key = f"{codes[op.opcodeIndex]}#{i}"
-        paths[key] = next((m for m in found if within(m, modules)), found[0] if found else None)
-        scope_of[key] = fu.get_op_scope(op, graph.tensors)
-    hits = match_modules(modules, paths)
-    return hits, {scope_of[k] for ops in hits.values() for k in ops}
-
-
 def quantize_int8(fp32: bytes, input_name: str, calibration: list[np.ndarray],
                   threads: int | None, scopes=()) -> tuple[bytes, list[str]]:
     """Static int8 of an fp32 flatbuffer with ai-edge-quantizer; returns the file and the op types kept
@@ -282,69 +225,6 @@ def quantize_int8(fp32: bytes, input_name: str, calibration: list[np.ndarray],
     return content, keep
 
 
-def delegation(model: bytes | Path) -> tuple[int, Counter]:
-    """How many XNNPACK partitions the default delegate makes, and the op types it leaves to the
-    interpreter's own kernels.
-
-    The interpreter lists a model's nodes and the delegate nodes that replaced them, not which were
-    replaced: a node runs outside XNNPACK when what it produces is needed (a graph output, an input
-    of a delegate node or of another such node) and no delegate node produces it."""
-    from ai_edge_litert import interpreter as tfl
-
-    src = {"model_path": str(model)} if isinstance(model, Path) else {"model_content": model}
-    with quiet_fds():
-        it = tfl.Interpreter(**src, num_threads=1)
-        it.allocate_tensors()
-    ops = it._get_ops_details()
-    delegates = [o for o in ops if o["op_name"] == "DELEGATE"]
-    produced = {int(t) for o in delegates for t in o["outputs"]}
-    needed = {int(d["index"]) for d in it.get_output_details()} | {int(t) for o in delegates for t in o["inputs"]}
-    outside: dict[int, str] = {}
-    changed = True
-    while changed:
-        changed = False
-        for o in ops:
-            outs = {int(t) for t in o["outputs"]}
-            if o["op_name"] != "DELEGATE" and o["index"] not in outside and outs & needed and not outs & produced:
-                outside[o["index"]] = o["op_name"]
-                needed |= {int(t) for t in o["inputs"] if t >= 0}
-                changed = True
-    return len(delegates), Counter(outside.values())
-
-
-def inspect_flatbuffer(path: Path) -> dict:
-    """What a file holds: its signature and I/O types, ops, tensor types, which ops compute in int8,
-    and how XNNPACK takes it."""
-    from ai_edge_litert import interpreter as tfl
-
-    with quiet_fds():
-        it = tfl.Interpreter(model_path=str(path),
-                             experimental_op_resolver_type=tfl.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-        it.allocate_tensors()
-    signatures = it.get_signature_list()
-    runner = it.get_signature_runner(SIGNATURE if SIGNATURE in signatures else next(iter(signatures)))
-
-    def io(details: dict) -> dict[str, str]:
-        out = {}
-        for name, d in details.items():
-            scale, zp = d["quantization"]
-            out[name] = np.dtype(d["dtype"]).name + (f" (scale {scale:.4g}, zero point {zp})" if scale else "")
-        return out
-
-    ops = it._get_ops_details()
-    is8 = lambda t: np.dtype(t) in (np.int8, np.uint8)  # noqa: E731
-    compute = [o for o in ops if o["op_name"] not in ("QUANTIZE", "DEQUANTIZE")]
-    int8 = [o for o in compute
-            if o["operand_types"] and is8(o["operand_types"][0]) and all(map(is8, o["result_types"]))]
-    partitions, outside = delegation(path)
-    return {"inputs": io(runner.get_input_details()), "outputs": io(runner.get_output_details()),
-            "op_count": len(ops), "ops": dict(Counter(o["op_name"] for o in ops).most_common()),
-            "int8_ops": len(int8),
-            "float_ops": dict(Counter(o["op_name"] for o in compute if o not in int8).most_common()),
-            "tensor_dtypes": dict(Counter(np.dtype(t["dtype"]).name for t in it.get_tensor_details()).most_common()),
-            "xnnpack_partitions": partitions, "outside_xnnpack": dict(outside.most_common())}
-
-
 # ---------------------------------------------------------------- runner
 
 
@@ -358,28 +238,6 @@ def io_map(signature_names: list[str], names: list[str], what: str) -> dict[str,
             and [i for i, _ in positional] == list(range(len(names))):
         return {n: s for n, (_, s) in zip(names, positional)}
     raise EdgeExportError(f"the .tflite signature's {what} {signature_names} do not match {names}")
-
-
-def tensor_modules(name: str) -> list[str]:
-    """Every module path a litert-torch tensor name records (:func:`tensor_module` of each location)."""
-    return [m for m in (tensor_module(loc) for loc in name.split(";;")) if m is not None]
-
-
-def tensor_module(name: str) -> str | None:
-    """The module path a litert-torch tensor name records. Names are the op's source locations, the op itself
-    first (a fused conv + BN + ReLU lists the ReLU, then the others, ``;;``-separated); each location is the
-    module stack as ``package.Class_attribute`` segments under the root's."""
-    loc = re.sub(r";[^;/]*$", "", name.split(";;")[0])
-    segments = loc.split("/")
-    if len(segments) < 2:
-        return None
-    attrs = []
-    for seg in segments[1:]:
-        head = seg.rsplit(".", 1)[-1].lstrip("_")
-        if "_" not in head:
-            return None
-        attrs.append(head.split("_", 1)[1])
-    return user_path(".".join(attrs))
 
 
 class LiteRTRunner(Runner):
@@ -497,6 +355,7 @@ class LiteRTRecord(BuildRecord):
     calib_size: int | None = None
     kept_float_for_xnnpack: list[str] = []  # op types XNNPACK refuses in int8, left in float
     float_modules: dict[str, list[str]] = {}  # module kept in float -> its ops (type#index)
+    float_tensors: dict[str, list[str]] = {}  # module kept in float -> the tensors it reads, left float
     inputs: dict[str, str]  # signature name -> dtype (and quantization)
     outputs: dict[str, str]
     op_count: int
@@ -569,7 +428,8 @@ class LiteRTTarget(Target):
                     art.compare_to = self.formats[0].kind
                     calib = ctx.calibration(options.calib_size)
                     t1 = time.perf_counter()
-                    modules, scopes = float_scopes(content, options.float_modules) if options.float_modules else ({}, ())
+                    modules, scopes, facts["float_tensors"] = (float_scopes(content, options.float_modules)
+                                                               if options.float_modules else ({}, (), {}))
                     content, kept = quantize_int8(content, inputs[0], calib, ctx.threads, scopes)
                     facts["float_modules"] = modules
                     facts.update(path="litert_torch.convert + ai-edge-quantizer static int8 (min/max ranges)",
