@@ -1,7 +1,8 @@
 """``equalize: auto`` on an int8 target: equalize where it can help, and keep it only where it did.
 
 1. Measure the calibration images' activation ranges on every tensor cross-layer equalization acts on
-   (:func:`~edgeexport.rewrite.equalize.range_imbalance`). Where the widest channel is less than ``GATE`` times
+   and their consumers' weight ranges per input channel (:func:`~edgeexport.rewrite.equalize.range_imbalance`).
+   Where the widest channel is less than ``GATE`` times
    the median, per-tensor int8 spends few levels on it: the artifact is built as is, and a note says so.
 2. Otherwise build the artifact both ways (``equalize: off``, then ``on`` in a scratch folder), measure both against
    the reference (the task metric on labeled data, then SNR) and keep the better one; the note gives both
@@ -23,7 +24,8 @@ from edgeexport.pipeline.repair import adopt, measure, scratch_build
 from edgeexport.targets import Target, TargetOptions
 from edgeexport.util import one_line
 
-GATE = 32.0  # widest channel over the median: measured 3-16 on the zoo's models, trained or not; 276 with the fault
+GATE = 32.0  # widest channel over the median: activations 3-16 on the zoo's models, trained or not (weights 1.4-2.2);
+# 147-276 with the faults
 CALIBRATION_BATCHES = 4
 
 
@@ -50,7 +52,7 @@ def build_choosing(ctx: Context, target_cls: type[Target], options: TargetOption
     art = build(ctx, target_cls, off, required_by)
     if ratio < GATE or art.error or art.runner is None:
         if art.error is None:
-            art.notes.append(f"equalize auto: not needed (the widest activation channel is {ratio:.1f}x the "
+            art.notes.append(f"equalize auto: not needed (the widest activation or weight channel is {ratio:.1f}x the "
                              f"median{f' at {where}' if where else ''}, under {GATE:g}x); built as is")
         return art, off
     on = resolved(options, "on")

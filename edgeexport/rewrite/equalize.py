@@ -172,7 +172,9 @@ def range_imbalance(model: nn.Module, batches) -> tuple[float, str | None]:
     """How unbalanced the tensors equalization would act on are: over every pair's middle tensor (the producer's
     output, after its BatchNorm), the widest channel's range (max of the positive part over ``batches``) over the
     median range of its live channels (a channel whose range is under 1e-3 of the widest is dead, as after a
-    squeeze-and-excitation ReLU, and left out). Returns (the worst ratio, its module); (0, None) without pairs."""
+    squeeze-and-excitation ReLU, and left out), and over every pair's consumer, the same ratio of its weights'
+    ranges per input channel (:func:`input_channel_ranges`). Returns (the worst ratio, its module, with
+    " (weights)" after a consumer's); (0, None) without pairs."""
     try:
         chains = _chains_fx(model)[0]
     except Exception:  # noqa: BLE001 (a model fx cannot trace)
@@ -194,6 +196,8 @@ def range_imbalance(model: nn.Module, batches) -> tuple[float, str | None]:
     finally:
         for h in handles:
             h.remove()
+    for _, _, consumer in chains:  # the mirror: one input channel's weights far larger than the others'
+        ranges[f"{consumer} (weights)"] = input_channel_ranges(modules[consumer])
     worst: tuple[float, str | None] = (0.0, None)
     for name, r in ranges.items():
         alive = r[r > r.max() * 1e-3]
@@ -202,3 +206,13 @@ def range_imbalance(model: nn.Module, batches) -> tuple[float, str | None]:
             if ratio > worst[0]:
                 worst = (ratio, name)
     return worst
+
+
+def input_channel_ranges(layer: nn.Module) -> torch.Tensor:
+    """The largest weight magnitude on each input channel of a conv / linear layer (within its group): an input
+    channel whose weights are 200x the others' sets every per-output-channel int8 scale by itself."""
+    w = layer.weight.detach().abs()
+    groups = getattr(layer, "groups", 1)
+    per = w.shape[0] // groups
+    dims = tuple(d for d in range(w.dim()) if d != 1)
+    return torch.cat([w[g * per:(g + 1) * per].amax(dim=dims) for g in range(groups)])
