@@ -5,6 +5,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -101,11 +102,59 @@ def console(quiet: bool = False, stderr: bool = True):
 
 
 def status_for(con):
-    """A transient spinner on a terminal; nothing in pipes and logs, where stderr is for errors."""
-    def status(msg: str):
-        return con.status(msg) if con.is_terminal else contextlib.nullcontext()
+    """Where a run is, wherever its output goes (``--quiet`` silences both): on a terminal, a transient rich
+    progress display with one row per running stage (nested stages under it) and its elapsed time; off a terminal
+    (CI, ``| tee``, a notebook), one plain line when a stage starts and one when it ends, with its elapsed
+    seconds, each written and flushed at once (:data:`PROGRESS` matches them)."""
+    return Stages(con)
 
-    return status
+
+PROGRESS = re.compile(r"^edgeexport: (start|done ) ")
+
+
+class Stages:
+    def __init__(self, con):
+        self.con, self.progress, self.running = con, None, 0
+
+    @contextlib.contextmanager
+    def __call__(self, msg: str):
+        import time
+
+        if self.con.quiet:
+            yield
+            return
+        t0 = time.perf_counter()
+        if self.con.is_terminal:
+            with self._row(msg):
+                yield
+            return
+        self._line(f"start {msg}")
+        yield  # a stage that fails says nothing more: the error's own line follows
+        self._line(f"done  {msg} ({time.perf_counter() - t0:.1f} s)")
+
+    def _line(self, text: str) -> None:
+        self.con.print(f"edgeexport: {text}", markup=False, highlight=False, soft_wrap=True)
+        with contextlib.suppress(Exception):
+            self.con.file.flush()
+
+    @contextlib.contextmanager
+    def _row(self, msg: str):
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        if self.progress is None:
+            self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False),
+                                     TimeElapsedColumn(), console=self.con, transient=True)
+            self.progress.start()
+        task = self.progress.add_task(terminal_safe(msg), total=None)
+        self.running += 1
+        try:
+            yield
+        finally:
+            self.progress.remove_task(task)
+            self.running -= 1
+            if not self.running:
+                self.progress.stop()
+                self.progress = None
 
 
 def command_line() -> str | None:

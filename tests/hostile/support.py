@@ -52,7 +52,9 @@ class Result:
 
     @property
     def lines(self) -> list[str]:
-        return [ln for ln in self.stderr.splitlines() if ln.strip()]
+        from edgeexport.cli.app import PROGRESS
+
+        return [ln for ln in self.stderr.splitlines() if ln.strip() and not PROGRESS.match(ln)]  # errors, not progress
 
     def one_line_error(self, needle: str | None = None) -> str:
         """Assert exit 2 and exactly one line on stderr (``edgeexport: error: ...``, no traceback); return it."""
