@@ -9,8 +9,11 @@ calls (``tests/support/crashing.py``); nothing in edgeexport knows about tests.
 """
 import importlib.util
 import json
+import os
 import shutil
 import socket
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -18,7 +21,7 @@ import pytest
 import yaml
 
 from edgeexport.report import load_report, report_from_dict
-from tests.conftest import assert_one_line_error
+from tests.conftest import ROOT, assert_one_line_error
 from tests.support.deadline import deadline
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
@@ -159,6 +162,21 @@ def test_second_run_is_served_from_the_cache(first, recipe, cli):
     onnx = cells(m2)["onnx"]
     assert (root / "again" / onnx.cell.folder / f"{ROW}.onnx").is_file()
     assert str(root / "again") in onnx.path  # paths point into this run's output
+
+
+def test_a_run_served_from_the_cache_never_starts_ray(first, recipe):
+    """In a fresh process (no Ray running), every cell a hit: the plan is resolved against the cache first and Ray
+    is not even imported (the CoreML cell that needs a macOS node is reported from the local resource table)."""
+    _, root, _ = first
+    code = ("import sys; from edgeexport.cli import main; sys.argv = ['edgeexport', *sys.argv[1:]]\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\n"
+            "print('RAY', 'ray' in sys.modules, file=sys.stderr); sys.exit(code)")
+    proc = subprocess.run([sys.executable, "-c", code, "matrix", str(recipe), "--targets", "onnx,executorch,coreml",
+                           "--cache", str(root / "cache"), "-o", str(root / "fresh"), "--json"],
+                          capture_output=True, text=True, timeout=120, cwd=root, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [a["cell"]["cache"] for a in json.loads(proc.stdout)["artifacts"].values()] == ["hit"] * 3
+    assert "RAY False" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_a_changed_option_is_a_different_cell(first, recipe):
