@@ -27,7 +27,7 @@ demo: $(STAMP)
 
 # the modules with the longest fixtures first, so that two workers finish together (each module's fixtures are
 # built once: --dist loadscope keeps a module on one worker)
-LONGEST_FIRST = tests/test_matrix.py tests/export/test_executorch.py tests/divergence/test_diff.py \
+LONGEST_FIRST = tests/quantize/test_hostile_corpus.py tests/test_matrix.py tests/export/test_executorch.py tests/divergence/test_diff.py \
 	tests/targets/test_litert.py tests/targets/test_conformance.py tests/zoo/test_every_model_exports.py tests/rewrite/test_equalize.py tests/test_cli.py \
 	tests/quantize/test_quantize.py
 

@@ -21,7 +21,9 @@ from edgeexport.doctor import installed_versions as versions  # noqa: E402
 from edgeexport.recipe import Recipe  # noqa: E402
 from edgeexport.report import STATUS_TEXT, Report, report_from_dict  # noqa: E402
 
+from benchmarks import int8_corpus  # noqa: E402
 from benchmarks.repair import repair_section, reused_repair, run_repair  # noqa: E402
+from tests.support.faults import CASES as FAULTS  # noqa: E402
 
 # Option sets per target for the head cases (only targets registered here are used).
 STAGES = {
@@ -538,6 +540,8 @@ def main():
                     help="take the corpus section from the last corpus run (out/bench/corpus) instead of running it")
     ap.add_argument("--corpus-models", nargs="*", metavar="ROW", help="corpus rows to run (default: every one)")
     ap.add_argument("--corpus-cached-ok", action="store_true", help="take unchanged corpus cells from the cache")
+    ap.add_argument("--no-int8-corpus", action="store_true", help="skip the quantization-hostile corpus")
+    ap.add_argument("--reuse-int8-corpus", action="store_true", help="its section from its last run (out/bench/int8corpus)")
     ap.add_argument("--no-repair", action="store_true", help="skip the int8 budget runs (recipes/budget)")
     ap.add_argument("--reuse-repair", action="store_true",
                     help="take the repair section from the last budget run (out/bench/repair) instead of running it")
@@ -560,6 +564,9 @@ def main():
         text += rewrite_section(args)
     if args.reuse_repair or not args.no_repair:
         text += repair_section(reused_repair() if args.reuse_repair else run_repair(args.threads))
+    if args.reuse_int8_corpus or not args.no_int8_corpus:  # the quantization-hostile corpus (benchmarks/int8_corpus.py)
+        text += int8_corpus.SECTION.read_text() if args.reuse_int8_corpus else int8_corpus.run(list(FAULTS),
+                                                                                               list(int8_corpus.TARGETS))
     if args.reuse_matrix:
         text += reused_matrix()
     elif not args.no_matrix:

@@ -125,20 +125,27 @@ class _FloatTensors:
         model = self.quantizer.annotate(model)
         floating = {n: m for n in model.graph.nodes if n.op == "call_function"
                     and (m := within(user_path(stack_path(n) or ""), self.modules))}
+        outputs, inputs = {}, {}  # the annotations taken away: node -> output qspec, node -> its input qspecs
+        for node in floating:  # what the quantizer annotated without asking the module config (a max pool's sharing)
+            ann = node.meta.get("quantization_annotation")
+            if ann is not None:
+                outputs[node], inputs[node] = ann.output_qspec, dict(ann.input_qspec_map)
+                ann.output_qspec, ann.input_qspec_map = None, {}
         for node, module in floating.items():
             for src in node.all_input_nodes:
                 ann = src.meta.get("quantization_annotation")
                 if src not in floating and ann is not None and ann.output_qspec is not None:
-                    ann.output_qspec = None
-                    _unquantize_pattern(src)
+                    outputs[src], ann.output_qspec = ann.output_qspec, None
+                    _unquantize_pattern(src, inputs)
                     self.tensors.setdefault(module, []).append(src.name)
+        _unshare(model, outputs, inputs)
         return model
 
 
-def _unquantize_pattern(node) -> None:
+def _unquantize_pattern(node, inputs: dict) -> None:
     """Clear the input annotations of ``node`` and of the annotated nodes inside its pattern (those with no
     output annotation of their own, e.g. the conv and bn under a quantized relu), so the pattern computes
-    in float from dequantized inputs."""
+    in float from dequantized inputs; what was cleared goes into ``inputs``."""
     stack, seen = [node], set()
     while stack:
         n = stack.pop()
@@ -146,9 +153,33 @@ def _unquantize_pattern(node) -> None:
         if n in seen or ann is None:
             continue
         seen.add(n)
-        ann.input_qspec_map = {}
+        inputs[n], ann.input_qspec_map = dict(ann.input_qspec_map), {}
         stack += [s for s in n.all_input_nodes if (a := s.meta.get("quantization_annotation")) is not None
                   and a.output_qspec is None]
+
+
+def _unshare(model, outputs: dict, inputs: dict) -> None:
+    """An int8 consumer whose qspec shares the observer of a tensor left float (``SharedQuantizationSpec`` of a
+    node whose output annotation was taken away, or of an input edge that was cleared) gets that qspec for its own:
+    it quantizes the tensor on its own edge."""
+    from torchao.quantization.pt2e.quantizer import SharedQuantizationSpec
+
+    def own(qspec, depth=0):
+        if not isinstance(qspec, SharedQuantizationSpec) or depth > 8:
+            return qspec
+        ref = qspec.edge_or_node
+        if isinstance(ref, tuple):
+            original = inputs.get(ref[1], {}).get(ref[0])
+        else:
+            original = outputs.get(ref)
+        return qspec if original is None else own(original, depth + 1)
+
+    for n in model.graph.nodes:
+        ann = n.meta.get("quantization_annotation")
+        if ann is None:
+            continue
+        ann.input_qspec_map = {k: own(q) for k, q in ann.input_qspec_map.items()}
+        ann.output_qspec = own(ann.output_qspec)
 
 
 def quantized_taps(module, sample, calibration, x, float_modules=()) -> list:
