@@ -18,18 +18,28 @@ CORE = {"torch": "torch", "onnx": "onnx", "onnxruntime": "onnxruntime", "onnxsim
 
 def machine_info(threads: int | None = None) -> dict:
     """The machine a report was measured on; ``threads``: the thread count every backend ran with."""
-    cpu = platform.processor() or platform.machine()
+    cpu, flags = platform.processor() or platform.machine(), set()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "Model") and cpu in ("", platform.processor(), platform.machine()):
+                    cpu = value.strip()
+                elif key in ("flags", "Features") and not flags:
+                    flags = set(value.split())
     except OSError:
         pass
     return {"cpu": cpu, "cores": default_threads(), "logical_cpus": os.cpu_count(), "threads": threads,
             "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
-            "machine": platform.machine()}
+            "machine": platform.machine(), "isa": [name for flag, name in ISA if flag in flags]}
+
+
+# CPU flags (x86 /proc/cpuinfo "flags", ARM "Features") that decide which int8 / fp16 kernels a runtime picks
+ISA = (("avx2", "AVX2"), ("fma", "FMA"), ("avx512f", "AVX512F"), ("avx512_vnni", "AVX512-VNNI"),
+       ("avx_vnni", "AVX-VNNI"), ("avx512_bf16", "AVX512-BF16"), ("avx512_fp16", "AVX512-FP16"), ("amx_tile", "AMX"),
+       ("amx_int8", "AMX-INT8"), ("asimd", "NEON"), ("asimddp", "NEON-dotprod"), ("i8mm", "I8MM"), ("fphp", "FP16"),
+       ("sve", "SVE"), ("sve2", "SVE2"), ("sme", "SME"))
 
 
 def installed_versions() -> dict[str, str | None]:

@@ -214,9 +214,30 @@ def verify(bundle_path: Path = typer.Argument(..., metavar="BUNDLE"),
     exit_with(rep)
 
 
+def merge_reports(paths: list[Path], output: Path | None, out) -> None:
+    """``report --merge HOST DEVICE...``: the table on stdout and its markdown beside the host's report."""
+    from edgeexport import api
+    from edgeexport.report.merge import merged_markdown, merged_table
+    from edgeexport.util import atomic_path
+
+    if len(paths) < 2:
+        raise UserError("--merge takes the host's report and at least one device's: report --merge HOST DEVICE...")
+    host, devices = api.load_report(paths[0]), [api.load_report(p) for p in paths[1:]]
+    text = merged_markdown(host, devices, paths)
+    out.print(merged_table(host, devices))
+    page = output or paths[0].parent / (paths[0].name.removesuffix(".json").removesuffix(".report") + ".merged.md")
+    with atomic_path(page) as tmp:
+        tmp.write_text(text)
+    out.print(f"report: {page}", markup=False, highlight=False)
+
+
 @app.command("report")
 @handle_errors
-def report_cmd(path: Path = typer.Argument(..., metavar="REPORT_JSON", help="a NAME.report.json edgeexport wrote"),
+def report_cmd(paths: list[Path] = typer.Argument(..., metavar="REPORT_JSON...",
+                                                 help="a NAME.report.json edgeexport wrote (with --merge: the host's "
+                                                      "report, then each device's verify report)"),
+               merge: bool = typer.Option(False, "--merge", help="the host's and each device's parity and latency per "
+                                                                 "artifact, side by side, naming each machine"),
                html: bool = typer.Option(False, "--html", help="(re)write the self-contained HTML page beside it"),
                open_page: bool = typer.Option(False, "--open", help="open the page in a browser (implies --html)"),
                output: Optional[Path] = typer.Option(None, "--output", "-o",
@@ -227,8 +248,13 @@ def report_cmd(path: Path = typer.Argument(..., metavar="REPORT_JSON", help="a N
     from edgeexport.matrix import write_matrix_html
     from edgeexport.report.html import write_html
 
-    rep = api.load_report(path)
     out = console(stderr=False)
+    if merge:
+        return merge_reports(paths, output, out)
+    if len(paths) != 1:
+        raise UserError("report takes one REPORT_JSON (several only with --merge HOST DEVICE...)")
+    path = paths[0]
+    rep = api.load_report(path)
     print_report(rep, out)
     page = None
     if rep.kind == "matrix":

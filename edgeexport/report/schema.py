@@ -48,6 +48,17 @@ class Machine(Data):
     os: str
     python: str
     machine: str
+    isa: list[str] = []  # the CPU's flags that decide which kernels run (AVX2, AVX512-VNNI, AMX, NEON dot product...)
+
+    def label(self) -> str:
+        """CPU model, architecture, ISA flags and OS: the machine a figure was measured on."""
+        return f"{self.cpu} ({self.machine}; {', '.join(self.isa) if self.isa else 'ISA not recorded'}; {self.os})"
+
+    def short(self) -> str:
+        """CPU model and the widest int8 instruction set it has, for a table column."""
+        best = next((f for f in ("AMX-INT8", "AVX512-VNNI", "AVX-VNNI", "AVX2", "I8MM", "NEON-dotprod", "NEON")
+                     if f in self.isa), None)
+        return self.cpu[:28] + (f" · {best}" if best else "")
 
 
 class ModelInfo(Data):

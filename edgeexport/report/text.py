@@ -12,7 +12,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from edgeexport.report.schema import ArtifactResult, Report
 
 HEADERS = ["artifact", "backend", "precision", "size", "parity", "max err / scale", "SNR dB", "agreement",
-           "median ms", "x eager", "x fp32"]
+           "median ms", "x eager", "x fp32", "measured on"]
 TASK_LABELS = {"miou": "mIoU", "top1": "top-1"}
 
 
@@ -56,13 +56,14 @@ def summary_rows(report: Report) -> list[list[str]]:
     lat = e.latency if e else None
     rows = [[report.label, e.backend if e else "–", "fp32", "–", "reference", "–", "–", "–",
              *_task_cells(report, e.task if e else None, eager=True),
-             fmt(lat.median_ms, ".1f") if lat else "–", "1.00" if lat else "–", "–"]]
+             fmt(lat.median_ms, ".1f") if lat else "–", "1.00" if lat else "–", "–", report.machine.short()]]
     for a in report.artifacts.values():
         rows.append([
             a.name, a.backend, a.precision, size_text(a.size_bytes), status_text(a),
             fmt(a.worst("max_abs_scaled"), ".2e"), fmt(a.worst("snr_db"), ".1f"), fmt(a.worst("agreement"), ".4f"),
             *_task_cells(report, a.task), fmt(a.latency.median_ms, ".1f") if a.latency else "–",
             fmt(a.ratio_to_eager, ".2f"), fmt(a.ratio_to_fp32, ".2f"),
+            report.machine.short() if a.latency or a.parity else "not run here",
         ])
     return rows
 

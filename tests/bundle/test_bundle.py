@@ -120,3 +120,29 @@ def test_coreml_bundle_is_not_run_off_macos(tmp_path, cli):
     assert rep.artifacts["coreml"].status == "not_run" and rep.verdict == "passed"  # not run is not a pass...
     assert "not run on this machine" in rep.artifacts["coreml"].reason  # ...and says so
     assert rep.fastest(passing=True) is None
+
+
+def test_the_devices_figures_come_home(onnx_bundle, tmp_path, cli):
+    """``report --merge HOST DEVICE...``: per artifact, the host's row and each device's (its verify report), each
+    naming its machine (CPU, ISA flags) and runtime version; the device's figures are the ones it measured."""
+    bundle = tmp_path / "b"
+    shutil.copytree(onnx_bundle, bundle)
+    code, _, err = cli("verify", bundle, "--runs", "3")
+    assert code == 0, err
+    device = json.loads((bundle / "verify.report.json").read_text())
+    device["machine"].update(cpu="Cortex-A78AE", machine="aarch64", isa=["NEON", "NEON-dotprod"], os="Linux 5.15")
+    (tmp_path / "jetson.report.json").write_text(json.dumps(device))
+    host = onnx_bundle.parent / "lraspp_mobilenetv3_small.report.json"
+    code, out, err = cli("report", "--merge", host, tmp_path / "jetson.report.json", "-o", tmp_path / "merged.md")
+    assert code == 0, err
+    rows = [ln.split(" | ") for ln in (tmp_path / "merged.md").read_text().splitlines() if ln.startswith("| onnx ")]
+    assert [r[1].split(":")[0] for r in rows] == ["host", "device 1"], rows
+    assert "Cortex-A78AE (aarch64; NEON, NEON-dotprod; Linux 5.15)" in rows[1][1] and "onnxruntime " in rows[1][2]
+    dev = report_from_dict(device).artifacts["onnx"]
+    assert rows[1][5] == f"{dev.worst('snr_db'):.2f}" and rows[1][7] == f"{dev.latency.median_ms:.3f}"
+    assert rows[0][7] == "–"  # the host ran with --no-bench: no latency, and none is made up
+    # a report of another model does not merge
+    other = dict(device, model={**device["model"], "name": "mobilenetv3_small"})
+    (tmp_path / "other.report.json").write_text(json.dumps(other))
+    code, _, err = cli("report", "--merge", host, tmp_path / "other.report.json")
+    assert_one_line_error(code, err, "only reports of the same model merge")
