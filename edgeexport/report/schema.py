@@ -30,13 +30,15 @@ from edgeexport.report.status import FAILING, STATUS_TEXT, Status  # noqa: F401 
 from edgeexport.targets import BuildRecord, Repair, RunnerSpec, get_target
 from edgeexport.util import Data
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Schema upgrades: version -> the function taking a report dict of that version to the next one.
 UPGRADES = {
     # 2: the "unsupported" status with the refused op and its module; the model's preparation
     1: lambda d: {**d, "schema_version": 2},
     # 3: the warnings libraries raised during the command (captured into the report instead of the terminal)
     2: lambda d: {**d, "schema_version": 3},
+    # 4: the machine's ISA flags (machine.isa; an older report's machine did not record them: empty)
+    3: lambda d: {**d, "schema_version": 4},
 }
 
 

@@ -153,7 +153,8 @@ def _unquantize_pattern(node, inputs: dict) -> None:
         if n in seen or ann is None:
             continue
         seen.add(n)
-        inputs[n], ann.input_qspec_map = dict(ann.input_qspec_map), {}
+        inputs.setdefault(n, dict(ann.input_qspec_map))  # the first record is the quantizer's own annotation
+        ann.input_qspec_map = {}
         stack += [s for s in n.all_input_nodes if (a := s.meta.get("quantization_annotation")) is not None
                   and a.output_qspec is None]
 
