@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+from pathlib import Path
 
 import pytest
 
@@ -49,8 +50,9 @@ def test_each_fault_leaves_the_float_function_as_it_was(case, trained):
 def _int8(model, kind, tmp, **extra):
     import edgeexport
 
+    eval_data = extra.pop("eval_data", None)
     rep = edgeexport.export(model, (1, 3, SIDE, SIDE), {kind: {**OPTS[kind], "equalize": "off", **extra}}, images=2,
-                            bench=False, output=tmp, threads=1)
+                            bench=False, output=tmp, threads=1, eval_data=eval_data)
     art = rep.artifacts[kind]
     assert art.error is None and art.parity, art.why()
     return art.worst("snr_db"), art, rep
@@ -63,9 +65,15 @@ def _note_snr(note: str, how: str) -> float:
 class _Target:
     kind: str
 
+    eval_clean: str | None = None  # labeled data for the clean model's task metric
+
     @pytest.fixture(scope="class")
-    def clean(self, trained, tmp_path_factory):
-        return _int8(trained, self.kind, tmp_path_factory.mktemp("clean"))[0]
+    def clean_run(self, trained, tmp_path_factory):
+        return _int8(trained, self.kind, tmp_path_factory.mktemp("clean"), eval_data=self.eval_clean)
+
+    @pytest.fixture(scope="class")
+    def clean(self, clean_run):
+        return clean_run[0]
 
     def equalized(self, model, clean, cost, tmp):
         fixed, art, _ = _int8(model, self.kind, tmp, equalize="auto")
@@ -150,3 +158,13 @@ class TestLiteRT(_Paired):
 @_needs("executorch")
 class TestExecuTorch(_AllFour):
     kind = "executorch-int8"
+    eval_clean = "shapes_cls:eval"
+
+    def test_the_clean_model_keeps_its_top1(self, clean_run):
+        """PT2E int8 of the trained classifier without faults, judged by top-1 on labeled images it never saw."""
+        _, art, rep = clean_run
+        assert rep.eager.task.value >= 0.8  # a trained network, so the comparison means something
+        assert art.task.images >= 100 and art.task.drop_points <= 1.0  # the default int8 limit
+        assert art.status == "passed" and art.build["delegated_nodes"] >= 1
+        assert Path(art.path).name.endswith(".int8.pte") and Path(art.path).is_file()
+        assert art.size_bytes < 0.4 * 4 * 5.9e6  # int8 weights: under 40% of the fp32 parameters' bytes
