@@ -106,25 +106,27 @@ def _consumer_columns(w2: torch.Tensor, groups: int, channel_count: int) -> torc
     return w.reshape(groups * cin_per, -1)
 
 
-def _equalize_pair(producer, norm, consumer) -> bool:
+def _equalize_pair(producer, norm, consumer):
+    """Equalize one pair in place; returns ``(scales, producer output ranges, consumer input-channel weight ranges)``,
+    the ranges as they were before (None: left as it was)."""
     w1 = producer.weight.detach()
     c = w1.shape[0]
     groups = getattr(consumer, "groups", 1)
     try:
         cols = _consumer_columns(consumer.weight.detach(), groups, c)
     except ValueError:
-        return False
+        return None
     r1 = w1.reshape(c, -1).abs().amax(1).double()
     if norm is not None:
         if norm.weight is None or norm.running_var is None or norm.num_features != c:
-            return False
+            return None
         r1 = r1 * (norm.weight.detach().double() / (norm.running_var.double() + norm.eps).sqrt()).abs()
     r2 = cols.abs().amax(1).double()
     s = (r1 / r2).sqrt()
     ok = torch.isfinite(s) & (s > S_RANGE[0]) & (s < S_RANGE[1]) & (r1 > 0) & (r2 > 0)
     s = torch.where(ok, s, torch.ones_like(s))
     if torch.allclose(s, torch.ones_like(s), rtol=1e-3, atol=0):
-        return False
+        return None
     with torch.no_grad():
         inv = (1 / s)
         if norm is not None:  # the BatchNorm's affine output carries the scale
@@ -140,7 +142,7 @@ def _equalize_pair(producer, norm, consumer) -> bool:
         cout_per = w2.shape[0] // groups
         per_out = scale.repeat_interleave(cout_per, dim=0)  # [cout, cin_per]
         w2.mul_(per_out.reshape(w2.shape[0], cin_per, *([1] * (w2.dim() - 2))))
-    return True
+    return s, r1, r2
 
 
 def rewrite_equalize(model: nn.Module) -> Outcome:
@@ -156,16 +158,38 @@ def rewrite_equalize(model: nn.Module) -> Outcome:
         notes.append(f"equalize: {len(skipped)} pair(s) left alone (a bounded activation, e.g. "
                      f"{skipped[0]}): ReLU6 and Hardtanh are not positive-homogeneous")
     modules = dict(model.named_modules())
-    changed: set[tuple] = set()
+    changed: dict[tuple, list] = {}  # (producer, consumer) -> [product of the scales, both ranges before the first]
     for _ in range(SWEEPS):
         moved = False
         for p, n, c in chains:
-            if _equalize_pair(modules[p], modules[n] if n else None, modules[c]):
-                changed.add((p, c))
+            done = _equalize_pair(modules[p], modules[n] if n else None, modules[c])
+            if done is not None:
+                scale, out_ranges, in_ranges = done
+                record = changed.setdefault((p, c), [torch.ones_like(scale), out_ranges, in_ranges])
+                record[0] = record[0] * scale
                 moved = True
         if not moved:
             break
+    notes += pair_notes(changed)
     return Outcome(len(changed), notes)
+
+
+def pair_notes(changed: dict[tuple, list], shown: int = 8) -> list[str]:
+    """Per pair, what was scaled: the channel scale factors' range, and how unbalanced the channels were before and
+    after (widest over median) on both sides: the producer's output ranges and the consumer's weights per input
+    channel; the most unbalanced pairs first."""
+    def imbalance(r):
+        r = r[r > r.max() * 1e-3]
+        return float(r.max() / r.median()) if r.numel() and r.median() > 0 else 1.0
+
+    rows = sorted(((max(imbalance(out), imbalance(inp)), p, c, scale, out, inp)
+                   for (p, c), (scale, out, inp) in changed.items()), key=lambda t: -t[0])
+    notes = [f"equalize {p} -> {c}: {scale.numel()} channels scaled by {float(scale.min()):.3g}-{float(scale.max()):.3g}; "
+             f"widest over median, output ranges {imbalance(out):.1f}x -> {imbalance(out / scale):.1f}x, consumer "
+             f"weights {imbalance(inp):.1f}x -> {imbalance(inp * scale):.1f}x" for _, p, c, scale, out, inp in rows[:shown]]
+    if len(rows) > shown:
+        notes.append(f"equalize: {len(rows) - shown} more pair(s), each less unbalanced than these")
+    return notes
 
 
 def range_imbalance(model: nn.Module, batches) -> tuple[float, str | None]:
