@@ -1,9 +1,9 @@
 """The quantization-hostile corpus (``tests/support/faults.py``: the trained PyConvResNet-18 with four
 function-preserving faults) through every int8 target that runs here, at 224 px on two photographs.
 
-Per target (one class each, so that ``--dist loadscope`` spreads them over the workers; ONNX Runtime one fault
-at a time, OpenVINO and LiteRT two at a time, ExecuTorch, whose int8 builds take 30 s, all four at once),
-against the same target's int8 of the model without the fault:
+Per target (one class each, so that ``--dist loadscope`` spreads them over the workers; two faults at a time,
+ExecuTorch, whose int8 builds take 30 s, all four at once), against the same target's int8 of the model
+without the fault:
 
 * the channel-range faults (a 200x activation channel, one 200x weight per filter) cost SNR as built, and
   ``equalize: auto`` sees them, keeps the equalized build, and comes within 1 dB of the clean model;
@@ -25,13 +25,8 @@ from tests.support.faults import CASES, check_function, faulted, trained_pyconvr
 SIDE = 224
 OPTS = {"onnx-int8": {"calib_size": 8}, "openvino-int8": {"quantize": "int8", "calib_size": 8},
         "litert-int8": {"quantize": "int8", "calib_size": 8}, "executorch-int8": {"quantize": "int8", "calib_size": 4}}
-# the module kept in float for a fault equalization cannot reach: the block whose residual add is 100x apart,
-# the stage whose output carries the spikes
-FLOAT = {"residual_100x": ["layer3.1"], "rare_spikes": ["layer3"]}
-# what each fault costs as built, at least (dB under clean): measured 2.2-5.7 (channel faults), 19-26 (residual),
-# 3.7-4.0 (spikes); NNCF's range estimation clips the spikes itself (1.4 dB), so OpenVINO is not asked to drop
-COST = {"wide_channel": 1.5, "outlier_weight": 1.5, "residual_100x": 10.0, "rare_spikes": 2.0}
-ROBUST = {("rare_spikes", "openvino-int8")}
+# what the residual add costs as built, at least (dB under clean): measured 19-26 at 224 px (BENCHMARKS.md)
+RESIDUAL_COST = 10.0
 
 
 @pytest.fixture(scope="module")
@@ -83,29 +78,13 @@ class _Target:
         assert as_built < clean - cost, (clean, as_built)  # the fault is real on this target
         assert fixed == pytest.approx(_note_snr(note, "equalized"), abs=0.01) and fixed >= clean - 1.0, (clean, fixed)
 
-    def kept_in_float(self, model, modules, clean, cost, tmp, robust=False):
+    def kept_in_float(self, model, modules, clean, cost, tmp):
         as_built, _, _ = _int8(model, self.kind, tmp / "built")
-        if robust:
-            assert as_built >= clean - cost, (clean, as_built)
-        else:
-            assert as_built < clean - cost, (clean, as_built)
+        assert as_built < clean - cost, (clean, as_built)
         fixed, art, _ = _int8(model, self.kind, tmp / "float", float_modules=modules)
         for module in modules:
             assert art.build["float_modules"][module] and art.build["float_tensors"][module], art.build
         assert fixed >= clean - 1.0, (clean, as_built, fixed)
-
-
-class _PerCase(_Target):
-    """Each fault on its own: what it costs on this target, and what undoes it."""
-
-    @pytest.mark.parametrize("case", ["wide_channel", "outlier_weight"])
-    def test_equalize_auto_undoes_a_channel_range_fault(self, case, trained, clean, tmp_path):
-        self.equalized(faulted(case, trained), clean, COST[case], tmp_path)
-
-    @pytest.mark.parametrize("case", ["residual_100x", "rare_spikes"])
-    def test_the_float_set_undoes_a_fault_equalization_cannot_reach(self, case, trained, clean, tmp_path):
-        self.kept_in_float(faulted(case, trained), FLOAT[case], clean, COST[case], tmp_path,
-                           robust=(case, self.kind) in ROBUST)
 
 
 class _Paired(_Target):
@@ -117,23 +96,22 @@ class _Paired(_Target):
 
     def test_the_float_set_undoes_the_residual_and_the_spikes(self, trained, clean, tmp_path):
         model = faulted("rare_spikes", faulted("residual_100x", trained))
-        self.kept_in_float(model, ["layer3"], clean, COST["residual_100x"], tmp_path)
+        self.kept_in_float(model, ["layer3"], clean, RESIDUAL_COST, tmp_path)
 
 
 class _AllFour(_Target):
-    """The four faults in one model (three builds, for the target whose int8 builds take 30 s): as built it is
-    lost; equalized, with ``layer3`` (the residual and the spikes) in float, it is back within 1 dB of clean."""
+    """The four faults in one model (two builds, for the target whose int8 builds take 30 s; what each fault costs
+    it as built is in BENCHMARKS.md): equalized, with ``layer3`` (the residual and the spikes) in float, it is
+    back within 1 dB of clean."""
 
     def test_equalization_and_the_float_set_undo_all_four_faults(self, trained, clean, tmp_path):
         model = trained
         for case in CASES:
             model = faulted(case, model)
-        as_built, _, _ = _int8(model, self.kind, tmp_path / "built")
-        assert as_built < clean - COST["residual_100x"], (clean, as_built)
         fixed, art, rep = _int8(model, self.kind, tmp_path / "fixed", equalize="on", float_modules=["layer3"])
         assert art.build["float_modules"]["layer3"] and art.build["float_tensors"]["layer3"], art.build
-        assert any("equaliz" in step for step in rep.model.preparation), rep.model.preparation
-        assert fixed >= clean - 1.0, (clean, as_built, fixed)
+        assert sum(step.startswith("equalize layer4.") for step in rep.model.preparation) == 2, rep.model.preparation
+        assert fixed >= clean - 1.0, (clean, fixed)
 
 
 def _needs(module: str):
@@ -141,8 +119,21 @@ def _needs(module: str):
 
 
 @_needs("onnxruntime")
-class TestONNXRuntime(_PerCase):
+class TestONNXRuntime(_Paired):
     kind = "onnx-int8"
+
+    def test_without_equalization_the_search_meets_2_db_under_clean_with_few_modules(self, trained, clean, tmp_path):
+        """``equalize: off`` and a budget 2 dB under the clean model's int8 SNR, on the wide channel: the node loop
+        puts the consumer of the wide channel in float, reading that channel in float, and meets the budget with
+        at most 3 modules; a step that does not help is undone, so the kept steps never lower the SNR."""
+        budget = round(clean - 2.0, 2)
+        _, art, _ = _int8(faulted("wide_channel", trained), self.kind, tmp_path, budget={"snr_db": budget})
+        r = art.repair
+        assert r.steps[0].metrics["snr_db"] < budget - 3, (clean, r.steps[0].metrics)  # the fault is real
+        assert r.met and len(r.float_modules) <= 3 and art.worst("snr_db") >= budget, (clean, r.float_modules)
+        assert any(m in ("layer4.0.bn2", "layer4.0.conv2") for m in r.float_modules)  # the wide channel's consumer
+        kept = [s.metrics["snr_db"] for s in r.steps if s.kept]
+        assert kept == sorted(kept) and all(s.metrics["snr_db"] <= kept[-1] for s in r.steps if not s.kept)
 
 
 @_needs("nncf")
