@@ -179,8 +179,7 @@ def pair_notes(changed: dict[tuple, list], shown: int = 8) -> list[str]:
     after (widest over median) on both sides: the producer's output ranges and the consumer's weights per input
     channel; the most unbalanced pairs first."""
     def imbalance(r):
-        r = r[r > r.max() * 1e-3]
-        return float(r.max() / r.median()) if r.numel() and r.median() > 0 else 1.0
+        return widest_over_median(r) or 1.0
 
     rows = sorted(((max(imbalance(out), imbalance(inp)), p, c, scale, out, inp)
                    for (p, c), (scale, out, inp) in changed.items()), key=lambda t: -t[0])
@@ -224,19 +223,21 @@ def range_imbalance(model: nn.Module, batches) -> tuple[float, str | None]:
         ranges[f"{consumer} (weights)"] = input_channel_ranges(modules[consumer])
     worst: tuple[float, str | None] = (0.0, None)
     for name, r in ranges.items():
-        alive = r[r > r.max() * 1e-3]
-        if alive.numel() and alive.median() > 0:
-            ratio = float(r.max() / alive.median())
-            if ratio > worst[0]:
-                worst = (ratio, name)
+        ratio = widest_over_median(r)
+        if ratio is not None and ratio > worst[0]:
+            worst = (ratio, name)
     return worst
+
+
+def widest_over_median(r: torch.Tensor) -> float | None:
+    """The widest channel's range over the median range of the live channels (a channel under 1e-3 of the widest
+    is dead, as after a squeeze-and-excitation ReLU, and left out); None when no channel is live."""
+    alive = r[r > r.max() * 1e-3]
+    return float(r.max() / alive.median()) if alive.numel() and alive.median() > 0 else None
 
 
 def input_channel_ranges(layer: nn.Module) -> torch.Tensor:
     """The largest weight magnitude on each input channel of a conv / linear layer (within its group): an input
     channel whose weights are 200x the others' sets every per-output-channel int8 scale by itself."""
-    w = layer.weight.detach().abs()
-    groups = getattr(layer, "groups", 1)
-    per = w.shape[0] // groups
-    dims = tuple(d for d in range(w.dim()) if d != 1)
-    return torch.cat([w[g * per:(g + 1) * per].amax(dim=dims) for g in range(groups)])
+    w, groups = layer.weight.detach(), getattr(layer, "groups", 1)
+    return _consumer_columns(w, groups, groups * w.shape[1]).abs().amax(1)
